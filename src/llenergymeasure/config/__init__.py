@@ -1,0 +1,1 @@
+"""Configuration: models, SSOT tables, loading, user config."""

@@ -1,0 +1,280 @@
+"""Configuration models: ExperimentConfig (what to measure) and StudyConfig (a sweep of them).
+
+Validators are pure: no environment reads, no network, no writes. Cross-field rules that
+depend on what a backend supports read `config/ssot.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from llenergymeasure.config import ssot
+from llenergymeasure.config.backend_configs import PyTorchConfig, TensorRTConfig, VLLMConfig
+
+Backend = Literal["pytorch", "vllm", "tensorrt"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8", "int4"]
+EnergyBackendName = Literal["auto", "nvml", "zeus", "codecarbon", "rapl", "null"]
+
+MAX_N = 1_000_000  # prompts per experiment; more is almost certainly a typo
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_safe_name(value: str, what: str) -> str:
+    """Reject names that could escape the results directory or break file systems."""
+    if not _SAFE_NAME.match(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is not a safe directory name: use 1-100 letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit (no '/', no '..')"
+        )
+    return value
+
+
+def check_relative_subpath(value: str, what: str) -> str:
+    """A path that must stay inside the results directory."""
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", value) or ".." in parts:
+        raise ValueError(
+            f"{what} {value!r} would escape the results directory: give a relative path "
+            "without '..' (or choose another results directory with --output)"
+        )
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticDatasetConfig(_Model):
+    """Synthetic prompts with exact token lengths."""
+
+    n: int | None = Field(None, ge=1, le=MAX_N, description="Prompts; default: the experiment's n.")
+    input_len: int = Field(..., ge=1, le=131_072, description="Exact input tokens per prompt.")
+    output_len: int = Field(..., ge=1, le=131_072, description="Output tokens per prompt.")
+    seed: int = Field(0, description="Seed for the random token ids.")
+
+
+class DecoderConfig(_Model):
+    """Decoding settings shared by all backends."""
+
+    strategy: Literal["greedy", "sample", "beam_search"] = "greedy"
+    temperature: float | None = Field(None, ge=0.0, le=10.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    num_beams: int | None = Field(None, ge=1, le=64)
+    min_new_tokens: int | None = Field(None, ge=0)
+    ignore_eos: bool = Field(
+        True, description="Generate exactly max_output_tokens (fixed output length)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DecoderConfig:
+        sampling_knobs = [
+            k for k in ("temperature", "top_p", "top_k") if getattr(self, k) is not None
+        ]
+        if self.strategy == "greedy" and sampling_knobs:
+            raise ValueError(
+                f"{', '.join(sampling_knobs)} only apply to sampling: set strategy: sample"
+            )
+        if self.num_beams not in (None, 1) and self.strategy != "beam_search":
+            raise ValueError("num_beams > 1 needs strategy: beam_search")
+        return self
+
+
+class WarmupConfig(_Model):
+    """Warm-up before the measurement window."""
+
+    enabled: bool = True
+    n_warmup: int = Field(3, ge=0, le=1000, description="Warm-up runs (fixed mode).")
+    convergence: bool = Field(
+        False, description="Stop when the CV of the last `window` latencies < cv_threshold."
+    )
+    cv_threshold: float = Field(0.05, gt=0.0, le=1.0)
+    window: int = Field(5, ge=2, le=100)
+    max_warmup: int = Field(50, ge=1, le=10_000)
+    thermal_floor_s: float = Field(
+        0.0, ge=0.0, le=3600.0, description="Minimum seconds of warm-up (thermal floor)."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> WarmupConfig:
+        if self.convergence and self.max_warmup < self.window:
+            raise ValueError("max_warmup must be >= window in convergence mode")
+        return self
+
+
+class BaselineConfig(_Model):
+    """Idle-power baseline measured before the experiment."""
+
+    enabled: bool = True
+    duration_s: float = Field(5.0, gt=0.0, le=600.0)
+    cache_ttl_s: float = Field(3600.0, ge=0.0, le=7 * 86400.0)
+
+
+class TelemetryConfig(_Model):
+    """Power/thermal timeline sampled in a separate process."""
+
+    enabled: bool = True
+    interval_ms: int = Field(100, ge=10, le=10_000)
+    save_timeseries: bool = True
+
+
+class ExperimentConfig(_Model):
+    """One experiment: a model under one deployment configuration (SPEC §3)."""
+
+    name: str | None = Field(None, description="Experiment name (results directory prefix).")
+    model: str = Field(
+        ..., min_length=1, description="HF id, local path, or a built-in architecture name."
+    )
+    weights: Literal["pretrained", "random"] | None = Field(
+        None,
+        description="random: architecture only, random weights (no download). "
+        "Default: random for built-in architecture names, pretrained otherwise.",
+    )
+    backend: Backend = "pytorch"
+    precision: Precision = "bf16"
+    dataset: str | SyntheticDatasetConfig = Field(
+        "builtin", description="builtin, a JSONL/CSV/text path, hf:<name>, or synthetic {...}."
+    )
+    n: int = Field(100, ge=1, le=MAX_N, description="Number of prompts measured.")
+    random_seed: int = 42
+    max_input_tokens: int = Field(512, ge=1, le=131_072)
+    max_output_tokens: int = Field(128, ge=1, le=131_072)
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    energy_backend: EnergyBackendName = "auto"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    gpus: list[int] | None = Field(None, description="GPU indices to use (default: all visible).")
+    carbon_intensity_gco2_kwh: float | None = Field(None, ge=0.0, le=2000.0)
+    datacenter_pue: float | None = Field(None, ge=1.0, le=3.0)
+    output_dir: str | None = Field(
+        None, description="Sub-directory of the results directory for this run."
+    )
+    pytorch: PyTorchConfig | None = None
+    vllm: VLLMConfig | None = None
+    tensorrt: TensorRTConfig | None = None
+    passthrough_kwargs: dict[str, Any] | None = Field(
+        None, description="Extra keyword arguments passed to the backend unchanged."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        return None if v is None else check_safe_name(v, "name")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _safe_output(cls, v: str | None) -> str | None:
+        return None if v is None else check_relative_subpath(v, "output_dir")
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or len(set(v)) != len(v) or min(v) < 0):
+            raise ValueError("gpus must be a non-empty list of distinct indices >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _backend_rules(self) -> ExperimentConfig:
+        for section in ssot.BACKENDS:
+            if section != self.backend and getattr(self, section) is not None:
+                raise ValueError(
+                    f"a '{section}:' section was given but backend is {self.backend!r}: "
+                    f"remove the section or set backend: {section}"
+                )
+        supported = ssot.supported_precisions(self.backend)
+        if self.precision not in supported:
+            raise ValueError(
+                f"precision {self.precision!r} is not supported by the {self.backend} backend: "
+                f"use one of {', '.join(supported)}"
+            )
+        strategies = ssot.supported_decoding(self.backend)
+        if self.decoder.strategy not in strategies:
+            raise ValueError(
+                f"decoder.strategy {self.decoder.strategy!r} is not supported by "
+                f"{self.backend}: use one of {', '.join(strategies)}"
+            )
+        if self.pytorch is not None:
+            q = {"int8": self.pytorch.load_in_4bit, "int4": self.pytorch.load_in_8bit}
+            if q.get(self.precision):
+                raise ValueError(
+                    f"precision {self.precision} conflicts with the pytorch load_in_* flag"
+                )
+        return self
+
+    @property
+    def effective_weights(self) -> str:
+        """`weights` with the default resolved (random for catalogue names)."""
+        if self.weights is not None:
+            return self.weights
+        from llenergymeasure.core.models.catalogue import is_catalogue_name
+
+        return "random" if is_catalogue_name(self.model) else "pretrained"
+
+    @property
+    def backend_section(self) -> PyTorchConfig | VLLMConfig | TensorRTConfig:
+        """The backend's section, or an all-default one."""
+        section = getattr(self, self.backend)
+        if section is not None:
+            return section  # type: ignore[no-any-return]
+        return {"pytorch": PyTorchConfig, "vllm": VLLMConfig, "tensorrt": TensorRTConfig}[
+            self.backend
+        ]()
+
+
+class ExecutionConfig(_Model):
+    """How a study runs its experiments."""
+
+    n_cycles: int = Field(1, ge=1, le=1000)
+    order: Literal["interleaved", "shuffled", "grouped"] = "interleaved"
+    shuffle_seed: int | None = Field(None, description="Seed for shuffled order (recorded).")
+    config_gap_seconds: float = Field(0.0, ge=0.0, le=3600.0)
+    cycle_gap_seconds: float = Field(0.0, ge=0.0, le=3600.0)
+    experiment_timeout_seconds: float = Field(3600.0, gt=0.0, le=7 * 86400.0)
+    max_consecutive_failures: int = Field(3, ge=1, le=10_000)
+
+
+class StudyConfig(_Model):
+    """A sweep of experiments over repeated cycles (SPEC §3, §6).
+
+    ``base`` holds fields shared by every experiment; ``sweep`` maps dotted field paths to
+    lists (a key prefixed ``<backend>.`` applies only to that backend); ``experiments``
+    lists explicit experiments. Expansion into ExperimentConfigs is `study/grid.py`'s job:
+    invalid points are skipped with reasons rather than failing the study.
+    """
+
+    study_name: str = Field("study", description="Study name (results directory prefix).")
+    base: dict[str, Any] = Field(default_factory=dict)
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    experiments: list[dict[str, Any]] = Field(default_factory=list)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    output_dir: str | None = None
+
+    @field_validator("study_name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return check_safe_name(v, "study_name")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _safe_output(cls, v: str | None) -> str | None:
+        return None if v is None else check_relative_subpath(v, "output_dir")
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_lists(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"sweep.{key} is an empty list: give at least one value")
+        return v
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> StudyConfig:
+        if not self.sweep and not self.experiments and not self.base:
+            raise ValueError("a study needs `sweep:`, `experiments:` or `base:`")
+        return self

@@ -1,0 +1,81 @@
+"""Single source of truth for what each backend supports.
+
+Validators (config/models.py), documentation and `llem config` all read these tables; nothing
+else may hard-code them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+BACKENDS: Final[tuple[str, ...]] = ("pytorch", "vllm", "tensorrt")
+PRECISIONS: Final[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8", "fp8", "int4")
+DECODING_STRATEGIES: Final[tuple[str, ...]] = ("greedy", "sample", "beam_search")
+ENERGY_BACKENDS: Final[tuple[str, ...]] = ("auto", "nvml", "zeus", "codecarbon", "rapl", "null")
+
+# precision -> how the backend realises it
+PRECISION_SUPPORT: Final[dict[str, dict[str, str]]] = {
+    "pytorch": {
+        "fp32": "torch.float32 weights and activations",
+        "fp16": "torch.float16",
+        "bf16": "torch.bfloat16",
+        "int8": "bitsandbytes LLM.int8() (needs bitsandbytes and a CUDA GPU)",
+        "int4": "bitsandbytes NF4 (needs bitsandbytes and a CUDA GPU)",
+    },
+    "vllm": {
+        "fp32": "dtype=float32",
+        "fp16": "dtype=float16",
+        "bf16": "dtype=bfloat16",
+        "fp8": "quantization='fp8' (Hopper/Ada)",
+    },
+    "tensorrt": {
+        "fp32": "dtype=float32",
+        "fp16": "dtype=float16",
+        "bf16": "dtype=bfloat16",
+        "fp8": "QuantAlgo.FP8",
+        "int8": "QuantAlgo.W8A16",
+        "int4": "QuantAlgo.W4A16_AWQ",
+    },
+}
+
+DECODING_SUPPORT: Final[dict[str, tuple[str, ...]]] = {
+    "pytorch": ("greedy", "sample", "beam_search"),
+    "vllm": ("greedy", "sample"),
+    "tensorrt": ("greedy", "sample", "beam_search"),
+}
+
+# weights: random is implemented per backend by its own dummy-load path
+RANDOM_WEIGHTS_SUPPORT: Final[dict[str, str]] = {
+    "pytorch": "from_config() with random initialisation",
+    "vllm": "load_format='dummy'",
+    "tensorrt": "load_format='dummy'",
+}
+
+BACKEND_EXTRAS: Final[dict[str, str]] = {
+    "pytorch": 'pip install "llenergymeasure[pytorch]"',
+    "vllm": 'pip install "llenergymeasure[vllm]"',
+    "tensorrt": 'pip install "llenergymeasure[tensorrt]"',
+}
+
+BACKEND_IMPORTS: Final[dict[str, tuple[str, ...]]] = {
+    "pytorch": ("torch", "transformers"),
+    "vllm": ("vllm",),
+    "tensorrt": ("tensorrt_llm",),
+}
+
+METER_EXTRAS: Final[dict[str, tuple[str, str]]] = {
+    # meter -> (module to import, install hint)
+    "nvml": ("pynvml", 'pip install nvidia-ml-py  (a core dependency; needs an NVIDIA driver)'),
+    "zeus": ("zeus", 'pip install "llenergymeasure[zeus]"'),
+    "codecarbon": ("codecarbon", 'pip install "llenergymeasure[codecarbon]"'),
+}
+
+
+def supported_precisions(backend: str) -> tuple[str, ...]:
+    """Precisions the backend supports, in canonical order."""
+    return tuple(p for p in PRECISIONS if p in PRECISION_SUPPORT.get(backend, {}))
+
+
+def supported_decoding(backend: str) -> tuple[str, ...]:
+    """Decoding strategies the backend supports."""
+    return DECODING_SUPPORT.get(backend, ())
