@@ -30,13 +30,14 @@ _LAZY = {
     "ExperimentConfig": "llenergymeasure.config.models",
     "StudyConfig": "llenergymeasure.config.models",
     "ExperimentResult": "llenergymeasure.domain.results",
-    "StudyResult": "llenergymeasure.domain.results",
+    "StudyResult": "llenergymeasure.domain.study",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from llenergymeasure._api import run_experiment, run_study
     from llenergymeasure.config.models import ExperimentConfig, StudyConfig
-    from llenergymeasure.domain.results import ExperimentResult, StudyResult
+    from llenergymeasure.domain.results import ExperimentResult
+    from llenergymeasure.domain.study import StudyResult
 
 
 def __getattr__(name: str) -> Any:
