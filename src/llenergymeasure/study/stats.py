@@ -1,0 +1,136 @@
+"""Statistics across study cycles: percentile-bootstrap confidence intervals of the mean.
+
+Inputs are one value per cycle (e.g. energy_j of one configuration in each cycle), so n is
+small; resampling draws all ``n_resamples × n`` indices in one array operation
+(memory ``8 · n_resamples · n`` bytes). Seeded: the same values and seed give the same CI.
+
+With few cycles the percentile bootstrap is too narrow (it cannot see variance the sample
+did not show); the CI carries a note when n is small.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+BOOTSTRAP_METHOD = "percentile bootstrap"
+FEW_SAMPLES = 5  # below this many values the CI gets a caution note
+
+
+class ConfidenceInterval(BaseModel):
+    """A confidence interval for the mean of some values (same unit as the values)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mean: float
+    low: float
+    high: float
+    n: int = Field(ge=1)
+    confidence: float = Field(gt=0.0, lt=1.0)
+    method: str = BOOTSTRAP_METHOD
+    n_resamples: int = Field(ge=1)
+    seed: int
+    note: str | None = None
+
+
+class CycleSummary(BaseModel):
+    """Spread of one metric across cycles, with a bootstrap CI of its mean."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(ge=1, description="finite values used")
+    n_dropped: int = Field(ge=0, description="missing (None) or non-finite values left out")
+    mean: float
+    std: float | None = Field(description="sample standard deviation (ddof=1); None for n=1")
+    cv: float | None = Field(description="std / |mean|; None when undefined")
+    min: float
+    max: float
+    ci: ConfidenceInterval
+
+
+def bootstrap_ci(
+    values: Iterable[float],
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> ConfidenceInterval | None:
+    """Percentile-bootstrap CI of the mean; ``None`` for no values, a point for one value."""
+    arr = np.asarray(list(values), dtype=float)
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if arr.size == 0:
+        return None
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("values must be finite (drop missing cycles first, see summarise_cycles)")
+    mean = float(arr.mean())
+    low, high = (
+        (mean, mean) if arr.size == 1 else _percentile_interval(arr, n_resamples, confidence, seed)
+    )
+    return ConfidenceInterval(
+        mean=mean,
+        low=low,
+        high=high,
+        n=int(arr.size),
+        confidence=confidence,
+        n_resamples=n_resamples,
+        seed=seed,
+        note=_small_sample_note(int(arr.size)),
+    )
+
+
+def _percentile_interval(
+    arr: np.ndarray, n_resamples: int, confidence: float, seed: int
+) -> tuple[float, float]:
+    """Percentiles of the means of ``n_resamples`` resamples, drawn in one array op."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, arr.size, size=(n_resamples, arr.size))
+    means = arr[idx].mean(axis=1)
+    alpha = 1.0 - confidence
+    low, high = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
+
+
+def _small_sample_note(n: int) -> str | None:
+    if n == 1:
+        return "one value: no spread to resample, interval is the value itself"
+    if n < FEW_SAMPLES:
+        return f"only {n} values: a percentile bootstrap CI is too narrow at this n"
+    return None
+
+
+def summarise_cycles(
+    values: Iterable[float | None],
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> CycleSummary | None:
+    """Mean, spread and bootstrap CI of one metric over cycles.
+
+    ``None`` and non-finite entries (failed cycles, unmeasured metric) are dropped and
+    counted in ``n_dropped``; returns ``None`` when no value is left.
+    """
+    raw = list(values)
+    kept = [float(v) for v in raw if v is not None and math.isfinite(v)]
+    ci = bootstrap_ci(kept, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    if ci is None:
+        return None
+    arr = np.asarray(kept)
+    std = float(arr.std(ddof=1)) if arr.size > 1 else None
+    cv = std / abs(ci.mean) if std is not None and ci.mean != 0 else None
+    return CycleSummary(
+        n=arr.size,
+        n_dropped=len(raw) - arr.size,
+        mean=ci.mean,
+        std=std,
+        cv=cv,
+        min=float(arr.min()),
+        max=float(arr.max()),
+        ci=ci,
+    )
