@@ -1,0 +1,172 @@
+"""Result models: ExperimentResult (one experiment) and RawProcessResult (one process of it).
+
+Both are versioned pydantic v2 models that embed the effective config, its provenance and the
+environment, and round-trip through ``model_dump_json`` / ``model_validate_json``.
+A multi-process run writes one :class:`RawProcessResult` per process; they are combined
+late (pooled timings, energy summed over devices) by
+:func:`llenergymeasure.results.aggregation.aggregate_process_results`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llenergymeasure.domain.co2 import CO2Estimate
+from llenergymeasure.domain.energy import EnergyReport, QualityFlag
+from llenergymeasure.domain.environment import EnvironmentSnapshot
+from llenergymeasure.domain.metrics import InferenceMetrics, MemoryMetrics
+from llenergymeasure.state.machine import ExperimentState, StateTransition
+
+SCHEMA_VERSION = "2.0"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WarmupResult(_Model):
+    """What the warm-up did before the window (SPEC §4 "Warmup")."""
+
+    mode: Literal["fixed", "cv", "disabled"]
+    runs: int = Field(ge=0, description="warm-up generations run")
+    converged: bool | None = Field(None, description="cv mode: CV fell under the threshold")
+    final_cv: float | None = Field(None, description="CV of the last `window` latencies")
+    cv_threshold: float | None = None
+    window: int | None = Field(None, description="latencies the CV was computed over")
+    latencies_s: list[float] = Field(default_factory=list)
+    duration_s: float = Field(0.0, ge=0.0, description="wall time of the whole warm-up")
+    thermal_floor_s: float = Field(0.0, ge=0.0, description="minimum warm-up time asked for")
+    thermal_floor_waited_s: float = Field(
+        0.0, ge=0.0, description="extra time spent warming up only to reach the thermal floor"
+    )
+
+
+class RequestTimingRecord(_Model):
+    """Serialisable twin of ``core.metrics.RequestTiming`` (seconds, one process's clock)."""
+
+    request_start_s: float
+    token_times_s: list[float] = Field(default_factory=list)
+    input_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+
+
+class RawProcessResult(_Model):
+    """The raw measurement of one process of an experiment, before aggregation.
+
+    ``window_start_unix_s`` / ``window_end_unix_s`` are wall-clock times (``time.time``) so
+    windows of different processes can be aligned; per-token times use each process's own
+    monotonic clock and are only ever compared within one request.
+    """
+
+    schema_version: str = SCHEMA_VERSION
+    experiment_id: str
+    name: str
+    process_index: int = Field(0, ge=0)
+    n_processes: int = Field(1, ge=1)
+    config: dict[str, Any]
+    provenance: dict[str, str] = Field(default_factory=dict)
+    config_hash: str
+    environment: EnvironmentSnapshot | None = None
+    device: str | None = None
+    window_start_unix_s: float
+    window_end_unix_s: float
+    duration_s: float = Field(gt=0.0, description="this process's window (monotonic clock)")
+    timing_method: str = "streamer"
+    ttft_not_measured_reason: str | None = None
+    timings: list[RequestTimingRecord] = Field(default_factory=list)
+    padded_input_tokens: int | None = None
+    energy: EnergyReport | None = None
+    energy_not_measured_reason: str | None = None
+    memory: MemoryMetrics | None = None
+    warmup: WarmupResult | None = None
+    warnings: list[QualityFlag] = Field(default_factory=list)
+    carbon_intensity_gco2_kwh: float | None = None
+    datacenter_pue: float | None = None
+    started_at: datetime
+    ended_at: datetime | None = None
+
+
+class ExperimentResult(_Model):
+    """Everything one experiment measured, with the config and environment it ran under.
+
+    ``energy`` is None when no meter could measure (``energy_not_measured_reason`` says
+    why); a scope a meter could not measure is in ``energy.not_measured``: never zero.
+    ``metrics`` is None only for a run that failed before its window closed.
+    """
+
+    schema_version: str = SCHEMA_VERSION
+    llem_version: str | None = None
+    experiment_id: str
+    name: str
+    config: dict[str, Any] = Field(description="effective ExperimentConfig (model_dump)")
+    provenance: dict[str, str] = Field(
+        default_factory=dict, description="field path -> default|user_config|file|cli"
+    )
+    config_hash: str
+    environment: EnvironmentSnapshot | None = None
+    energy: EnergyReport | None = None
+    energy_not_measured_reason: str | None = None
+    metrics: InferenceMetrics | None = None
+    warmup: WarmupResult | None = None
+    co2: CO2Estimate | None = None
+    warnings: list[QualityFlag] = Field(default_factory=list)
+    timeseries_path: str | None = Field(None, description="relative to the run directory")
+    timing_method: str | None = None
+    n_processes: int = Field(1, ge=1)
+    process_results: list[str] = Field(
+        default_factory=list, description="raw per-process result files (relative)"
+    )
+    started_at: datetime
+    ended_at: datetime | None = None
+    state: ExperimentState = ExperimentState.DONE
+    state_transitions: list[StateTransition] = Field(default_factory=list)
+    failed: bool = False
+    error: str | None = Field(None, description="traceback text of a failed run")
+    error_type: str | None = None
+    measurement_window_s: float | None = Field(None, description="inference window length")
+    setup_s: float | None = Field(
+        None, description="time outside the window: load + tokenise + warm-up + baseline"
+    )
+    phase_durations_s: dict[str, float] = Field(default_factory=dict)
+
+    # ---- convenience (used by studies and the CLI) ---------------------------------------
+    @property
+    def energy_j(self) -> float | None:
+        """GPU energy of the window (J); falls back to the total measured (CPU/DRAM)."""
+        if self.energy is None:
+            return None
+        if self.energy.gpu_energy_j is not None:
+            return self.energy.gpu_energy_j
+        return self.energy.total_energy_j
+
+    @property
+    def j_per_output_token(self) -> float | None:
+        """Joules per generated token (gross energy), None when not measured."""
+        ratios = self.metrics.energy_ratios if self.metrics else None
+        return ratios.j_per_output_token if ratios else None
+
+    @property
+    def output_tokens_per_s(self) -> float | None:
+        """Generated tokens per second over the window."""
+        return self.metrics.throughput.output_tokens_per_s if self.metrics else None
+
+    @property
+    def ttft_ms_mean(self) -> float | None:
+        """Mean time to first token (ms), None when not measured."""
+        ttft = self.metrics.latency.ttft if self.metrics else None
+        return ttft.mean_ms if ttft else None
+
+    @property
+    def itl_ms_mean(self) -> float | None:
+        """Mean inter-token latency over pooled gaps (ms), None when not measured."""
+        itl = self.metrics.latency.itl if self.metrics else None
+        return itl.mean_ms if itl else None
+
+    @property
+    def mean_power_w(self) -> float | None:
+        """Mean power over the window from ``energy_j`` / window length."""
+        energy, window = self.energy_j, self.measurement_window_s
+        return energy / window if energy is not None and window else None

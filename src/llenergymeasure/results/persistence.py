@@ -1,0 +1,111 @@
+"""Crash-safe persistence of results: atomic writes, never overwriting a run.
+
+An atomic write puts the bytes in a temporary file in the *same* directory, flushes and
+fsyncs it, renames it over the target with ``os.replace`` (atomic on POSIX and Windows) and
+fsyncs the directory so the rename itself survives a power cut. A reader therefore sees the
+old file or the new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llenergymeasure.results.filenames import RESULT_FILENAME, run_dir_name
+
+if TYPE_CHECKING:
+    from llenergymeasure.domain.results import ExperimentResult
+
+_MAX_SUFFIX = 10_000
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync a directory so a rename in it is durable (no-op where unsupported)."""
+    if os.name == "nt":  # directories cannot be opened for fsync on Windows
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename + dir fsync)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def new_run_dir(results_dir: Path, name: str, timestamp: datetime | None = None) -> Path:
+    """Create and return ``<results_dir>/<name>_<YYYYmmdd-HHMMSS>/``, never reusing one.
+
+    ``os.mkdir`` is exclusive, so two processes racing for the same name both succeed with
+    different directories: on a clash ``-2``, ``-3``, … is appended.
+    """
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    base = run_dir_name(name, timestamp)
+    for attempt in range(1, _MAX_SUFFIX):
+        candidate = results_dir / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            os.mkdir(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"could not create a new run directory for {base!r} in {results_dir}")
+
+
+def write_result(result: ExperimentResult, run_dir: Path, filename: str = RESULT_FILENAME) -> Path:
+    """Write ``result`` as JSON into ``run_dir`` atomically; refuses to overwrite a result."""
+    target = Path(run_dir) / filename
+    if target.exists():
+        raise FileExistsError(
+            f"{target} already exists: results are never overwritten (use a new run directory)"
+        )
+    return atomic_write_text(target, result.model_dump_json(indent=2) + "\n")
+
+
+def read_result(path: Path) -> ExperimentResult:
+    """Read an ExperimentResult from a ``result.json`` file or a run directory holding one."""
+    from llenergymeasure.domain.results import ExperimentResult
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULT_FILENAME
+    return ExperimentResult.model_validate_json(path.read_bytes())
+
+
+def find_result_files(root: Path) -> list[Path]:
+    """Every ``result.json`` under ``root`` (recursively), sorted by path."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    return sorted(root.rglob(RESULT_FILENAME))
