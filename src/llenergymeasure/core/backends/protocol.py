@@ -1,0 +1,181 @@
+"""The contract every inference backend implements, and the plain data it exchanges.
+
+Pure Python (no torch import): the orchestrator, ``--dry-run`` and ``llem config`` read these
+types without loading a framework.
+
+Call order (the orchestrator owns it; SPEC §4 "Window")::
+
+    backend.initialize(config, prompts)      # load model + tokenizer      (not measured)
+    prepared = backend.tokenize(prompts)     # tokenise, pad, copy to device (not measured)
+    backend.warmup_step(prepared)            # repeated by the warm-up logic (not measured)
+    backend.synchronize(); window.begin()
+    output = backend.run_inference(prepared) # generation only               (measured)
+    backend.synchronize(); window.end()
+    backend.cleanup()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.core.metrics import RequestTiming
+    from llenergymeasure.datasets.loader import Prompt
+
+LaunchMode = Literal["direct", "accelerate"]
+CudaManagement = Literal["orchestrator", "backend"]
+TimingMethod = Literal["streamer", "e2e_only", "engine_metrics"]
+
+
+@dataclass(frozen=True)
+class RuntimeCapabilities:
+    """How a backend must be launched and what it can measure.
+
+    ``cuda_management="backend"`` means the backend creates its own CUDA context/processes
+    (vLLM, TensorRT-LLM workers): the orchestrator must not touch CUDA before
+    ``initialize``. ``supports_streaming_timestamps`` is False when per-token times are not
+    observable (then TTFT/ITL are not measured and ``InferenceOutput`` says why).
+    """
+
+    launch_mode: LaunchMode
+    cuda_management: CudaManagement
+    supports_streaming_timestamps: bool
+    supports_random_weights: bool = True
+    n_processes: int = 1
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class PreparedBatch:
+    """One batch ready for generation: inputs already tokenised (and on the device).
+
+    ``payload`` is backend-specific (tensors for pytorch, token-id lists for vLLM);
+    ``input_tokens`` counts real prompt tokens per request, padding excluded.
+    """
+
+    request_ids: list[str]
+    input_tokens: list[int]
+    padded_length: int
+    payload: Any = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        """Number of requests in the batch."""
+        return len(self.request_ids)
+
+    @property
+    def shape_key(self) -> tuple[int, int]:
+        """(batch size, padded input length): the shape a compiled graph is specialised on."""
+        return (self.size, self.padded_length)
+
+
+@dataclass
+class PreparedBatches:
+    """All batches of one experiment, prepared before the measurement window."""
+
+    batches: list[PreparedBatch]
+    max_new_tokens: int
+    truncated_requests: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_requests(self) -> int:
+        """Requests over all batches."""
+        return sum(b.size for b in self.batches)
+
+    @property
+    def input_tokens(self) -> int:
+        """Prompt tokens over all requests, padding excluded."""
+        return sum(sum(b.input_tokens) for b in self.batches)
+
+    @property
+    def padded_input_tokens(self) -> int:
+        """Prompt positions the model processes, padding included (prefill work)."""
+        return sum(b.size * b.padded_length for b in self.batches)
+
+    def distinct_shape_batches(self) -> list[PreparedBatch]:
+        """The first batch of every distinct shape, in order (what warm-up must cover)."""
+        seen: dict[tuple[int, int], PreparedBatch] = {}
+        for batch in self.batches:
+            seen.setdefault(batch.shape_key, batch)
+        return list(seen.values())
+
+
+@dataclass
+class InferenceOutput:
+    """What the measured part returns; the orchestrator turns it into metrics.
+
+    Token counts exclude padding (prompt side) and tokens after a request's EOS (output side).
+    ``ttft_not_measured_reason`` is set when ``timing_method`` is ``e2e_only``.
+    """
+
+    timings: list[RequestTiming]
+    n_batches: int
+    device: str
+    timing_method: TimingMethod
+    duration_s: float
+    peak_memory_bytes: int | None = None
+    padded_input_tokens: int | None = None
+    ttft_not_measured_reason: str | None = None
+    output_token_ids: list[list[int]] | None = field(default=None, repr=False)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_requests(self) -> int:
+        """Requests completed."""
+        return len(self.timings)
+
+    @property
+    def input_tokens(self) -> int:
+        """Prompt tokens over all requests, padding excluded."""
+        return sum(t.input_tokens for t in self.timings)
+
+    @property
+    def output_tokens(self) -> int:
+        """Generated tokens over all requests, padding/post-EOS excluded."""
+        return sum(t.output_tokens for t in self.timings)
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """An inference engine measured by llenergymeasure (SPEC §5)."""
+
+    name: str
+
+    def get_runtime_capabilities(self) -> RuntimeCapabilities:
+        """How to launch this backend and what it can time; callable before initialize."""
+        ...
+
+    def validate_config(self, config: ExperimentConfig) -> list[str]:
+        """Warnings about the config for this backend (errors raise ConfigError)."""
+        ...
+
+    def initialize(self, config: ExperimentConfig, prompts: list[Prompt]) -> None:
+        """Load the model and tokenizer (not measured)."""
+        ...
+
+    def tokenize(self, prompts: list[Prompt]) -> PreparedBatches:
+        """Tokenise, batch and move inputs to the device (before the window)."""
+        ...
+
+    def warmup_step(self, prepared: PreparedBatches) -> float:
+        """One warm-up generation covering every compiled shape; returns its latency in s."""
+        ...
+
+    def run_inference(self, prepared: PreparedBatches) -> InferenceOutput:
+        """Generate for all batches (the measured part) and return per-request timings."""
+        ...
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (no-op on CPU); called at window edges."""
+        ...
+
+    def device_indices(self) -> list[int]:
+        """CUDA device indices in use (empty on CPU)."""
+        ...
+
+    def cleanup(self) -> None:
+        """Free the model and device memory; safe to call twice."""
+        ...

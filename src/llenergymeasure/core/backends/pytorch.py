@@ -1,0 +1,453 @@
+"""transformers / PyTorch inference backend.
+
+Fixed-size batches (``pytorch.batch_size``, default 1) of left-padded prompts go through
+``model.generate``. Everything except generation happens before the measurement window:
+the model is loaded in :meth:`initialize`; prompts are tokenised, padded and copied to the
+device in :meth:`tokenize`. :meth:`run_inference` only calls ``generate`` and records one
+timestamp per decode step (see ``core/latency.py``).
+
+Static cache (``pytorch.cache_implementation: static``) uses transformers' own path: the
+decode step is compiled automatically on CUDA (``torch_compile: false`` turns that off,
+``torch_compile: true`` asks for it and also enables it on CPU). All batches are then padded
+to the longest prompt so that the compiled shapes do not change inside the window, and
+:meth:`warmup_step` runs every distinct batch shape so that compilation happens in warm-up.
+``torch.compile(mode="reduce-overhead")`` around ``forward`` is deliberately not used (it
+fails inside generate; see METHODOLOGY.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llenergymeasure.config.backend_configs import PyTorchConfig
+from llenergymeasure.core.backends.protocol import (
+    InferenceOutput,
+    PreparedBatch,
+    PreparedBatches,
+    RuntimeCapabilities,
+)
+from llenergymeasure.exceptions import BackendError, ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.core.metrics import RequestTiming
+    from llenergymeasure.datasets.loader import Prompt
+
+DEFAULT_BATCH_SIZE = 1
+
+
+@dataclass
+class _Tensors:
+    """A batch's device tensors (the PreparedBatch payload)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+class PyTorchBackend:
+    """The ``pytorch`` backend (transformers ``generate``)."""
+
+    name = "pytorch"
+
+    def __init__(self) -> None:
+        self._config: ExperimentConfig | None = None
+        self._model: PreTrainedModel | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._generation_config: GenerationConfig | None = None
+        self._device = "cpu"
+
+    # ---- description -----------------------------------------------------------------------
+    def get_runtime_capabilities(self) -> RuntimeCapabilities:
+        """Direct launch, one process; CUDA owned by the orchestrator; streaming timestamps
+        except with beam search."""
+        beams = self._config is not None and self._config.decoder.strategy == "beam_search"
+        return RuntimeCapabilities(
+            launch_mode="direct",
+            cuda_management="orchestrator",
+            supports_streaming_timestamps=not beams,
+            notes=("data-parallel (num_processes > 1) is not implemented yet",),
+        )
+
+    def validate_config(self, config: ExperimentConfig) -> list[str]:
+        """Warnings about choices this backend realises differently than asked."""
+        section = _section(config)
+        warnings: list[str] = []
+        if (section.num_processes or 1) > 1:
+            warnings.append(
+                "pytorch.num_processes > 1 (data parallel via accelerate) is not implemented "
+                "yet: the experiment runs in one process on one device"
+            )
+        if section.torch_compile and section.cache_implementation == "dynamic":
+            warnings.append(
+                "pytorch.torch_compile uses transformers' static-cache compile path: "
+                "cache_implementation: dynamic is overridden to static"
+            )
+        if config.decoder.strategy == "beam_search":
+            warnings.append(f"TTFT/ITL not measured: {_beam_reason()}")
+        if uses_static_cache(section):
+            warnings.append(
+                "static cache: every batch is padded to the longest prompt so compiled "
+                "shapes stay fixed (padding is excluded from token counts)"
+            )
+        return warnings
+
+    # ---- set-up (not measured) -------------------------------------------------------------
+    def initialize(self, config: ExperimentConfig, prompts: list[Prompt]) -> None:
+        """Resolve the device, seed everything, load model + tokenizer, build the generation
+        config."""
+        from llenergymeasure.core.models.loading import load_model_and_tokenizer, torch_dtype_for
+
+        self._config = config
+        self._device = resolve_device(config)
+        seed_everything(config.random_seed)
+        model, tokenizer = load_model_and_tokenizer(
+            config, self._device, torch_dtype_for(config.precision)
+        )
+        self._model, self._tokenizer = model, tokenizer
+        self._generation_config = build_generation_config(model, config, self._device)
+
+    def tokenize(self, prompts: list[Prompt]) -> PreparedBatches:
+        """Tokenise (truncating to max_input_tokens), order, batch, left-pad, copy to device."""
+        config, tokenizer = self._require_config(), self._require_tokenizer()
+        section = _section(config)
+        ids = _unique_request_ids(prompts)
+        token_lists = [_encode(tokenizer, p, config.max_input_tokens) for p in prompts]
+        truncated = sum(1 for t in token_lists if t[1])
+        order = list(range(len(prompts)))
+        if section.sort_by_length:
+            order.sort(key=lambda i: len(token_lists[i][0]), reverse=True)
+        batch_size = section.batch_size or DEFAULT_BATCH_SIZE
+        pad_to = max(len(t[0]) for t in token_lists) if uses_static_cache(section) else None
+        batches = [
+            self._make_batch([ids[i] for i in chunk], [token_lists[i][0] for i in chunk], pad_to)
+            for chunk in _chunks(order, batch_size)
+        ]
+        max_new, notes = output_length(config, prompts)
+        self._require_generation_config().max_new_tokens = max_new
+        _fix_output_length(self._require_generation_config(), config, max_new)
+        return PreparedBatches(batches, max_new, truncated_requests=truncated, notes=notes)
+
+    def _make_batch(
+        self, request_ids: list[str], token_lists: list[list[int]], pad_to: int | None
+    ) -> PreparedBatch:
+        """Left-pad one batch and move it to the device."""
+        import torch
+
+        pad_id = self._require_tokenizer().pad_token_id
+        length = pad_to or max(len(t) for t in token_lists)
+        rows = [[pad_id] * (length - len(t)) + t for t in token_lists]
+        masks = [[0] * (length - len(t)) + [1] * len(t) for t in token_lists]
+        tensors = _Tensors(
+            input_ids=torch.tensor(rows, dtype=torch.long, device=self._device),
+            attention_mask=torch.tensor(masks, dtype=torch.long, device=self._device),
+        )
+        return PreparedBatch(request_ids, [len(t) for t in token_lists], length, tensors)
+
+    # ---- warm-up and measurement -----------------------------------------------------------
+    def warmup_step(self, prepared: PreparedBatches) -> float:
+        """Generate once for each distinct batch shape (compiles every shape); latency in s."""
+        from llenergymeasure.core.latency_clock import TokenClock
+
+        start = time.perf_counter()
+        for i, batch in enumerate(prepared.distinct_shape_batches()):
+            streamer = self._streamer(TokenClock())
+            ids = [f"warmup-{i}-{j}" for j in range(batch.size)]
+            streamer.begin_batch(ids, batch.input_tokens)
+            self._generate(batch, streamer)
+        self.synchronize()
+        return time.perf_counter() - start
+
+    def run_inference(self, prepared: PreparedBatches) -> InferenceOutput:
+        """Generate every batch; per-step timestamps via the streamer (the measured part)."""
+        from llenergymeasure.core.latency_clock import TokenClock
+
+        self._reset_peak_memory()
+        clock = TokenClock()
+        beams = self._require_config().decoder.strategy == "beam_search"
+        streamer = None if beams else self._streamer(clock)
+        start = time.perf_counter()
+        outputs: list[list[int]] = []
+        timings: list[RequestTiming] = []
+        for batch in prepared.batches:
+            if streamer is not None:
+                streamer.begin_batch(batch.request_ids, batch.input_tokens)
+                outputs.extend(self._new_tokens(batch, self._generate(batch, streamer)))
+            else:
+                timings.extend(self._run_untimed_batch(batch, outputs))
+        duration = time.perf_counter() - start
+        timings = clock.finish() if streamer is not None else timings
+        return InferenceOutput(
+            timings=timings,
+            n_batches=len(prepared.batches),
+            device=self._device,
+            timing_method="e2e_only" if beams else "streamer",
+            duration_s=duration,
+            peak_memory_bytes=self._peak_memory(),
+            padded_input_tokens=prepared.padded_input_tokens,
+            ttft_not_measured_reason=_beam_reason() if beams else None,
+            output_token_ids=outputs,
+        )
+
+    def _run_untimed_batch(self, batch: PreparedBatch, outputs: list[list[int]]) -> list[Any]:
+        """Beam search: no streamer; counts come from the returned sequences."""
+        from llenergymeasure.core.metrics import RequestTiming
+
+        start = time.perf_counter()
+        new_tokens = self._new_tokens(batch, self._generate(batch, None))
+        outputs.extend(new_tokens)
+        return [
+            RequestTiming(request_start_s=start, input_tokens=n_in, output_tokens=len(toks))
+            for n_in, toks in zip(batch.input_tokens, new_tokens, strict=True)
+        ]
+
+    def _generate(self, batch: PreparedBatch, streamer: Any) -> torch.Tensor:
+        """One ``generate`` call with the prepared generation config and passthrough kwargs."""
+        import torch
+
+        tensors: _Tensors = batch.payload
+        extra = dict(self._require_config().passthrough_kwargs or {})
+        with torch.inference_mode():
+            try:
+                generate: Any = self._require_model().generate
+                out: torch.Tensor = generate(
+                    input_ids=tensors.input_ids,
+                    attention_mask=tensors.attention_mask,
+                    generation_config=self._require_generation_config(),
+                    streamer=streamer,
+                    **extra,
+                )
+            except torch.cuda.OutOfMemoryError as e:
+                raise BackendError(
+                    f"CUDA out of memory at batch size {batch.size}: lower pytorch.batch_size "
+                    "or max_output_tokens"
+                ) from e
+        return out
+
+    def _new_tokens(self, batch: PreparedBatch, sequences: torch.Tensor) -> list[list[int]]:
+        """Generated ids per request, cut after the first EOS (padding after it excluded)."""
+        generated = sequences[:, batch.padded_length :].tolist()
+        eos = _eos_ids(self._require_generation_config())
+        if self._require_config().decoder.ignore_eos or not eos:
+            return [list(row) for row in generated]
+        return [_cut_after_eos(row, eos) for row in generated]
+
+    def _streamer(self, clock: Any) -> Any:
+        """A timestamping streamer that retires requests at EOS unless EOS is ignored."""
+        from llenergymeasure.core.latency import make_streamer
+
+        ignore = self._require_config().decoder.ignore_eos
+        eos = () if ignore else _eos_ids(self._require_generation_config())
+        return make_streamer(clock, eos)
+
+    # ---- device ----------------------------------------------------------------------------
+    def synchronize(self) -> None:
+        """torch.cuda.synchronize on every device in use; no-op on CPU."""
+        import torch
+
+        for index in self.device_indices():
+            torch.cuda.synchronize(index)
+
+    def device_indices(self) -> list[int]:
+        """CUDA indices the model lives on (several with a device_map), [] on CPU."""
+        model = self._model
+        if model is None or not self._device.startswith("cuda"):
+            return []
+        device_map = getattr(model, "hf_device_map", None)
+        if device_map:
+            return sorted({d for d in device_map.values() if isinstance(d, int)})
+        return [model.device.index or 0]
+
+    def _reset_peak_memory(self) -> None:
+        """Start peak-memory tracking for the window."""
+        import torch
+
+        for index in self.device_indices():
+            torch.cuda.reset_peak_memory_stats(index)
+
+    def _peak_memory(self) -> int | None:
+        """Peak allocated bytes over the devices in use since the reset (None on CPU)."""
+        import torch
+
+        indices = self.device_indices()
+        if not indices:
+            return None
+        return sum(int(torch.cuda.max_memory_allocated(i)) for i in indices)
+
+    def cleanup(self) -> None:
+        """Drop the model and free cached device memory."""
+        self._model = None
+        self._tokenizer = None
+        self._generation_config = None
+        if self._device.startswith("cuda"):
+            import gc
+
+            import torch
+
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    # ---- state accessors -------------------------------------------------------------------
+    def _require_config(self) -> ExperimentConfig:
+        if self._config is None:
+            raise BackendError("pytorch backend used before initialize()")
+        return self._config
+
+    def _require_model(self) -> PreTrainedModel:
+        if self._model is None:
+            raise BackendError("pytorch backend used before initialize() (or after cleanup())")
+        return self._model
+
+    def _require_tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            raise BackendError("pytorch backend used before initialize() (or after cleanup())")
+        return self._tokenizer
+
+    def _require_generation_config(self) -> GenerationConfig:
+        if self._generation_config is None:
+            raise BackendError("pytorch backend used before initialize() (or after cleanup())")
+        return self._generation_config
+
+
+# ---- pure helpers --------------------------------------------------------------------------
+def _section(config: ExperimentConfig) -> PyTorchConfig:
+    """The pytorch section, or an all-default one."""
+    return config.pytorch or PyTorchConfig()
+
+
+def uses_static_cache(section: PyTorchConfig) -> bool:
+    """Static cache is requested directly, or implied by torch_compile."""
+    return section.cache_implementation == "static" or bool(section.torch_compile)
+
+
+def _beam_reason() -> str:
+    from llenergymeasure.core.latency import BEAM_SEARCH_NO_TTFT_REASON
+
+    return BEAM_SEARCH_NO_TTFT_REASON
+
+
+def resolve_device(config: ExperimentConfig) -> str:
+    """``cuda:<first of gpus>`` / ``cpu``; auto picks CUDA when available."""
+    import torch
+
+    if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise ConfigError("device: cuda was requested but torch sees no CUDA device")
+    index = config.gpus[0] if config.gpus else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"gpus: index {index} is not visible (torch sees {torch.cuda.device_count()})"
+        )
+    return f"cuda:{index}"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) from config.random_seed."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_generation_config(
+    model: PreTrainedModel, config: ExperimentConfig, device: str
+) -> GenerationConfig:
+    """The model's generation config with the experiment's decoder and cache settings."""
+    gen = copy.deepcopy(model.generation_config)
+    decoder = config.decoder
+    gen.max_new_tokens = config.max_output_tokens
+    gen.do_sample = decoder.strategy == "sample"
+    gen.num_beams = decoder.num_beams or (4 if decoder.strategy == "beam_search" else 1)
+    if decoder.strategy != "sample":  # pretrained defaults (e.g. temperature 0.6) do not apply
+        gen.temperature, gen.top_p, gen.top_k = None, None, None
+    for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
+        if getattr(decoder, name) is not None:
+            setattr(gen, name, getattr(decoder, name))
+    _apply_cache_settings(gen, _section(config), device)
+    return gen
+
+
+def _apply_cache_settings(gen: GenerationConfig, section: PyTorchConfig, device: str) -> None:
+    """Static cache and transformers' auto-compile (never torch.compile around forward)."""
+    from transformers import CompileConfig
+
+    if not uses_static_cache(section):
+        return
+    gen.cache_implementation = "static"
+    if section.torch_compile is False:
+        gen.disable_compile = True
+    elif section.torch_compile:
+        compile_config = CompileConfig()
+        if not device.startswith("cuda"):
+            # asked for explicitly: honour it on CPU too (transformers' private flag)
+            compile_config._compile_all_devices = True  # type: ignore[assignment]
+        gen.compile_config = compile_config
+
+
+def _fix_output_length(gen: GenerationConfig, config: ExperimentConfig, max_new: int) -> None:
+    """ignore_eos: min_new_tokens = max_new_tokens masks EOS, so every request runs the full
+    length; otherwise the decoder's own min_new_tokens (if any)."""
+    decoder = config.decoder
+    gen.min_new_tokens = max_new if decoder.ignore_eos else decoder.min_new_tokens
+
+
+def output_length(config: ExperimentConfig, prompts: list[Prompt]) -> tuple[int, list[str]]:
+    """max_new_tokens: the prompts' common target length if they all carry the same one
+    (synthetic datasets), else config.max_output_tokens."""
+    targets = {getattr(p, "target_output_tokens", None) for p in prompts}
+    if len(targets) == 1 and (target := targets.pop()) is not None:
+        return int(target), [f"output length {target} tokens from the dataset"]
+    notes = []
+    if len(targets) > 1:
+        notes.append(
+            "prompts carry different target output lengths; one generate() call needs one "
+            f"length: using max_output_tokens={config.max_output_tokens}"
+        )
+    return config.max_output_tokens, notes
+
+
+def _encode(tokenizer: Any, prompt: Prompt, max_input_tokens: int) -> tuple[list[int], bool]:
+    """Token ids of one prompt, truncated to max_input_tokens; (ids, was_truncated)."""
+    ids: list[int] = tokenizer(prompt.text)["input_ids"]
+    if not ids:
+        raise ConfigError(f"prompt {prompt.id!r} tokenises to nothing: remove empty prompts")
+    return ids[:max_input_tokens], len(ids) > max_input_tokens
+
+
+def _unique_request_ids(prompts: list[Prompt]) -> list[str]:
+    """Prompt ids, made unique with the position when the dataset repeats an id."""
+    ids = [str(p.id) for p in prompts]
+    if len(set(ids)) == len(ids):
+        return ids
+    return [f"{pid}#{i}" for i, pid in enumerate(ids)]
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    """Consecutive chunks of ``size`` (the last may be shorter)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _eos_ids(gen: GenerationConfig) -> set[int]:
+    """EOS ids of the generation config (an int or a list)."""
+    eos = gen.eos_token_id
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, list) else [eos])}
+
+
+def _cut_after_eos(row: list[int], eos: set[int]) -> list[int]:
+    """Tokens up to and including the first EOS."""
+    for i, token in enumerate(row):
+        if token in eos:
+            return row[: i + 1]
+    return row

@@ -1,0 +1,71 @@
+"""Lazy registry of inference backends: name -> "module:Class".
+
+Nothing here imports a framework at module import; availability is checked with
+``importlib.util.find_spec`` (which never executes the package). The backend module itself is
+imported only by :func:`get_backend`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+from functools import cache
+from typing import TYPE_CHECKING
+
+from llenergymeasure.config import ssot
+from llenergymeasure.exceptions import BackendNotInstalledError, ConfigError
+
+if TYPE_CHECKING:
+    from llenergymeasure.core.backends.protocol import InferenceBackend
+
+BACKEND_REGISTRY: dict[str, str] = {
+    "pytorch": "llenergymeasure.core.backends.pytorch:PyTorchBackend",
+    "vllm": "llenergymeasure.core.backends.vllm:VLLMBackend",
+    "tensorrt": "llenergymeasure.core.backends.tensorrt:TensorRTBackend",
+}
+
+
+def list_backends() -> list[str]:
+    """Registered backend names, in registry order."""
+    return list(BACKEND_REGISTRY)
+
+
+def _check_known(name: str) -> None:
+    """Raise ConfigError with a "did you mean" for an unknown backend name."""
+    if name in BACKEND_REGISTRY:
+        return
+    close = difflib.get_close_matches(name, list_backends(), n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"unknown backend {name!r}.{hint} Known: {', '.join(list_backends())}.")
+
+
+@cache
+def is_backend_available(name: str) -> tuple[bool, str]:
+    """(available, reason): reason names the missing module and the pip command; never raises
+    for a known name (an unknown name raises ConfigError)."""
+    _check_known(name)
+    for module in ssot.BACKEND_IMPORTS[name]:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return False, f"{module} is not installed: {ssot.BACKEND_EXTRAS[name]}"
+    return True, "installed"
+
+
+def get_backend(name: str) -> InferenceBackend:
+    """A fresh, uninitialised backend instance.
+
+    Raises ConfigError for unknown names, BackendNotInstalledError (with the pip command)
+    when the backend's package is missing.
+    """
+    _check_known(name)
+    available, reason = is_backend_available(name)
+    if not available:
+        raise BackendNotInstalledError(f"backend {name!r} is not available: {reason}")
+    module_name, class_name = BACKEND_REGISTRY[name].split(":")
+    module = importlib.import_module(module_name)
+    backend: InferenceBackend = getattr(module, class_name)()
+    return backend
