@@ -1,0 +1,118 @@
+"""Shared pieces of the engine backends (vLLM, TensorRT-LLM) that take whole request lists.
+
+Both engines schedule requests themselves (continuous batching), so the prepared input is
+one "batch" holding every prompt as token ids; tokenisation happens before the window with
+the same tokenizer the pytorch backend uses, and the engines are started with
+``skip_tokenizer_init`` so they do no text processing inside the window.
+
+For ``weights: random`` the engines need a model directory: :func:`random_model_dir` writes
+the architecture's ``config.json`` (from the catalogue or a local config) into a temporary
+directory that the engine loads with dummy weights.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llenergymeasure.core.backends.protocol import PreparedBatch, PreparedBatches
+from llenergymeasure.exceptions import BackendNotInstalledError, ConfigError
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.core.metrics import RequestTiming
+    from llenergymeasure.datasets.loader import Prompt
+
+PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def require_module(module: str, extra: str) -> None:
+    """BackendNotInstalledError naming the pip extra when ``module`` is not importable."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise BackendNotInstalledError(
+            f'{module} is not installed: pip install "llenergymeasure[{extra}]"'
+        )
+
+
+def random_model_dir(config: ExperimentConfig) -> Path:
+    """A temporary directory holding the architecture's config.json (for dummy weights)."""
+    from llenergymeasure.core.models.catalogue import resolve_architecture
+
+    spec = resolve_architecture(config.model)
+    if spec is None:
+        raise ConfigError(
+            f"model {config.model!r}: weights: random needs a catalogue name or a local "
+            "config.json for the engine backends"
+        )
+    out = Path(tempfile.mkdtemp(prefix="llem-arch-"))
+    data = dict(spec.config)
+    data.setdefault("architectures", [_architecture_class(spec.model_type)])
+    (out / "config.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+    return out
+
+
+def _architecture_class(model_type: str) -> str:
+    """The ``*ForCausalLM`` class name engines use to pick a model implementation."""
+    names = {
+        "llama": "LlamaForCausalLM",
+        "mistral": "MistralForCausalLM",
+        "gpt2": "GPT2LMHeadModel",
+    }
+    names |= {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+    return names.get(model_type, f"{model_type.capitalize()}ForCausalLM")
+
+
+def load_tokenizer(config: ExperimentConfig, random_weights: bool) -> Any:
+    """The offline tokenizer for random weights, else the model's own (left padding)."""
+    if random_weights:
+        from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
+
+        return load_offline_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(config.model)
+
+
+def prepare_token_ids(
+    tokenizer: Any, prompts: list[Prompt], max_input_tokens: int, max_new_tokens: int
+) -> PreparedBatches:
+    """One batch with every prompt as token ids (truncated to max_input_tokens)."""
+    ids, lengths, payload, truncated = [], [], [], 0
+    for i, prompt in enumerate(prompts):
+        tokens: list[int] = tokenizer(prompt.text)["input_ids"]
+        truncated += len(tokens) > max_input_tokens
+        tokens = tokens[:max_input_tokens]
+        ids.append(f"{prompt.id}#{i}")
+        lengths.append(len(tokens))
+        payload.append(tokens)
+    batch = PreparedBatch(ids, lengths, max(lengths), payload)
+    return PreparedBatches([batch], max_new_tokens, truncated_requests=truncated)
+
+
+def wall_to_perf_offset_s() -> float:
+    """Add to a ``time.time()`` stamp to put it on the ``perf_counter`` clock."""
+    return time.perf_counter() - time.time()
+
+
+def engine_timing(
+    start_s: float,
+    n_in: int,
+    n_out: int,
+    first_token_s: float | None,
+    last_token_s: float | None,
+) -> RequestTiming:
+    """A RequestTiming from engine-reported first/last token times (perf_counter clock);
+    without them, counts only."""
+    from llenergymeasure.core.metrics import RequestTiming
+
+    times = [t for t in (first_token_s, last_token_s) if t is not None and t >= start_s]
+    if n_out < 2 or len(times) < 2:
+        times = times[:1] if n_out >= 1 else []
+    return RequestTiming(
+        request_start_s=start_s, token_times_s=times, input_tokens=n_in, output_tokens=n_out
+    )
