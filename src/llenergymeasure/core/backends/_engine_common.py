@@ -24,7 +24,7 @@ from llenergymeasure.exceptions import BackendNotInstalledError, ConfigError
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.core.metrics import RequestTiming
-    from llenergymeasure.datasets.loader import Prompt
+    from llenergymeasure.datasets.types import Prompt
 
 PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -79,9 +79,12 @@ def load_tokenizer(config: ExperimentConfig, random_weights: bool) -> Any:
 
 
 def prepare_token_ids(
-    tokenizer: Any, prompts: list[Prompt], max_input_tokens: int, max_new_tokens: int
+    tokenizer: Any, prompts: list[Prompt], config: ExperimentConfig
 ) -> PreparedBatches:
-    """One batch with every prompt as token ids (truncated to max_input_tokens)."""
+    """One batch with every prompt as token ids (truncated to max_input_tokens); the output
+    length follows :func:`output_length`."""
+    max_input_tokens = config.max_input_tokens
+    max_new_tokens, notes = output_length(config, prompts)
     ids, lengths, payload, truncated = [], [], [], 0
     for i, prompt in enumerate(prompts):
         tokens: list[int] = tokenizer(prompt.text)["input_ids"]
@@ -91,7 +94,7 @@ def prepare_token_ids(
         lengths.append(len(tokens))
         payload.append(tokens)
     batch = PreparedBatch(ids, lengths, max(lengths), payload)
-    return PreparedBatches([batch], max_new_tokens, truncated_requests=truncated)
+    return PreparedBatches([batch], max_new_tokens, truncated_requests=truncated, notes=notes)
 
 
 def wall_to_perf_offset_s() -> float:
@@ -116,3 +119,18 @@ def engine_timing(
     return RequestTiming(
         request_start_s=start_s, token_times_s=times, input_tokens=n_in, output_tokens=n_out
     )
+
+
+def output_length(config: ExperimentConfig, prompts: list[Prompt]) -> tuple[int, list[str]]:
+    """max_new_tokens: the prompts' common target length if they all carry the same one
+    (synthetic datasets), else config.max_output_tokens."""
+    targets = {getattr(p, "target_output_tokens", None) for p in prompts}
+    if len(targets) == 1 and (target := targets.pop()) is not None:
+        return int(target), [f"output length {target} tokens from the dataset"]
+    notes = []
+    if len(targets) > 1:
+        notes.append(
+            "prompts carry different target output lengths; one generate() call needs one "
+            f"length: using max_output_tokens={config.max_output_tokens}"
+        )
+    return config.max_output_tokens, notes

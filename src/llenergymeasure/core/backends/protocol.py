@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.core.metrics import RequestTiming
-    from llenergymeasure.datasets.loader import Prompt
+    from llenergymeasure.datasets.types import Prompt
 
 LaunchMode = Literal["direct", "accelerate"]
 CudaManagement = Literal["orchestrator", "backend"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.config.backend_configs import PyTorchConfig
+from llenergymeasure.core.backends._engine_common import output_length
 from llenergymeasure.core.backends.protocol import (
     InferenceOutput,
     PreparedBatch,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.core.metrics import RequestTiming
-    from llenergymeasure.datasets.loader import Prompt
+    from llenergymeasure.datasets.types import Prompt
 
 DEFAULT_BATCH_SIZE = 1
 
@@ -399,21 +400,6 @@ def _fix_output_length(gen: GenerationConfig, config: ExperimentConfig, max_new:
     length; otherwise the decoder's own min_new_tokens (if any)."""
     decoder = config.decoder
     gen.min_new_tokens = max_new if decoder.ignore_eos else decoder.min_new_tokens
-
-
-def output_length(config: ExperimentConfig, prompts: list[Prompt]) -> tuple[int, list[str]]:
-    """max_new_tokens: the prompts' common target length if they all carry the same one
-    (synthetic datasets), else config.max_output_tokens."""
-    targets = {getattr(p, "target_output_tokens", None) for p in prompts}
-    if len(targets) == 1 and (target := targets.pop()) is not None:
-        return int(target), [f"output length {target} tokens from the dataset"]
-    notes = []
-    if len(targets) > 1:
-        notes.append(
-            "prompts carry different target output lengths; one generate() call needs one "
-            f"length: using max_output_tokens={config.max_output_tokens}"
-        )
-    return config.max_output_tokens, notes
 
 
 def _encode(tokenizer: Any, prompt: Prompt, max_input_tokens: int) -> tuple[list[int], bool]:

@@ -36,7 +36,7 @@ require_module("tensorrt_llm", "tensorrt")
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
-    from llenergymeasure.datasets.loader import Prompt
+    from llenergymeasure.datasets.types import Prompt
 
 NO_STREAM_REASON = (
     "TensorRT-LLM offline generate does not stream tokens to the caller: TTFT/ITL are not "
@@ -96,9 +96,9 @@ class TensorRTBackend:
     def tokenize(self, prompts: list[Prompt]) -> PreparedBatches:
         """Token ids for every prompt."""
         config = self._require_config()
-        return prepare_token_ids(
-            self._tokenizer, prompts, config.max_input_tokens, config.max_output_tokens
-        )
+        prepared = prepare_token_ids(self._tokenizer, prompts, config)
+        self._sampling = sampling_params(config, prepared.max_new_tokens)
+        return prepared
 
     def warmup_step(self, prepared: PreparedBatches) -> float:
         """Generate for the first few prompts; latency in s."""

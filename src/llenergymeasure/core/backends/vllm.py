@@ -40,7 +40,7 @@ require_module("vllm", "vllm")
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.core.metrics import RequestTiming
-    from llenergymeasure.datasets.loader import Prompt
+    from llenergymeasure.datasets.types import Prompt
 
 NO_METRICS_REASON = (
     "vLLM returned no per-request metrics (V1 offline engine): offline generate does not "
@@ -101,11 +101,12 @@ class VLLMBackend:
         self._sampling = sampling_params(config, config.max_output_tokens)
 
     def tokenize(self, prompts: list[Prompt]) -> PreparedBatches:
-        """Token ids for every prompt (the engine skips its own tokenizer)."""
+        """Token ids for every prompt (the engine skips its own tokenizer); sampling params
+        take the prepared output length."""
         config = self._require_config()
-        return prepare_token_ids(
-            self._tokenizer, prompts, config.max_input_tokens, config.max_output_tokens
-        )
+        prepared = prepare_token_ids(self._tokenizer, prompts, config)
+        self._sampling = sampling_params(config, prepared.max_new_tokens)
+        return prepared
 
     def warmup_step(self, prepared: PreparedBatches) -> float:
         """Generate for the first few prompts; latency in s."""
