@@ -1,0 +1,237 @@
+"""``llem run``: run (or, with ``--dry-run``, plan) an experiment or a study.
+
+The command parses options into config overrides, loads the configuration through the
+library, and either prints the expanded plan (``--dry-run``: nothing heavy is imported,
+nothing runs) or calls ``run_experiment`` / ``run_study`` with a progress display on stderr
+and prints a summary on stdout.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.loader import LoadedConfig
+
+HELP = (
+    "Run an experiment or a study (a YAML with sweep:/experiments: is a study). "
+    "Options override the file. --dry-run validates, expands the grid and estimates memory "
+    "without running anything."
+)
+
+USAGE_FIX = (
+    "give a config file or a model, e.g. `llem run examples/quickstart.yaml` or "
+    "`llem run --model tiny-llama -n 20`"
+)
+
+# --batch-size maps to each backend's own batching knob.
+BATCH_FIELD = {
+    "pytorch": "pytorch.batch_size",
+    "vllm": "vllm.max_num_seqs",
+    "tensorrt": "tensorrt.max_batch_size",
+}
+
+
+class Order(str, Enum):
+    """Run order of a study's experiments across cycles."""
+
+    interleaved = "interleaved"
+    shuffled = "shuffled"
+    grouped = "grouped"
+
+
+def run(
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="Experiment or study YAML.", show_default=False, metavar="CONFIG"),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model: HF id, path or catalogue name.")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", "-b", help="pytorch | vllm | tensorrt.")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", "-d", help="builtin, a file path or hf:<name>.")
+    ] = None,
+    n: Annotated[int | None, typer.Option("-n", "--n", help="Number of prompts measured.")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size", help="Batch size (vllm: max_num_seqs, tensorrt: max_batch_size)."
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="fp32 | fp16 | bf16 | int8 | fp8 | int4.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Results directory.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate, expand and estimate; run nothing.")
+    ] = False,
+    cycles: Annotated[
+        int | None, typer.Option("--cycles", help="Repeat every configuration this many times.")
+    ] = None,
+    order: Annotated[
+        Order | None, typer.Option("--order", help="Run order across cycles.", case_sensitive=False)
+    ] = None,
+    no_gaps: Annotated[
+        bool, typer.Option("--no-gaps", help="Skip thermal-recovery gaps between experiments.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Resume the latest interrupted run of this study.")
+    ] = False,
+    resume_dir: Annotated[
+        Path | None, typer.Option("--resume-dir", help="Study directory to resume.")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings and results.")
+    ] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose", "-v", count=True, show_default=False, help="Debug logs and tracebacks."
+        ),
+    ] = 0,
+) -> None:
+    """Run (or plan, with --dry-run) the experiment or study described by CONFIG/options."""
+    from llenergymeasure.cli.app import set_verbosity
+    from llenergymeasure.logging import setup_logging
+
+    verbosity = set_verbosity(quiet, verbose)
+    setup_logging(verbosity)
+    if config is None and model is None:
+        raise typer.BadParameter(f"no experiment given -> {USAGE_FIX}", param_hint="CONFIG")
+    overrides = base_overrides(
+        model=model,
+        backend=backend,
+        dataset=dataset,
+        n=n,
+        precision=precision,
+        cycles=cycles,
+        order=order.value if order else None,
+    )
+    loaded = load_with_batch_size(config, overrides, batch_size, backend)
+    for note in loaded.notes:
+        typer.echo(f"note: {note}", err=True)
+    if dry_run:
+        typer.echo(dry_run_text(loaded))
+        return
+    as_study = loaded.kind == "study" or cycles is not None or order is not None
+    if (resume or resume_dir) and not as_study:
+        raise typer.BadParameter("--resume applies to studies only", param_hint="--resume")
+    if as_study:
+        _run_study(loaded, output, quiet, no_gaps, resume, resume_dir)
+    else:
+        _run_experiment(loaded, output, quiet)
+
+
+def base_overrides(**options: Any) -> dict[str, Any]:
+    """Dotted config overrides for the options that were given (None = not given)."""
+    mapping = {"cycles": "execution.n_cycles", "order": "execution.order"}
+    return {mapping.get(k, k): v for k, v in options.items() if v is not None}
+
+
+def config_backends(loaded: LoadedConfig) -> set[str]:
+    """Backends a loaded experiment or study will use."""
+    if loaded.experiment is not None:
+        return {loaded.experiment.backend}
+    study = loaded.study
+    found = {str(study.base.get("backend", "pytorch"))}
+    found.update(str(b) for b in study.sweep.get("backend", []))
+    found.update(
+        str(e.get("backend", study.base.get("backend", "pytorch"))) for e in study.experiments
+    )
+    return found
+
+
+def load_with_batch_size(
+    config: Path | None, overrides: dict[str, Any], batch_size: int | None, backend: str | None
+) -> LoadedConfig:
+    """Load the config; ``--batch-size`` goes to the batching field of each backend in use."""
+    from llenergymeasure.config.loader import load_config
+
+    if batch_size is None:
+        return load_config(config, overrides)
+    backends = {backend} if backend else config_backends(load_config(config, overrides))
+    extra = {BATCH_FIELD[b]: batch_size for b in sorted(backends) if b in BATCH_FIELD}
+    return load_config(config, {**overrides, **extra})
+
+
+def dry_run_text(loaded: LoadedConfig) -> str:
+    """The plan of a dry run: experiments in run order with memory estimates, skipped points."""
+    from llenergymeasure.cli.display import format_dry_run
+    from llenergymeasure.core.memory import estimate_memory
+
+    plan = loaded.plan()
+    cache: dict[str, Any] = {}
+
+    def estimate(cfg: Any) -> Any:
+        key = cfg.model_dump_json()
+        if key not in cache:
+            cache[key] = estimate_memory(cfg)
+        return cache[key]
+
+    text = format_dry_run(plan, estimate)
+    notes = [f"note: {n}" for n in plan.notes]
+    return "\n".join([text, *notes])
+
+
+def _run_experiment(loaded: LoadedConfig, output: Path | None, quiet: bool) -> None:
+    """Run one experiment and print its summary."""
+    from llenergymeasure._api import run_experiment
+    from llenergymeasure.cli.display import format_experiment
+    from llenergymeasure.cli.progress_bars import CliProgress
+
+    progress = CliProgress(quiet=quiet)
+    try:
+        result = run_experiment(loaded.experiment, results_dir=output, progress=progress)
+    finally:
+        progress.close()
+    typer.echo(format_experiment(result, _result_dir(result)))
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def _run_study(
+    loaded: LoadedConfig,
+    output: Path | None,
+    quiet: bool,
+    no_gaps: bool,
+    resume: bool,
+    resume_dir: Path | None,
+) -> None:
+    """Run a study and print its summary table."""
+    from llenergymeasure._api import run_study
+    from llenergymeasure.cli.progress_bars import CliProgress
+    from llenergymeasure.study.summary import format_study_table
+
+    progress = CliProgress(quiet=quiet)
+    try:
+        result = run_study(
+            loaded.study,
+            results_dir=output,
+            progress=progress,
+            resume=resume or resume_dir is not None,
+            resume_dir=resume_dir,
+            no_gaps=no_gaps,
+        )
+    finally:
+        progress.close()
+    typer.echo(format_study_table(result))
+    if result.counts.failed or result.status != "completed":
+        raise typer.Exit(1)
+
+
+def _result_dir(result: Any) -> str | None:
+    """Where the library saved the result, if it says."""
+    for attr in ("result_dir", "run_dir", "output_dir"):
+        value = getattr(result, attr, None)
+        if value:
+            return str(value)
+    return None

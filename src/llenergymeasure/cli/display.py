@@ -1,0 +1,244 @@
+"""Plain-text rendering for the CLI: results go to stdout, progress and errors to stderr.
+
+Only formatting lives here; no measurement, no persistence. Every function takes library
+objects (results, study plans) and returns text, so it is testable without a terminal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llenergymeasure.domain.metrics import LatencyStats
+    from llenergymeasure.domain.results import ExperimentResult
+
+MISSING = "-"
+
+
+def fmt(value: float | int | None, digits: int = 2, unit: str = "") -> str:
+    """A number with ``digits`` decimals and an optional unit; ``-`` for None."""
+    if value is None:
+        return MISSING
+    text = f"{value:,}" if isinstance(value, int) else f"{value:,.{digits}f}"
+    return f"{text} {unit}".rstrip()
+
+
+def fmt_si(value: float | None, unit: str) -> str:
+    """Large quantities with an SI prefix (``1.23 TFLOP``); ``-`` for None."""
+    if value is None:
+        return MISSING
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f} {prefix}{unit}"
+    return f"{value:.0f} {unit}"
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A left-aligned plain-text table with a dashed rule under the header."""
+    body = [[str(cell) for cell in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in body:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=False)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(list(headers)), rule, *(line(r) for r in body)])
+
+
+def render_pairs(pairs: Iterable[tuple[str, str]], indent: str = "  ") -> str:
+    """``label  value`` lines with the values aligned."""
+    items = list(pairs)
+    width = max((len(k) for k, _ in items), default=0)
+    return "\n".join(f"{indent}{k.ljust(width)}  {v}" for k, v in items)
+
+
+# ---- one experiment ------------------------------------------------------------------------
+
+
+def latency_text(stats: LatencyStats | None) -> str:
+    """``mean / p50 / p99`` in ms, or ``not measured``."""
+    if stats is None:
+        return "not measured"
+    return f"{stats.mean_ms:.2f} / {stats.p50_ms:.2f} / {stats.p99_ms:.2f} ms (mean/p50/p99)"
+
+
+def energy_text(result: ExperimentResult) -> str:
+    """Gross energy with how it was measured, e.g. ``123.4 J (counter, gpu)``."""
+    energy = result.energy
+    if energy is None or result.energy_j is None:
+        reason = result.energy_not_measured_reason or "; ".join(
+            (energy.not_measured if energy else {}).values()
+        )
+        return f"not measured: {reason or 'no energy meter available'}"
+    parts = [f"{m.energy_j:,.2f} J ({m.method}, {m.scope}, {m.meter})" for m in energy.measurements]
+    missing = [f"{scope} not measured: {why}" for scope, why in energy.not_measured.items()]
+    return "; ".join(parts + missing) or f"{result.energy_j:,.2f} J"
+
+
+def _baseline_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
+    """Idle power and energy above idle, when an idle baseline was measured."""
+    baseline = result.energy.baseline if result.energy else None
+    if baseline is None:
+        return []
+    cached = " (cached)" if baseline.baseline.cached else ""
+    return [
+        ("idle power", f"{baseline.idle_power_w:.1f} W{cached}"),
+        ("energy above idle", f"{baseline.energy_above_idle_j:,.2f} J"),
+    ]
+
+
+def _config_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
+    """Model, backend, precision, batch and prompt counts from the effective config."""
+    cfg = result.config
+    section = cfg.get(cfg.get("backend", "pytorch")) or {}
+    batch = next(
+        (
+            section.get(k)
+            for k in ("batch_size", "max_num_seqs", "max_batch_size")
+            if section.get(k)
+        ),
+        None,
+    )
+    tokens = result.metrics.tokens if result.metrics else None
+    return [
+        ("model", f"{cfg.get('model')} ({cfg.get('weights') or 'default'} weights)"),
+        ("backend", str(cfg.get("backend"))),
+        ("precision", str(cfg.get("precision"))),
+        ("batch size", str(batch) if batch else "backend default"),
+        ("prompts", fmt(tokens.n_requests if tokens else cfg.get("n"))),
+        (
+            "input / output tokens",
+            f"{fmt(tokens.input_tokens if tokens else None)} / "
+            f"{fmt(tokens.output_tokens if tokens else None)}",
+        ),
+    ]
+
+
+def _metric_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
+    """Throughput, latency, FLOPs and memory lines."""
+    m = result.metrics
+    if m is None:
+        return [("metrics", "not available (the run failed before its window closed)")]
+    t, lat = m.throughput, m.latency
+    mem = m.memory
+    return [
+        ("window", fmt(t.duration_s, 3, "s")),
+        (
+            "throughput",
+            f"{t.output_tokens_per_s:,.2f} output tok/s, "
+            f"{t.total_tokens_per_s:,.2f} total tok/s, {t.requests_per_s:,.3f} req/s",
+        ),
+        ("TTFT", latency_text(lat.ttft)),
+        ("ITL", latency_text(lat.itl)),
+        ("TPOT", latency_text(lat.tpot)),
+        (
+            "FLOPs",
+            fmt_si(m.flops.total_flops, "FLOP") + f" ({m.flops.method})" if m.flops else MISSING,
+        ),
+        ("peak memory", fmt(mem.peak_memory_mb if mem else None, 1, "MB")),
+    ]
+
+
+def _energy_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
+    """Energy, J/token, baseline split and CO2."""
+    ratios = result.metrics.energy_ratios if result.metrics else None
+    per_token = (
+        f"{ratios.j_per_output_token:.4f} J/output token ({ratios.energy_basis})"
+        if ratios and ratios.j_per_output_token is not None
+        else MISSING
+    )
+    co2 = result.co2
+    co2_text = (
+        f"{co2.co2_g:.4f} g CO2e (estimate: {co2.carbon_intensity_gco2_kwh:g} g/kWh, PUE {co2.pue:g})"
+        if co2
+        else MISSING
+    )
+    return [
+        ("energy", energy_text(result)),
+        ("energy / token", per_token),
+        *_baseline_pairs(result),
+        ("CO2", co2_text),
+    ]
+
+
+def format_experiment(result: ExperimentResult, result_dir: str | None = None) -> str:
+    """The end-of-run summary of one experiment, with its warnings."""
+    status = "FAILED" if result.failed else "completed"
+    pairs = _config_pairs(result) + _metric_pairs(result) + _energy_pairs(result)
+    pairs.append(("results", result_dir or MISSING))
+    lines = [
+        f"Experiment {result.name} ({status}, config {result.config_hash[:8]})",
+        render_pairs(pairs),
+    ]
+    if result.failed and result.error_type:
+        lines.append(f"  error: {result.error_type}")
+    lines.extend(warnings_block([f"[{w.severity}] {w.code}: {w.message}" for w in result.warnings]))
+    return "\n".join(lines)
+
+
+def warnings_block(items: Sequence[str]) -> list[str]:
+    """``Warnings (n):`` followed by one indented line per warning; nothing when empty."""
+    if not items:
+        return []
+    return [f"Warnings ({len(items)}):", *(f"  - {w}" for w in items)]
+
+
+# ---- dry run -------------------------------------------------------------------------------
+
+
+def format_memory(estimate: Any) -> str:
+    """``weights + KV + overhead = total GB`` from a core.memory.MemoryEstimate."""
+    if estimate is None:
+        return "unknown"
+    if isinstance(estimate, str):
+        return estimate
+    if estimate.total_gb is None:
+        return "unknown: " + "; ".join(estimate.notes or [estimate.method])
+    terms = (estimate.weights_gb, estimate.kv_cache_gb, estimate.activations_overhead_gb)
+    return " + ".join(_gb(t) for t in terms) + f" = {_gb(estimate.total_gb)} GB"
+
+
+def _gb(value: float | None) -> str:
+    """GB with enough decimals to show small models (3 below 1 GB)."""
+    if value is None:
+        return "?"
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}"
+
+
+def format_dry_run(plan: Any, estimate: Callable[[Any], Any]) -> str:
+    """The expanded study in run order, skipped points and totals (nothing is run)."""
+    rows = [
+        (
+            p.position + 1,
+            f"{p.cycle}/{plan.n_cycles}",
+            p.label,
+            p.config_hash[:8],
+            format_memory(estimate(p.config)),
+        )
+        for p in plan.experiments
+    ]
+    headers = ("#", "cycle", "experiment", "config", "est. GPU memory (weights + KV + overhead)")
+    seed = f", shuffle seed {plan.shuffle_seed}" if plan.shuffle_seed is not None else ""
+    lines = [
+        f"Dry run: order {plan.order}{seed}, design {str(plan.design_hash)[:8]}",
+        render_table(headers, rows),
+    ]
+    if plan.skipped:
+        lines.append(f"Skipped grid points ({len(plan.skipped)}):")
+        lines.extend(f"  - {_point_text(s.point)}: {s.reason}" for s in plan.skipped)
+    n_configs = len(plan.unique_configs)
+    lines.append(
+        f"Total: {len(plan.experiments)} experiments = {n_configs} configs x "
+        f"{plan.n_cycles} cycles; {len(plan.skipped)} skipped. Nothing was run."
+    )
+    return "\n".join(lines)
+
+
+def _point_text(point: Any) -> str:
+    """A grid point as ``key=value, ...``."""
+    if isinstance(point, dict):
+        return ", ".join(f"{k}={v}" for k, v in point.items())
+    return str(point)
