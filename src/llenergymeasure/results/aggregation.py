@@ -36,7 +36,7 @@ def aggregate_process_results(
     raws = _check_consistent(raws)
     first = raws[0]
     if arch is None:
-        arch = _resolve_arch(str(first.config.get("model", "")))
+        arch = resolve_arch_quietly(str(first.config.get("model", "")))
     timings = [t for raw in raws for t in to_timings(raw.timings)]
     duration_s = _window_s(raws)
     energy = merge_energy_reports([r.energy for r in raws if r.energy is not None], duration_s)
@@ -95,7 +95,7 @@ def _window_s(raws: Sequence[RawProcessResult]) -> float:
     return max(span, max(r.duration_s for r in raws))
 
 
-def _resolve_arch(model: str) -> TransformerShape | None:
+def resolve_arch_quietly(model: str) -> TransformerShape | None:
     """Catalogue/local-config shapes for FLOPs, or None (e.g. a Hub id)."""
     from llenergymeasure.core.models.catalogue import resolve_architecture
 

@@ -1,0 +1,157 @@
+"""Turn what one measured run produced into a RawProcessResult (pure bookkeeping).
+
+Kept apart from the orchestrator so the lifecycle code there stays short; nothing here runs
+while the measurement window is open.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llenergymeasure.core.memory import weights_bytes
+from llenergymeasure.core.metrics import bytes_to_mb, kv_cache_bytes
+from llenergymeasure.domain.energy import EnergyReport, QualityFlag
+from llenergymeasure.domain.metrics import MemoryMetrics
+from llenergymeasure.domain.results import RawProcessResult, WarmupResult
+from llenergymeasure.results.derive import to_records
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.core.backends.protocol import InferenceOutput, PreparedBatches
+    from llenergymeasure.core.models.catalogue import ArchitectureSpec
+    from llenergymeasure.domain.environment import EnvironmentSnapshot
+
+
+class PhaseTimer:
+    """Wall time of each named phase outside (and of) the window, in seconds."""
+
+    def __init__(self) -> None:
+        self.durations_s: dict[str, float] = {}
+        self._name: str | None = None
+        self._t0 = 0.0
+
+    def start(self, name: str) -> None:
+        """End the current phase (if any) and start ``name``."""
+        self.stop()
+        self._name, self._t0 = name, time.perf_counter()
+
+    def stop(self) -> None:
+        """End the current phase."""
+        if self._name is not None:
+            elapsed = time.perf_counter() - self._t0
+            self.durations_s[self._name] = self.durations_s.get(self._name, 0.0) + elapsed
+            self._name = None
+
+    def total_s(self, *names: str) -> float:
+        """Sum of the named phases (missing ones count 0)."""
+        return sum(self.durations_s.get(n, 0.0) for n in names)
+
+
+@dataclass
+class Window:
+    """The measurement window's edges: wall clock (for alignment) and monotonic (length)."""
+
+    start_unix_s: float = 0.0
+    end_unix_s: float = 0.0
+    start_perf_s: float = 0.0
+    end_perf_s: float = 0.0
+
+    def begin(self) -> None:
+        """Stamp the opening edge."""
+        self.start_unix_s, self.start_perf_s = time.time(), time.perf_counter()
+
+    def end(self) -> None:
+        """Stamp the closing edge."""
+        self.end_perf_s, self.end_unix_s = time.perf_counter(), time.time()
+
+    @property
+    def duration_s(self) -> float:
+        """Window length on the monotonic clock."""
+        return self.end_perf_s - self.start_perf_s
+
+
+@dataclass
+class RunRecord:
+    """Everything the orchestrator gathered for one process, before aggregation."""
+
+    experiment_id: str
+    name: str
+    config_hash: str
+    provenance: dict[str, str]
+    started_at: datetime
+    environment: EnvironmentSnapshot | None = None
+    warmup: WarmupResult | None = None
+    energy: EnergyReport | None = None
+    energy_not_measured_reason: str | None = None
+    warnings: list[QualityFlag] = field(default_factory=list)
+    carbon_intensity_gco2_kwh: float | None = None
+    datacenter_pue: float | None = None
+
+
+def memory_metrics(
+    config: ExperimentConfig,
+    arch: ArchitectureSpec | None,
+    prepared: PreparedBatches,
+    output: InferenceOutput,
+) -> MemoryMetrics:
+    """Peak memory as measured by the backend; weights and KV cache analytic (from shapes)."""
+    model_mb = kv_mb = None
+    if arch is not None:
+        model_mb = bytes_to_mb(weights_bytes(arch, config.precision))
+        batch = max((b.size for b in prepared.batches), default=0)
+        seq = max((b.padded_length for b in prepared.batches), default=0) + prepared.max_new_tokens
+        elem = 4.0 if config.precision == "fp32" else 2.0
+        kv_mb = bytes_to_mb(kv_cache_bytes(arch, batch, seq, elem))
+    peak = output.peak_memory_bytes
+    return MemoryMetrics(
+        model_memory_mb=model_mb,
+        peak_memory_mb=bytes_to_mb(peak) if peak is not None else None,
+        kv_cache_estimate_mb=kv_mb,
+        device=output.device,
+    )
+
+
+def raw_result(
+    record: RunRecord,
+    config: ExperimentConfig,
+    output: InferenceOutput,
+    window: Window,
+    memory: MemoryMetrics,
+    ended_at: datetime,
+) -> RawProcessResult:
+    """The single-process raw result of this run."""
+    dumped: dict[str, Any] = config.model_dump(mode="json")
+    return RawProcessResult(
+        experiment_id=record.experiment_id,
+        name=record.name,
+        config=dumped,
+        provenance=record.provenance,
+        config_hash=record.config_hash,
+        environment=record.environment,
+        device=output.device,
+        window_start_unix_s=window.start_unix_s,
+        window_end_unix_s=window.end_unix_s,
+        duration_s=window.duration_s,
+        timing_method=output.timing_method,
+        ttft_not_measured_reason=output.ttft_not_measured_reason,
+        timings=to_records(output.timings),
+        padded_input_tokens=output.padded_input_tokens,
+        energy=record.energy,
+        energy_not_measured_reason=record.energy_not_measured_reason,
+        memory=memory,
+        warmup=record.warmup,
+        warnings=record.warnings,
+        carbon_intensity_gco2_kwh=record.carbon_intensity_gco2_kwh,
+        datacenter_pue=record.datacenter_pue,
+        started_at=record.started_at,
+        ended_at=ended_at,
+    )
+
+
+def backend_flags(messages: list[str], code: str = "backend_note") -> list[QualityFlag]:
+    """Backend warnings as informational quality flags."""
+    return [QualityFlag(code=code, message=m, severity="info") for m in messages]

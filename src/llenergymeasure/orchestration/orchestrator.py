@@ -1,0 +1,342 @@
+"""ExperimentOrchestrator: the life of one experiment (INTERNAL, no SemVer guarantee).
+
+Sequence (SPEC §4 "Window")::
+
+    pre-flight -> environment snapshot -> load prompts -> backend.initialize (model+tokenizer)
+    -> backend.tokenize -> warm-up -> energy session start + idle baseline
+    -> synchronize | begin window | run_inference | synchronize | end window
+    -> metrics, quality flags, CO2 -> result.json (atomic) in a new run directory
+
+Only generation happens inside the window; the device is synchronised at both edges.
+A failure marks the state DONE with ``failed=True``, writes the result with the traceback,
+and is re-raised as ``ExperimentError`` (configuration/pre-flight errors keep their type).
+"""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llenergymeasure.config.hashing import config_hash
+from llenergymeasure.domain.energy import QualityFlag
+from llenergymeasure.domain.results import ExperimentResult
+from llenergymeasure.exceptions import ConfigError, ExperimentError, MeterError, PreflightError
+from llenergymeasure.orchestration.assemble import (
+    PhaseTimer,
+    RunRecord,
+    Window,
+    backend_flags,
+    memory_metrics,
+    raw_result,
+)
+from llenergymeasure.orchestration.preflight import run_preflight
+from llenergymeasure.orchestration.warmup import run_warmup
+from llenergymeasure.progress import NullProgress, Progress
+from llenergymeasure.results.aggregation import aggregate_process_results
+from llenergymeasure.results.filenames import TIMESERIES_FILENAME, default_experiment_name
+from llenergymeasure.results.persistence import new_run_dir, write_result
+from llenergymeasure.state.machine import ExperimentStateMachine, utc_now
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.config.user_config import UserConfig
+    from llenergymeasure.core.backends.protocol import InferenceBackend, PreparedBatches
+
+#: Builds the energy session: (config, gpu indices or None for all visible, timeline path).
+EnergySessionFactory = Callable[["ExperimentConfig", "list[int] | None", "Path | None"], Any]
+SETUP_PHASES = ("prompts", "load", "tokenise", "warmup", "baseline")
+
+
+def default_energy_session(
+    config: ExperimentConfig, gpu_indices: list[int] | None, timeline_path: Path | None
+) -> Any:
+    """The energy layer's EnergySession for ``config`` (meter choice is the layer's job)."""
+    from llenergymeasure.core.energy import EnergySession
+    from llenergymeasure.core.energy.baseline import BaselineSettings
+
+    b = config.baseline
+    return EnergySession(
+        energy_backend=config.energy_backend,
+        gpu_indices=gpu_indices,
+        sample_interval_ms=config.telemetry.interval_ms,
+        timeline_path=timeline_path,
+        baseline=BaselineSettings(
+            enabled=b.enabled, duration_s=b.duration_s, cache_ttl_s=b.cache_ttl_s
+        ),
+    )
+
+
+class ExperimentOrchestrator:
+    """Runs one experiment in this process and writes its result."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        provenance: dict[str, str] | None = None,
+        *,
+        results_dir: Path,
+        progress: Progress | None = None,
+        user_config: UserConfig | None = None,
+        energy_session_factory: EnergySessionFactory | None = None,
+    ) -> None:
+        self.config = _with_user_defaults(config, user_config)
+        self.provenance = dict(provenance or {})
+        self.results_dir = Path(results_dir)
+        self.progress: Progress = progress or NullProgress()
+        self.user_config = user_config
+        self.energy_session_factory = energy_session_factory or default_energy_session
+        self.name = config.name or default_experiment_name(config.model, config.backend)
+        self.state = ExperimentStateMachine()
+        self.timer = PhaseTimer()
+        self.run_dir: Path | None = None
+        self.record = RunRecord(
+            experiment_id=uuid.uuid4().hex[:12],
+            name=self.name,
+            config_hash=config_hash(self.config),
+            provenance=self.provenance,
+            started_at=self.state.started_at,
+            carbon_intensity_gco2_kwh=_pick(config.carbon_intensity_gco2_kwh, user_config, "ci"),
+            datacenter_pue=_pick(config.datacenter_pue, user_config, "pue"),
+        )
+
+    @property
+    def result_path(self) -> Path | None:
+        """Where result.json was (or will be) written."""
+        return self.run_dir / "result.json" if self.run_dir else None
+
+    def run(self) -> ExperimentResult:
+        """Run the experiment; raises PreflightError/ConfigError or ExperimentError."""
+        self._stage("pre-flight", "preflight")
+        try:
+            report = run_preflight(self.config)
+        except PreflightError:
+            self.state.finish(failed=True, error="pre-flight failed")
+            raise
+        self.record.warnings += backend_flags(report.warnings, "preflight_note")
+        base = (
+            self.results_dir / self.config.output_dir
+            if self.config.output_dir
+            else self.results_dir
+        )
+        self.run_dir = new_run_dir(base, self.name)
+        try:
+            result = self._measure(self.run_dir)
+        except BaseException as e:
+            self._write_failure(e)
+            if isinstance(e, (ConfigError, KeyboardInterrupt)):
+                raise
+            raise ExperimentError(f"experiment {self.name!r} failed: {e}") from e
+        self._stage("saving", "save")
+        write_result(result, self.run_dir)
+        self.timer.stop()
+        return result
+
+    # ---- the lifecycle ------------------------------------------------------------------
+    def _measure(self, run_dir: Path) -> ExperimentResult:
+        """Everything from the environment snapshot to the aggregated result."""
+        from llenergymeasure.core.backends.registry import get_backend
+        from llenergymeasure.datasets.loader import load_prompts
+
+        self._stage("environment snapshot", "environment")
+        self.record.environment = _collect_environment(self.record.warnings)
+        backend = get_backend(self.config.backend)
+        self.record.warnings += backend_flags(backend.validate_config(self.config))
+        try:
+            self._stage("loading prompts", "prompts")
+            cfg = self.config
+            prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed)
+            self._stage("loading model", "load")
+            backend.initialize(cfg, prompts)
+            self._stage("tokenising", "tokenise")
+            prepared = backend.tokenize(prompts)
+            self._stage("warm-up", "warmup")
+            self.record.warmup = run_warmup(
+                lambda: backend.warmup_step(prepared),
+                cfg.warmup,
+                on_step=lambda n: self.progress.message(f"warm-up run {n} done"),
+            )
+            return self._measure_window(backend, prepared, run_dir)
+        finally:
+            backend.cleanup()
+
+    def _measure_window(
+        self, backend: InferenceBackend, prepared: PreparedBatches, run_dir: Path
+    ) -> ExperimentResult:
+        """Energy session + baseline, then the synchronised measurement window."""
+        self._stage("idle baseline", "baseline")
+        timeline = run_dir / TIMESERIES_FILENAME if self._save_timeline() else None
+        session = self._start_energy(self._gpu_indices(backend), timeline)
+        try:
+            if session is not None and self.config.baseline.enabled:
+                session.measure_baseline()
+            self._stage("measuring", "measure")
+            self.progress.prompts_done(0, prepared.n_requests)
+            window = Window()
+            backend.synchronize()
+            self.state.start_measuring()
+            if session is not None:
+                session.begin_window("measure")
+            window.begin()
+            output = backend.run_inference(prepared)
+            backend.synchronize()
+            window.end()
+            if session is not None:
+                self.record.energy = session.end_window("measure")
+        finally:
+            if session is not None:
+                session.stop()
+        self.progress.prompts_done(output.n_requests, prepared.n_requests)
+        self._stage("computing metrics", "metrics")
+        self.record.warnings += backend_flags(output.warnings + prepared.notes)
+        memory = memory_metrics(self.config, _arch(self.config.model), prepared, output)
+        raw = raw_result(self.record, self.config, output, window, memory, utc_now())
+        self.state.finish()
+        return self._finalise(aggregate_process_results([raw]), timeline)
+
+    def _finalise(self, result: ExperimentResult, timeline: Path | None) -> ExperimentResult:
+        """Add what only the orchestrator knows: timings, states, timeline path."""
+        self.timer.stop()
+        durations = dict(self.timer.durations_s)
+        return result.model_copy(
+            update={
+                "llem_version": _version(),
+                "state": self.state.state,
+                "state_transitions": list(self.state.transitions),
+                "ended_at": self.state.transitions[-1].at,
+                "timeseries_path": timeline.name if timeline and timeline.exists() else None,
+                "setup_s": self.timer.total_s(*SETUP_PHASES),
+                "phase_durations_s": durations,
+            }
+        )
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _stage(self, label: str, phase: str) -> None:
+        """Report a stage to the progress callback and time it as ``phase``."""
+        self.timer.start(phase)
+        self.progress.stage(label)
+
+    def _save_timeline(self) -> bool:
+        telemetry = self.config.telemetry
+        return telemetry.enabled and telemetry.save_timeseries
+
+    def _gpu_indices(self, backend: InferenceBackend) -> list[int] | None:
+        """GPUs the model lives on; [] on CPU (GPU energy of an unused GPU is not this run's)."""
+        indices = backend.device_indices()
+        if indices:
+            return indices
+        return [] if self.config.device == "cpu" or not self.config.gpus else self.config.gpus
+
+    def _start_energy(self, gpu_indices: list[int] | None, timeline: Path | None) -> Any:
+        """Start the energy session; None (with the reason recorded) when it cannot start."""
+        try:
+            session = self.energy_session_factory(self.config, gpu_indices, timeline)
+            session.start()
+            return session
+        except (MeterError, ImportError, OSError) as e:
+            if self.config.energy_backend != "auto":
+                raise  # an explicitly requested meter that cannot measure is an error
+            self.record.energy_not_measured_reason = f"energy session could not start: {e}"
+            return None
+
+    def _write_failure(self, error: BaseException) -> None:
+        """Mark DONE/failed and write a result carrying the traceback (never raises)."""
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        if self.state.state.value != "done":
+            self.state.finish(failed=True, error=text)
+        self.timer.stop()
+        failed = ExperimentResult(
+            llem_version=_version(),
+            experiment_id=self.record.experiment_id,
+            name=self.name,
+            config=self.config.model_dump(mode="json"),
+            provenance=self.provenance,
+            config_hash=self.record.config_hash,
+            environment=self.record.environment,
+            warmup=self.record.warmup,
+            warnings=self.record.warnings,
+            started_at=self.state.started_at,
+            ended_at=self.state.transitions[-1].at,
+            state=self.state.state,
+            state_transitions=list(self.state.transitions),
+            failed=True,
+            error=text,
+            error_type=type(error).__name__,
+            phase_durations_s=dict(self.timer.durations_s),
+        )
+        try:
+            if self.run_dir is not None:
+                write_result(failed, self.run_dir)
+        except OSError as e:
+            self.progress.message(f"could not write the failed result: {e}")
+
+
+def run_single_experiment(
+    config: ExperimentConfig,
+    provenance: dict[str, str] | None,
+    results_dir: Path,
+    progress: Progress | None = None,
+) -> tuple[ExperimentResult, Path]:
+    """Run one experiment in this process; returns (result, path of its result.json).
+
+    Used by the study runner inside its per-experiment subprocess.
+    """
+    from llenergymeasure.config.user_config import load_user_config
+
+    orchestrator = ExperimentOrchestrator(
+        config,
+        provenance,
+        results_dir=results_dir,
+        progress=progress,
+        user_config=load_user_config(),
+    )
+    result = orchestrator.run()
+    assert orchestrator.result_path is not None
+    return result, orchestrator.result_path
+
+
+# ---- module helpers ---------------------------------------------------------------------
+def _with_user_defaults(
+    config: ExperimentConfig, user_config: UserConfig | None
+) -> ExperimentConfig:
+    """energy_backend from the user config when the experiment left it at auto."""
+    chosen = user_config.measurement.energy_backend if user_config is not None else None
+    if chosen is None or config.energy_backend != "auto":
+        return config
+    return config.model_copy(update={"energy_backend": chosen})
+
+
+def _pick(value: float | None, user_config: UserConfig | None, which: str) -> float | None:
+    """Per-run value, else the user config's carbon intensity ("ci") or PUE ("pue")."""
+    if value is not None or user_config is None:
+        return value
+    m = user_config.measurement
+    return m.carbon_intensity_gco2_kwh if which == "ci" else m.datacenter_pue
+
+
+def _collect_environment(warnings: list[QualityFlag]) -> Any:
+    """The environment snapshot, or None with a flag when it cannot be collected."""
+    try:
+        from llenergymeasure.core.environment import collect_environment
+
+        return collect_environment()
+    except Exception as e:  # the snapshot is descriptive: never fail a run over it
+        warnings.append(
+            QualityFlag(code="environment_incomplete", message=f"environment not collected: {e}")
+        )
+        return None
+
+
+def _arch(model: str) -> Any:
+    """Shapes for FLOPs/KV estimates, or None when unknown (e.g. an uncached Hub id)."""
+    from llenergymeasure.results.aggregation import resolve_arch_quietly
+
+    return resolve_arch_quietly(model)
+
+
+def _version() -> str:
+    from llenergymeasure import __version__
+
+    return __version__

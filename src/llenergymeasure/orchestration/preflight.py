@@ -1,0 +1,218 @@
+"""Checks before an experiment runs; every problem is collected, then reported together.
+
+Checks: backend installed (with the pip command), model resolvable (catalogue name, local
+directory with config.json, or a Hub id that is cached or reachable), GPU visible when one is
+asked for, enough memory for the weights + KV cache (free VRAM via NVML on GPU, available RAM
+via psutil on CPU), and the dataset readable. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llenergymeasure.exceptions import ConfigError, PreflightError
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
+
+_PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+
+
+@dataclass
+class PreflightReport:
+    """What pre-flight found: the device it expects, the memory estimate, and warnings."""
+
+    device: str  # "cpu" or "cuda"
+    estimated_memory_bytes: float | None = None
+    available_memory_bytes: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_preflight(config: ExperimentConfig) -> PreflightReport:
+    """Run every check; raise PreflightError listing all problems, else return a report."""
+    problems: list[str] = []
+    problems += check_backend(config.backend)
+    problems += check_model(config)
+    gpu_count, gpu_problems = check_gpus(config)
+    problems += gpu_problems
+    device = "cpu" if config.device == "cpu" or not gpu_count else "cuda"
+    report = PreflightReport(device=device)
+    problems += check_memory(config, device, report)
+    problems += check_dataset(config)
+    if problems:
+        raise PreflightError(problems)
+    return report
+
+
+def check_backend(name: str) -> list[str]:
+    """The backend's packages are importable (message carries the pip command)."""
+    from llenergymeasure.core.backends.registry import is_backend_available
+
+    try:
+        ok, reason = is_backend_available(name)
+    except ConfigError as e:
+        return [str(e)]
+    return [] if ok else [f"backend {name!r} is not available: {reason}"]
+
+
+def looks_like_path(model: str) -> bool:
+    """True for strings that are meant as file-system paths (not Hub ids like org/name)."""
+    return model.startswith(_PATH_PREFIXES) or os.path.isabs(model) or model.count("/") > 1
+
+
+def check_model(config: ExperimentConfig) -> list[str]:
+    """The model can be found: catalogue name, local config.json, cached or reachable Hub id."""
+    from llenergymeasure.core.models.catalogue import is_catalogued, resolve_architecture
+
+    model = config.model
+    try:
+        arch = resolve_architecture(model)
+    except (ConfigError, ValueError) as e:
+        return [str(e)]
+    if arch is not None:
+        if is_catalogued(model) and config.effective_weights == "pretrained":
+            return [
+                f"model {model!r} is a built-in architecture without weights: use "
+                "weights: random, or give a Hub id / local directory for pretrained weights"
+            ]
+        return []
+    if looks_like_path(model) or Path(model).expanduser().exists():
+        return [f"model {model!r}: no such directory or config.json"]
+    return _check_hub_model(model, config.effective_weights)
+
+
+def _hub_cached_config(model: str) -> str | None:
+    """Path of the Hub id's cached config.json, or None when not cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    with contextlib.suppress(Exception):
+        found = try_to_load_from_cache(model, "config.json")
+        return found if isinstance(found, str) else None
+    return None
+
+
+def _check_hub_model(model: str, weights: str) -> list[str]:
+    """A Hub id must be cached, or (pretrained only) the Hub must be reachable."""
+    from llenergymeasure.core.models.loading import hub_reachable
+
+    if _hub_cached_config(model) is not None:
+        return []
+    if weights == "random":
+        return [
+            f"model {model!r}: weights: random needs the architecture, but its config is not "
+            "cached -> use a built-in architecture name or a local config.json"
+        ]
+    if hub_reachable():
+        return []
+    return [
+        f"model {model!r} is not cached and the Hugging Face Hub cannot be reached "
+        "(offline, or HF_HUB_OFFLINE=1) -> use weights: random with a built-in architecture, "
+        "a local model directory, or download the model first while online"
+    ]
+
+
+def _visible_count(nvml_count: int) -> int:
+    """GPUs CUDA will see: CUDA_VISIBLE_DEVICES entries when set, else what NVML sees."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return nvml_count
+    entries = [e for e in value.split(",") if e.strip()]
+    return min(len(entries), nvml_count) if not value.strip().startswith("-") else 0
+
+
+def check_gpus(config: ExperimentConfig) -> tuple[int, list[str]]:
+    """(visible GPU count, problems): a GPU must be visible if device: cuda or gpus is set."""
+    from llenergymeasure.core.energy._nvml import NvmlError, nvml
+
+    wants_gpu = config.device == "cuda" or config.gpus is not None
+    if config.device == "cpu":
+        if config.gpus is not None:
+            return 0, ["gpus is set but device is cpu: remove gpus or set device: cuda"]
+        return 0, []
+    try:
+        nvml.init()
+        try:
+            count = _visible_count(nvml.device_count())
+        finally:
+            nvml.shutdown()
+    except (NvmlError, ImportError, OSError) as e:
+        if wants_gpu:
+            return 0, [
+                f"a GPU was asked for but NVML found none ({e}): check the driver, "
+                "or use device: cpu"
+            ]
+        return 0, []
+    if wants_gpu and count == 0:
+        return 0, ["a GPU was asked for but none is visible (CUDA_VISIBLE_DEVICES?)"]
+    bad = [i for i in (config.gpus or []) if i >= count]
+    if bad:
+        return count, [
+            f"gpus {bad} are not visible: {count} GPU(s) visible (indices 0-{count - 1})"
+        ]
+    return count, []
+
+
+def estimate_memory_bytes(config: ExperimentConfig) -> tuple[float | None, list[str]]:
+    """(bytes per GPU, notes) from ``core.memory.estimate_memory`` (None: shapes unknown)."""
+    from llenergymeasure.core.memory import BYTES_PER_GB, estimate_memory
+
+    est = estimate_memory(config)
+    per_device_gb = est.per_gpu_gb if est.per_gpu_gb is not None else est.total_gb
+    return (None if per_device_gb is None else per_device_gb * BYTES_PER_GB), list(est.notes)
+
+
+def _free_bytes(config: ExperimentConfig, device: str) -> float | None:
+    """Free VRAM of the first GPU used (NVML), or available RAM (psutil) on CPU."""
+    if device == "cpu":
+        import psutil
+
+        return float(psutil.virtual_memory().available)
+    from llenergymeasure.core.energy._nvml import NvmlError, nvml
+
+    with contextlib.suppress(NvmlError, ImportError, OSError):
+        nvml.init()
+        try:
+            used_mib, total_mib = nvml.memory_mb(nvml.handle_by_index((config.gpus or [0])[0]))
+        finally:
+            nvml.shutdown()
+        return (total_mib - used_mib) * 2**20
+    return None
+
+
+def check_memory(config: ExperimentConfig, device: str, report: PreflightReport) -> list[str]:
+    """Estimated memory fits the free memory of the device (skipped when shapes unknown)."""
+    need, notes = estimate_memory_bytes(config)
+    report.warnings += notes
+    if need is None:
+        return []
+    free = _free_bytes(config, device)
+    report.estimated_memory_bytes, report.available_memory_bytes = need, free
+    if free is None or need <= free:
+        return []
+    where = "free GPU memory" if device == "cuda" else "available RAM"
+    return [
+        f"not enough memory: the experiment needs about {need / 1e9:.1f} GB (weights + KV "
+        f"cache + overhead, analytic) but only {free / 1e9:.1f} GB of {where} is free -> "
+        "lower batch size / max tokens, use lower precision, or free memory"
+    ]
+
+
+def check_dataset(config: ExperimentConfig) -> list[str]:
+    """A dataset given as a file path exists and is readable."""
+    dataset = config.dataset
+    if not isinstance(dataset, str) or dataset == "builtin" or dataset.startswith("hf:"):
+        return []
+    path = Path(dataset).expanduser()
+    if not path.exists():
+        if looks_like_path(dataset) or path.suffix in {".jsonl", ".json", ".csv", ".txt"}:
+            return [f"dataset {dataset!r}: no such file"]
+        return []  # a dataset name: the loader resolves it and says if it cannot
+    if not path.is_file() or not os.access(path, os.R_OK):
+        return [f"dataset {dataset!r} is not a readable file"]
+    return []
