@@ -1,0 +1,153 @@
+"""Synthetic prompts with an exact input length in tokens.
+
+A synthetic dataset ``{n, input_len, output_len, seed}`` gives ``n`` prompts that each encode
+to exactly ``input_len`` tokens under the tokenizer the model will use, counted the way the
+backends count them: ``len(tokenizer(text)["input_ids"])``, special tokens the tokenizer adds
+(e.g. ``<|bos|>``) included. Each prompt carries ``target_output_tokens = output_len`` for the
+backend to enforce (``min_new_tokens``/``ignore_eos``).
+
+Texts are built from whole-word vocabulary entries joined by spaces, then adjusted word by
+word until the re-encoded length is exact (a join can merge or split pieces, so the count is
+always checked on the real encoding).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from llenergymeasure.datasets.types import Prompt
+from llenergymeasure.exceptions import ConfigError, ExperimentError
+
+_WORD = re.compile(r"^[A-Za-z]{2,}$")
+_POOL_PROBE_IDS = 6000  # vocabulary ids probed for whole-word pieces
+_MAX_ADJUST_STEPS = 400
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """A synthetic dataset request (duck-type compatible with the config's SyntheticDatasetConfig)."""
+
+    n: int
+    input_len: int
+    output_len: int
+    seed: int = 0
+
+
+def as_synthetic_spec(obj: Any) -> SyntheticSpec | None:
+    """``obj`` as a spec if it is a mapping or object with n/input_len/output_len, else None."""
+    if isinstance(obj, SyntheticSpec):
+        return obj
+    values: dict[str, Any] = {
+        key: obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+        for key in ("n", "input_len", "output_len", "seed")
+    }
+    if isinstance(obj, str) or any(values[k] is None for k in ("n", "input_len", "output_len")):
+        return None
+    try:
+        return SyntheticSpec(
+            n=int(values["n"]),
+            input_len=int(values["input_len"]),
+            output_len=int(values["output_len"]),
+            seed=int(values["seed"] or 0),
+        )
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"dataset: synthetic n/input_len/output_len/seed must be integers ({e}) -> fix them"
+        ) from e
+
+
+def synthetic_prompts(spec: SyntheticSpec, tokenizer: Any, n: int | None = None) -> list[Prompt]:
+    """``n`` (default ``spec.n``) prompts of exactly ``spec.input_len`` tokens each."""
+    count = spec.n if n is None else n
+    _check_spec(spec, count, tokenizer)
+    rng = random.Random(spec.seed)
+    pool = word_pool(tokenizer)
+    return [
+        Prompt(
+            id=f"synthetic-{spec.seed}-{i:05d}",
+            text=text_with_exact_tokens(tokenizer, spec.input_len, rng, pool),
+            task="synthetic",
+            target_output_tokens=spec.output_len,
+        )
+        for i in range(count)
+    ]
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens the model sees for ``text`` (special tokens the tokenizer adds included)."""
+    return len(tokenizer(text)["input_ids"])
+
+
+def _check_spec(spec: SyntheticSpec, count: int, tokenizer: Any) -> None:
+    """Reject lengths the tokenizer cannot produce, with the fix."""
+    overhead = count_tokens(tokenizer, "")
+    if spec.input_len <= overhead:
+        raise ConfigError(
+            f"dataset.input_len: {spec.input_len} leaves no room for text (the tokenizer adds "
+            f"{overhead} special token(s)) -> use input_len >= {overhead + 1}"
+        )
+    if spec.output_len < 1:
+        raise ConfigError("dataset.output_len: must be >= 1 -> set output_len to a positive int")
+    if count < 1:
+        raise ConfigError("dataset.n: must be >= 1 -> ask for at least one prompt")
+
+
+def word_pool(tokenizer: Any) -> list[str]:
+    """Alphabetic vocabulary pieces that encode, after a space, to a single token."""
+    vocab_size = len(tokenizer)
+    probe = random.Random(0).sample(range(vocab_size), min(vocab_size, _POOL_PROBE_IDS))
+    special = set(getattr(tokenizer, "all_special_ids", []))
+    words: list[str] = []
+    for token_id in sorted(probe):
+        if token_id in special:
+            continue
+        word = tokenizer.decode([token_id]).strip()
+        if _WORD.match(word) and _single_token(tokenizer, word):
+            words.append(word)
+    if len(words) < 20:
+        raise ExperimentError(
+            "the tokenizer has too few whole-word tokens for synthetic prompts -> use a "
+            "different tokenizer or a file/builtin dataset"
+        )
+    return words
+
+
+def _single_token(tokenizer: Any, word: str) -> bool:
+    """True when ``' ' + word`` encodes to one token (without special tokens)."""
+    return len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1
+
+
+def text_with_exact_tokens(
+    tokenizer: Any, n_tokens: int, rng: random.Random, pool: list[str]
+) -> str:
+    """A text of pool words that encodes to exactly ``n_tokens`` tokens.
+
+    Starts from one word per missing token, then adds, drops or swaps words until the real
+    encoding has the exact length. Raises ``ExperimentError`` if it cannot converge.
+    """
+    words = rng.choices(pool, k=max(1, n_tokens - count_tokens(tokenizer, "")))
+    for _ in range(_MAX_ADJUST_STEPS):
+        text = " ".join(words)
+        diff = count_tokens(tokenizer, text) - n_tokens
+        if diff == 0:
+            return text
+        words = _adjust(words, diff, rng, pool)
+    raise ExperimentError(
+        f"could not build a prompt of exactly {n_tokens} tokens with this tokenizer "
+        "-> try another input_len or a file dataset"
+    )
+
+
+def _adjust(words: list[str], diff: int, rng: random.Random, pool: list[str]) -> list[str]:
+    """Move the word list toward the target: drop words if too long, add if too short, and
+    swap the last word when one step overshoots (diff of +-1 that does not budge)."""
+    if diff > 0 and len(words) > 1:
+        keep = max(1, len(words) - diff)
+        return words[:keep] if keep < len(words) else [*words[:-1], rng.choice(pool)]
+    if diff < 0:
+        return words + rng.choices(pool, k=-diff)
+    return [rng.choice(pool)]

@@ -1,0 +1,53 @@
+"""Value types shared by the dataset loaders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One request to send to the model.
+
+    ``target_output_tokens`` is the number of new tokens to generate when the dataset fixes
+    it (synthetic datasets); ``None`` leaves it to ``max_output_tokens`` of the config.
+    """
+
+    id: str
+    text: str
+    task: str | None = None
+    target_output_tokens: int | None = None
+
+
+class PromptList(list[Prompt]):
+    """A ``list[Prompt]`` that also records where the prompts came from and how they were
+    drawn (so results can report it): ``source``, ``n_available`` (distinct prompts in the
+    source), ``cycled`` (some prompts repeat because more were asked for than exist) and
+    ``notes`` (human-readable remarks such as skipped empty rows)."""
+
+    def __init__(
+        self,
+        prompts: list[Prompt],
+        source: str,
+        n_available: int,
+        cycled: bool = False,
+        notes: list[str] | None = None,
+    ) -> None:
+        super().__init__(prompts)
+        self.source = source
+        self.n_available = n_available
+        self.cycled = cycled
+        self.notes: list[str] = list(notes or [])
+
+    def summary(self) -> dict[str, object]:
+        """Provenance of this prompt list as a plain dict (for result metadata)."""
+        return {
+            "source": self.source,
+            "n": len(self),
+            "n_available": self.n_available,
+            "cycled": self.cycled,
+            "notes": list(self.notes),
+        }
+
+
+__all__ = ["Prompt", "PromptList"]
