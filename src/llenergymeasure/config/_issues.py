@@ -147,6 +147,8 @@ def _issue_for(
     path = ".".join(segments)
     if kind == "missing":
         return ConfigIssue(path, "required field missing", _missing_fix(segments))
+    if kind == "literal_error" and error.get("input") is None and "'null'" in str(ctx):
+        return ConfigIssue(path, "an unquoted null is YAML's empty value", "write 'null' in quotes")
     if kind == "literal_error":
         return ConfigIssue(path, f"{given} is not an allowed value", f"use {ctx.get('expected')}")
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
