@@ -1,0 +1,178 @@
+"""The pytorch backend end to end on CPU with the catalogue's tiny-llama (random weights)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.core.backends.pytorch import PyTorchBackend
+from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
+from llenergymeasure.datasets.types import Prompt
+from llenergymeasure.exceptions import BackendError, ConfigError
+
+MAX_NEW = 5
+TEXTS = [
+    "energy",
+    "how many joules does one token cost",
+    "a much longer prompt about measuring the power draw of a graphics card over time",
+    "short one",
+    "batching changes the cost per token",
+]
+
+
+def _prompts(texts: list[str] = TEXTS) -> list[Prompt]:
+    return [Prompt(id=f"p{i}", text=t) for i, t in enumerate(texts)]
+
+
+def _config(**kw: Any) -> ExperimentConfig:
+    base: dict[str, Any] = {
+        "model": "tiny-llama",
+        "weights": "random",
+        "precision": "fp32",
+        "max_output_tokens": MAX_NEW,
+        "device": "cpu",
+    }
+    base.update(kw)
+    return ExperimentConfig(**base)
+
+
+def _run(config: ExperimentConfig, prompts: list[Prompt] | None = None) -> Any:
+    prompts = prompts or _prompts()
+    backend = PyTorchBackend()
+    backend.initialize(config, prompts)
+    prepared = backend.tokenize(prompts)
+    output = backend.run_inference(prepared)
+    backend.cleanup()
+    return prepared, output
+
+
+def _token_lengths(texts: list[str]) -> list[int]:
+    tokenizer = load_offline_tokenizer()
+    return [len(tokenizer(t)["input_ids"]) for t in texts]
+
+
+def test_batches_and_token_counts_exclude_padding() -> None:
+    prepared, output = _run(_config(pytorch={"batch_size": 2}))
+    lengths = _token_lengths(TEXTS)
+    assert [b.size for b in prepared.batches] == [2, 2, 1]
+    assert output.n_batches == 3 and output.n_requests == 5
+    assert output.input_tokens == sum(lengths) == prepared.input_tokens
+    assert output.padded_input_tokens > output.input_tokens  # padding existed but not counted
+    assert [t.input_tokens for t in output.timings] == lengths
+
+
+def test_fixed_output_length_and_per_request_timings() -> None:
+    _, output = _run(_config(pytorch={"batch_size": 2}))
+    assert output.output_tokens == MAX_NEW * len(TEXTS)
+    assert output.timing_method == "streamer" and output.device == "cpu"
+    for timing in output.timings:
+        assert timing.output_tokens == len(timing.token_times_s) == MAX_NEW
+        assert timing.request_start_s <= timing.token_times_s[0]
+        assert timing.token_times_s == sorted(timing.token_times_s)
+    assert all(len(ids) == MAX_NEW for ids in output.output_token_ids)
+    assert output.peak_memory_bytes is None  # CPU: not measured
+
+
+def test_greedy_is_deterministic_and_the_seed_matters() -> None:
+    _, a = _run(_config(random_seed=11))
+    _, b = _run(_config(random_seed=11))
+    _, c = _run(_config(random_seed=12))
+    assert a.output_token_ids == b.output_token_ids
+    assert a.output_token_ids != c.output_token_ids
+
+
+def test_sampling_is_reproducible_with_the_seed() -> None:
+    decoder = {"strategy": "sample", "temperature": 1.0, "top_k": 50}
+    _, a = _run(_config(decoder=decoder, random_seed=5))
+    _, b = _run(_config(decoder=decoder, random_seed=5))
+    assert a.output_token_ids == b.output_token_ids
+
+
+def test_batch_size_does_not_change_greedy_outputs() -> None:
+    _, one = _run(_config(pytorch={"batch_size": 1}))
+    _, many = _run(_config(pytorch={"batch_size": 5}))
+    assert one.output_token_ids == many.output_token_ids
+
+
+def test_sort_by_length_orders_batches_longest_first() -> None:
+    prepared, output = _run(_config(pytorch={"batch_size": 2, "sort_by_length": True}))
+    lengths = _token_lengths(TEXTS)
+    firsts = [b.input_tokens for b in prepared.batches]
+    assert [n for batch in firsts for n in batch] == sorted(lengths, reverse=True)
+    assert (
+        prepared.padded_input_tokens
+        <= _run(_config(pytorch={"batch_size": 2}))[0].padded_input_tokens
+    )
+    assert output.input_tokens == sum(lengths)
+
+
+def test_max_input_tokens_truncates_prompts() -> None:
+    prepared, output = _run(_config(max_input_tokens=4))
+    lengths = _token_lengths(TEXTS)
+    assert prepared.truncated_requests == sum(n > 4 for n in lengths)
+    assert [t.input_tokens for t in output.timings] == [min(n, 4) for n in lengths]
+
+
+def test_static_cache_matches_dynamic_cache_on_cpu() -> None:
+    cfg = {"batch_size": 2, "cache_implementation": "static"}
+    prepared, static = _run(_config(pytorch=cfg))
+    _, dynamic = _run(_config(pytorch={"batch_size": 2}))
+    assert len({b.padded_length for b in prepared.batches}) == 1  # one compiled length
+    assert static.output_token_ids == dynamic.output_token_ids
+    assert static.input_tokens == dynamic.input_tokens
+
+
+def test_warmup_covers_every_distinct_shape() -> None:
+    backend = PyTorchBackend()
+    config = _config(pytorch={"batch_size": 2, "cache_implementation": "static"})
+    backend.initialize(config, _prompts())
+    prepared = backend.tokenize(_prompts())
+    assert [b.shape_key for b in prepared.distinct_shape_batches()] == [
+        (2, prepared.batches[0].padded_length),
+        (1, prepared.batches[0].padded_length),
+    ]
+    assert backend.warmup_step(prepared) > 0
+    assert backend.device_indices() == []
+    backend.synchronize()  # a no-op on CPU, must not raise
+
+
+def test_beam_search_reports_e2e_only_with_a_reason() -> None:
+    _, output = _run(_config(decoder={"strategy": "beam_search", "num_beams": 2}))
+    assert output.timing_method == "e2e_only"
+    assert "beam search" in (output.ttft_not_measured_reason or "")
+    assert output.output_tokens == MAX_NEW * len(TEXTS)
+    assert all(t.token_times_s == [] for t in output.timings)
+
+
+def test_synthetic_target_length_sets_the_output_length() -> None:
+    prompts = [Prompt(id=f"s{i}", text="tokens " * 3, target_output_tokens=3) for i in range(2)]
+    prepared, output = _run(_config(), prompts)
+    assert prepared.max_new_tokens == 3
+    assert output.output_tokens == 6
+
+
+def test_passthrough_kwargs_reach_generate() -> None:
+    _, output = _run(_config(passthrough_kwargs={"max_new_tokens": 2, "min_new_tokens": 2}))
+    assert output.output_tokens == 2 * len(TEXTS)
+
+
+def test_validate_config_warns_about_unimplemented_choices() -> None:
+    warnings = PyTorchBackend().validate_config(
+        _config(
+            pytorch={"num_processes": 2, "torch_compile": True, "cache_implementation": "dynamic"}
+        )
+    )
+    text = " ".join(warnings)
+    assert "num_processes" in text and "overridden to static" in text
+
+
+def test_quantisation_needs_cuda() -> None:
+    with pytest.raises(ConfigError, match="CUDA only"):
+        _run(_config(precision="int4"))
+
+
+def test_use_before_initialize_is_a_backend_error() -> None:
+    with pytest.raises(BackendError, match="before initialize"):
+        PyTorchBackend().tokenize(_prompts())
