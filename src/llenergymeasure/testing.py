@@ -1,0 +1,347 @@
+"""Fakes at the hardware seam, shipped with the package so users' tests can use them too.
+
+Sections:
+  1. Clocks        ManualClock: a clock you advance by hand (``sleep`` advances it).
+  2. Fake NVML     FakeNVML / FakeDevice: scripted GPUs standing in for ``pynvml``.
+
+FakeNVML implements the ``pynvml`` functions that ``core/energy/_nvml.py`` calls, and raises
+real ``pynvml.NVMLError`` instances, so the adapter's own error translation is exercised.
+Device readings are pure functions of the clock (no hidden state besides call counts), so a
+FakeNVML pickled into a ``spawn`` child process (the telemetry sampler) reports the same
+counter values as in the parent when both use ``time.monotonic`` (system-wide on Linux).
+
+Script vocabulary (``FakeDevice``):
+  - ``power_w``: piecewise-constant schedule ``((t0_s, watts), (t1_s, watts), ...)`` measured
+    from the fake's start time; a plain float means constant power.
+  - energy counter = integral of that power, updated in steps every ``counter_period_s``
+    (like the real counter's ~100 ms steps); ``reset_at_s`` restarts it from 0 at those times;
+    ``wrap_at_mj`` wraps it; ``counter_supported=False`` raises NVML_ERROR_NOT_SUPPORTED.
+  - temperature, SM clock, throttle bitmask: schedules like ``power_w``.
+  - ``errors``: NVML function name -> ``FakeError(code, calls)``; raised on those call
+    numbers (1-based, per device and function), or on every call if ``calls`` is None.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+# ======================================================================================
+# 1. Clocks
+# ======================================================================================
+
+
+class ManualClock:
+    """A clock that only moves when told to: ``now()``, ``sleep(dt)``, ``advance(dt)``."""
+
+    def __init__(self, start_s: float = 1000.0) -> None:
+        self.t_s = start_s
+
+    def now(self) -> float:
+        """Current time, s."""
+        return self.t_s
+
+    def sleep(self, dt_s: float) -> None:
+        """Advance the clock instead of sleeping."""
+        self.advance(dt_s)
+
+    def advance(self, dt_s: float) -> None:
+        """Move the clock forward by ``dt_s`` seconds."""
+        self.t_s += max(0.0, dt_s)
+
+
+# ======================================================================================
+# 2. Fake NVML
+# ======================================================================================
+
+Schedule = float | tuple[tuple[float, float], ...]
+
+NVML_SUCCESS = 0
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_UNKNOWN = 999
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_INVALID_ARGUMENT = 2
+NVML_ERROR_NOT_FOUND = 6
+
+
+def value_at(schedule: Schedule, elapsed_s: float) -> float:
+    """Value of a piecewise-constant schedule at ``elapsed_s`` (before the first step: its value)."""
+    if isinstance(schedule, (int, float)):
+        return float(schedule)
+    current = schedule[0][1]
+    for start_s, value in schedule:
+        if elapsed_s >= start_s:
+            current = value
+    return float(current)
+
+
+def integral_j(schedule: Schedule, t_from_s: float, t_to_s: float) -> float:
+    """Exact integral of a piecewise-constant power schedule (W) over [from, to], J."""
+    if t_to_s <= t_from_s:
+        return 0.0
+    if isinstance(schedule, (int, float)):
+        return float(schedule) * (t_to_s - t_from_s)
+    edges = sorted({t_from_s, t_to_s, *(s for s, _ in schedule if t_from_s < s < t_to_s)})
+    return sum(value_at(schedule, a) * (b - a) for a, b in itertools.pairwise(edges))
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeError:
+    """An NVML error code raised on chosen call numbers (None = always)."""
+
+    code: int
+    calls: tuple[int, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeDevice:
+    """One scripted GPU (see the module docstring for the vocabulary)."""
+
+    uuid: str
+    name: str = "Fake H100"
+    power_w: Schedule = 100.0
+    counter_period_s: float = 0.1
+    counter_supported: bool = True
+    counter_start_mj: int = 1_000_000
+    reset_at_s: tuple[float, ...] = ()
+    wrap_at_mj: int | None = None
+    power_instant_supported: bool = True
+    temperature_c: Schedule = 40.0
+    sm_clock_mhz: Schedule = 1980.0
+    throttle_mask: Schedule = 0.0
+    memory_total_mb: float = 81559.0
+    memory_used_mb: float = 1024.0
+    utilisation_pct: float = 50.0
+    power_limit_w: float = 700.0
+    mig_enabled: bool = False
+    persistence_mode: bool = True
+    errors: dict[str, FakeError] = dataclasses.field(default_factory=dict)
+
+    def energy_mj(self, elapsed_s: float) -> int:
+        """Counter value at ``elapsed_s`` after the fake started, mJ."""
+        last_reset = max((r for r in self.reset_at_s if r <= elapsed_s), default=None)
+        since = 0.0 if last_reset is None else last_reset
+        start_mj = self.counter_start_mj if last_reset is None else 0
+        quantised = since + math.floor((elapsed_s - since) / self.counter_period_s) * (
+            self.counter_period_s
+        )
+        value = start_mj + round(integral_j(self.power_w, since, quantised) * 1000.0)
+        return value % self.wrap_at_mj if self.wrap_at_mj else value
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeHandle:
+    """What FakeNVML hands out as a device handle."""
+
+    index: int
+    mig: bool = False
+
+
+@dataclasses.dataclass
+class _Field:
+    nvmlReturn: int
+    value: Any
+
+
+@dataclasses.dataclass
+class _Memory:
+    used: int
+    total: int
+    free: int
+
+
+@dataclasses.dataclass
+class _Util:
+    gpu: int
+    memory: int
+
+
+class FakeNVML:
+    """Scripted stand-in for the ``pynvml`` module (the functions llenergymeasure calls).
+
+    >>> fake = FakeNVML([FakeDevice("GPU-a"), FakeDevice("GPU-b")], clock=ManualClock().now)
+    >>> with fake.installed():
+    ...     ...  # NvmlMeter, EnergySession, collect_environment() now see two fake GPUs
+    """
+
+    def __init__(
+        self,
+        devices: list[FakeDevice],
+        clock: Callable[[], float] = time.monotonic,
+        init_error: int | None = None,
+        driver_version: str = "580.159.04",
+        cuda_driver_version: int = 13000,
+    ) -> None:
+        self.devices = list(devices)
+        self.clock = clock
+        self.t0_s = clock()
+        self.init_error = init_error
+        self.driver = driver_version
+        self.cuda_driver = cuda_driver_version
+        self.calls: dict[tuple[str, int], int] = {}
+        self.init_count = 0
+
+    # --- harness ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[FakeNVML]:
+        """Make ``core.energy._nvml.nvml`` use this fake inside the block."""
+        from llenergymeasure.core.energy._nvml import nvml
+
+        with nvml.using(self):
+            yield self
+
+    def elapsed_s(self) -> float:
+        """Seconds since the fake was created (on its clock)."""
+        return self.clock() - self.t0_s
+
+    def call_count(self, name: str, index: int = -1) -> int:
+        """How many times ``name`` was called on device ``index`` (-1: device-less calls)."""
+        return self.calls.get((name, index), 0)
+
+    def _enter(self, name: str, handle: FakeHandle | None = None) -> FakeDevice | None:
+        """Count a call and raise its scripted error, if any."""
+        import pynvml
+
+        index = -1 if handle is None else handle.index
+        n = self.calls[(name, index)] = self.calls.get((name, index), 0) + 1
+        if handle is None:
+            return None
+        device = self.devices[handle.index]
+        err = device.errors.get(name)
+        if err is not None and (err.calls is None or n in err.calls):
+            raise pynvml.NVMLError(err.code)
+        return device
+
+    # --- pynvml functions ------------------------------------------------------------
+    def nvmlInit(self) -> None:
+        import pynvml
+
+        self._enter("nvmlInit")
+        if self.init_error is not None:
+            raise pynvml.NVMLError(self.init_error)
+        self.init_count += 1
+
+    def nvmlShutdown(self) -> None:
+        self._enter("nvmlShutdown")
+        self.init_count = max(0, self.init_count - 1)
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._enter("nvmlDeviceGetCount")
+        return len(self.devices)
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return self.driver
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        return self.cuda_driver
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeHandle:
+        import pynvml
+
+        if not 0 <= index < len(self.devices):
+            raise pynvml.NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return FakeHandle(index)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> FakeHandle:
+        import pynvml
+
+        text = uuid.decode() if isinstance(uuid, bytes) else uuid
+        for i, d in enumerate(self.devices):
+            if d.uuid == text:
+                return FakeHandle(i)
+            if text.startswith("MIG-") and d.mig_enabled and text == "MIG-" + d.uuid[4:]:
+                return FakeHandle(i, mig=True)
+        raise pynvml.NVMLError(NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle: FakeHandle) -> int:
+        return int(handle.mig)
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: FakeHandle) -> FakeHandle:
+        return FakeHandle(handle.index)
+
+    def nvmlDeviceGetIndex(self, handle: FakeHandle) -> int:
+        return handle.index
+
+    def nvmlDeviceGetUUID(self, handle: FakeHandle) -> str:
+        return self.devices[handle.index].uuid
+
+    def nvmlDeviceGetName(self, handle: FakeHandle) -> str:
+        return self.devices[handle.index].name
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeHandle) -> int:
+        import pynvml
+
+        d = self._enter("nvmlDeviceGetTotalEnergyConsumption", handle)
+        assert d is not None
+        if not d.counter_supported:
+            raise pynvml.NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return d.energy_mj(self.elapsed_s())
+
+    def nvmlDeviceGetPowerUsage(self, handle: FakeHandle) -> int:
+        d = self._enter("nvmlDeviceGetPowerUsage", handle)
+        assert d is not None
+        return round(value_at(d.power_w, self.elapsed_s()) * 1000.0)
+
+    def nvmlDeviceGetFieldValues(self, handle: FakeHandle, field_ids: list[int]) -> list[_Field]:
+        d = self._enter("nvmlDeviceGetFieldValues", handle)
+        assert d is not None
+        if not d.power_instant_supported:
+            return [_Field(NVML_ERROR_NOT_SUPPORTED, None) for _ in field_ids]
+        mw = round(value_at(d.power_w, self.elapsed_s()) * 1000.0)
+        return [_Field(NVML_SUCCESS, _Value(mw)) for _ in field_ids]
+
+    def nvmlDeviceGetTemperature(self, handle: FakeHandle, sensor: int) -> int:
+        d = self._enter("nvmlDeviceGetTemperature", handle)
+        assert d is not None
+        return int(value_at(d.temperature_c, self.elapsed_s()))
+
+    def nvmlDeviceGetClockInfo(self, handle: FakeHandle, clock_type: int) -> int:
+        d = self._enter("nvmlDeviceGetClockInfo", handle)
+        assert d is not None
+        return int(value_at(d.sm_clock_mhz, self.elapsed_s()))
+
+    def nvmlDeviceGetMemoryInfo(self, handle: FakeHandle) -> _Memory:
+        d = self._enter("nvmlDeviceGetMemoryInfo", handle)
+        assert d is not None
+        used, total = int(d.memory_used_mb * 2**20), int(d.memory_total_mb * 2**20)
+        return _Memory(used=used, total=total, free=total - used)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: FakeHandle) -> _Util:
+        d = self._enter("nvmlDeviceGetUtilizationRates", handle)
+        assert d is not None
+        return _Util(gpu=int(d.utilisation_pct), memory=0)
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: FakeHandle) -> int:
+        d = self._enter("nvmlDeviceGetCurrentClocksEventReasons", handle)
+        assert d is not None
+        return int(value_at(d.throttle_mask, self.elapsed_s()))
+
+    def nvmlDeviceGetMigMode(self, handle: FakeHandle) -> list[int]:
+        d = self._enter("nvmlDeviceGetMigMode", handle)
+        assert d is not None
+        return [int(d.mig_enabled), int(d.mig_enabled)]
+
+    def nvmlDeviceGetPersistenceMode(self, handle: FakeHandle) -> int:
+        d = self._enter("nvmlDeviceGetPersistenceMode", handle)
+        assert d is not None
+        return int(d.persistence_mode)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: FakeHandle) -> int:
+        d = self._enter("nvmlDeviceGetEnforcedPowerLimit", handle)
+        assert d is not None
+        return int(d.power_limit_w * 1000)
+
+
+@dataclasses.dataclass
+class _Value:
+    uiVal: int
+
+
+def fake_gpus(n: int, **kwargs: Any) -> list[FakeDevice]:
+    """``n`` identical fake GPUs with UUIDs GPU-fake-0 ... (kwargs go to every FakeDevice)."""
+    return [FakeDevice(uuid=f"GPU-fake-{i}", **kwargs) for i in range(n)]
