@@ -224,3 +224,18 @@ def test_synthetic_default_tokenizer_is_offline_one(tok: Any) -> None:
 def test_synthetic_input_len_below_special_tokens_is_rejected(tok: Any) -> None:
     with pytest.raises(ConfigError, match="input_len"):
         load_prompts({"n": 1, "input_len": 1, "output_len": 1}, tokenizer=tok)
+
+
+def test_loader_import_does_not_load_torch_or_transformers() -> None:
+    code = (
+        "import sys, llenergymeasure.datasets.loader, llenergymeasure.core.models.tokenizer;"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(ROOT / "src")},
+    )
+    assert out.stdout.strip() == "[]"
