@@ -149,7 +149,9 @@ def check_gpus(config: ExperimentConfig) -> tuple[int, list[str]]:
             ]
         return 0, []
     if wants_gpu and count == 0:
-        return 0, ["a GPU was asked for but none is visible (CUDA_VISIBLE_DEVICES?)"]
+        return 0, [
+            "a GPU was asked for but none is visible -> check CUDA_VISIBLE_DEVICES, or use device: cpu"
+        ]
     bad = [i for i in (config.gpus or []) if i >= count]
     if bad:
         return count, [

@@ -1,0 +1,193 @@
+"""End to end through the library on CPU with the real tiny-llama (random weights)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llenergymeasure import run_experiment
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.domain.results import ExperimentResult
+from llenergymeasure.exceptions import ConfigError, ExperimentError, PreflightError
+from llenergymeasure.orchestration.orchestrator import ExperimentOrchestrator
+from llenergymeasure.results.persistence import read_result
+from llenergymeasure.state.machine import ExperimentState
+from llenergymeasure.testing import FakeDevice, FakeNVML
+
+pytestmark = pytest.mark.slow
+
+FAST: dict[str, Any] = {
+    "n": 4,
+    "max_output_tokens": 6,
+    "device": "cpu",
+    "warmup.n_warmup": 1,
+    "baseline.enabled": False,
+}
+
+
+class _Recorder:
+    """Progress that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.stages: list[str] = []
+        self.done: list[tuple[int, int]] = []
+
+    def stage(self, name: str) -> None:
+        self.stages.append(name)
+
+    def prompts_done(self, done: int, total: int) -> None:
+        self.done.append((done, total))
+
+    def experiment_started(self, tick: Any) -> None: ...
+
+    def experiment_finished(self, tick: Any, status: str, detail: str = "") -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+def _only_run_dir(results: Path) -> Path:
+    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def test_full_run_writes_a_complete_result(tmp_path: Path) -> None:
+    progress = _Recorder()
+    result = run_experiment(model="tiny-llama", results_dir=tmp_path, progress=progress, **FAST)
+    m = result.metrics
+    assert m is not None and not result.failed and result.state is ExperimentState.DONE
+    assert m.tokens.n_requests == 4 and m.tokens.output_tokens == 4 * 6  # ignore_eos: exact
+    assert result.output_tokens_per_s and result.output_tokens_per_s > 0
+    assert result.ttft_ms_mean and result.itl_ms_mean
+    assert m.latency.itl is not None and m.latency.itl.n_samples == 4 * 5  # pooled gaps
+    assert m.flops is not None and m.flops.decode_flops > 0 and m.flops.prefill_flops > 0
+    assert m.memory is not None and m.memory.kv_cache_estimate_mb
+    assert [t.state for t in result.state_transitions] == list(ExperimentState)
+    # the window holds inference only: set-up time is outside and recorded
+    assert result.measurement_window_s == pytest.approx(m.throughput.duration_s)
+    assert result.setup_s and result.setup_s > 0
+    assert {"load", "tokenise", "warmup", "measure"} <= set(result.phase_durations_s)
+    assert result.warmup is not None and result.warmup.runs == 1
+    # energy: measured with a labelled method, or None with a reason (never a silent zero)
+    if result.energy is None:
+        assert result.energy_not_measured_reason
+    else:
+        assert result.energy.measurements and all(
+            x.method in ("counter", "estimate") for x in result.energy.measurements
+        )
+        assert result.energy.meter_selection.reason
+    assert any(w.code == "short_window" for w in result.warnings)
+    assert any(w.code == "low_sample_count" for w in result.warnings)
+    # written atomically in its own directory, and it reads back equal
+    run_dir = _only_run_dir(tmp_path)
+    assert run_dir.name.startswith("tiny-llama_pytorch_")
+    assert read_result(run_dir) == result
+    assert ExperimentResult.model_validate_json(result.model_dump_json()) == result
+    assert result.provenance["n"] == "cli" and result.provenance["precision"] == "default"
+    assert "measuring" in progress.stages and progress.done[-1] == (4, 4)
+
+
+def test_energy_from_the_counter_divided_by_output_tokens(tmp_path: Path) -> None:
+    """Orchestrator wiring: fake GPU counter at 200 W -> gpu energy -> J/output token."""
+    from llenergymeasure.core.energy import BaselineSettings, EnergySession
+
+    def factory(config: ExperimentConfig, gpus: Any, timeline: Path | None) -> EnergySession:
+        return EnergySession(
+            "nvml",
+            None,
+            timeline_path=timeline,
+            baseline=BaselineSettings(enabled=True, duration_s=0.3, cache_path=tmp_path / "b.json"),
+            sampler_enabled=False,
+        )
+
+    config = ExperimentConfig.model_validate(
+        {
+            "model": "tiny-llama",
+            "n": 8,
+            "max_output_tokens": 8,
+            "device": "cpu",
+            "warmup": {"n_warmup": 1},
+            "carbon_intensity_gco2_kwh": 400.0,
+        }
+    )
+    fake = FakeNVML([FakeDevice("GPU-fake-0", power_w=200.0)])
+    with fake.installed():
+        result = ExperimentOrchestrator(
+            config, results_dir=tmp_path, energy_session_factory=factory
+        ).run()
+    energy, m = result.energy, result.metrics
+    assert energy is not None and m is not None and m.energy_ratios is not None
+    window_s = result.measurement_window_s
+    assert window_s is not None
+    assert energy.gpu_energy_j == pytest.approx(200.0 * window_s, abs=200.0 * 0.25)
+    assert result.energy_j == energy.gpu_energy_j
+    assert result.j_per_output_token == pytest.approx(energy.gpu_energy_j / 64)
+    assert m.energy_ratios.mj_per_output_token == pytest.approx(1000 * energy.gpu_energy_j / 64)
+    assert m.energy_ratios.energy_basis == "gpu gross counter"
+    assert energy.baseline is not None and energy.baseline.idle_power_w == pytest.approx(
+        200, rel=0.5
+    )
+    assert result.co2 is not None and result.co2.method == "estimate"
+    assert result.co2.energy_kwh == pytest.approx(energy.gpu_energy_j / 3.6e6)
+
+
+def test_pretrained_model_saved_locally_runs_by_path(tmp_path: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from llenergymeasure.core.models.catalogue import get_architecture
+    from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
+
+    spec = get_architecture("tiny-llama")
+    model = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(spec.model_type, **spec.hf_config_dict())
+    )
+    model_dir = tmp_path / "my-model"
+    model.save_pretrained(model_dir)
+    load_offline_tokenizer().save_pretrained(model_dir)
+    result = run_experiment(
+        model=str(model_dir), weights="pretrained", results_dir=tmp_path / "out", **FAST
+    )
+    assert result.metrics is not None and result.metrics.tokens.output_tokens == 24
+    assert result.metrics.flops is not None  # shapes read from the local config.json
+    assert result.config["model"] == str(model_dir)
+
+
+def test_hub_offline_error_is_clear_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(PreflightError, match="cannot be reached"):
+        run_experiment(model="some-org/uncached-model", results_dir=tmp_path / "out", **FAST)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_failure_is_recorded_then_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llenergymeasure.core.backends.pytorch import PyTorchBackend
+
+    def boom(self: Any, prepared: Any) -> Any:
+        raise RuntimeError("generation blew up")
+
+    monkeypatch.setattr(PyTorchBackend, "run_inference", boom)
+    with pytest.raises(ExperimentError, match="generation blew up") as info:
+        run_experiment(model="tiny-llama", results_dir=tmp_path, **FAST)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    saved = json.loads((_only_run_dir(tmp_path) / "result.json").read_text())
+    assert saved["failed"] is True and saved["state"] == "done"
+    assert "Traceback" in saved["error"] and "generation blew up" in saved["error"]
+    assert [t["state"] for t in saved["state_transitions"]] == [
+        "initialising",
+        "measuring",
+        "done",
+    ]
+
+
+def test_config_error_inside_the_run_keeps_its_type(tmp_path: Path) -> None:
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"unrelated": 1}\n')
+    with pytest.raises(ConfigError):
+        run_experiment(model="tiny-llama", dataset=str(data), results_dir=tmp_path / "o", **FAST)
+    saved = read_result(_only_run_dir(tmp_path / "o"))
+    assert saved.failed and saved.metrics is None and saved.error_type

@@ -1,0 +1,98 @@
+"""Late aggregation of per-process raw results into one ExperimentResult."""
+
+from __future__ import annotations
+
+import pytest
+from results_factory import gpu_report, raw, timing
+
+from llenergymeasure.domain.energy import EnergyMeasurement
+from llenergymeasure.exceptions import ExperimentError
+from llenergymeasure.results.aggregation import aggregate_process_results, merge_energy_reports
+
+
+def _two_processes():  # type: ignore[no-untyped-def]
+    p0 = raw(
+        0,
+        2,
+        [timing(1.0, [0.1, 0.01, 0.01, 0.01]), timing(5.0, [0.2, 0.05])],
+        gpu_report({"gpu:0": 100.0}, 10.0),
+        window=(100.0, 110.0),
+    )
+    p1 = raw(
+        1,
+        2,
+        [timing(7.0, [0.3, 0.04, 0.04], n_in=20)],
+        gpu_report({"gpu:1": 60.0}, 11.0),
+        window=(101.0, 112.0),
+    )
+    return p0, p1
+
+
+def test_pools_timings_and_sums_energy_over_gpus() -> None:
+    p0, p1 = _two_processes()
+    result = aggregate_process_results([p1, p0])  # order of arrival must not matter
+    m = result.metrics
+    assert m is not None
+    assert m.tokens.output_tokens == 9 and m.tokens.input_tokens == 40
+    assert m.tokens.n_requests == 3
+    assert result.measurement_window_s == pytest.approx(12.0)  # earliest start -> latest end
+    assert m.throughput.output_tokens_per_s == pytest.approx(9 / 12.0)
+    assert result.energy is not None
+    assert result.energy.gpu_energy_j == pytest.approx(160.0)
+    assert result.energy.measurements[0].energy_j_by_device == {"gpu:0": 100.0, "gpu:1": 60.0}
+    assert result.j_per_output_token == pytest.approx(160.0 / 9)
+    # ITL pooled over all gaps (10,10,10,50,40,40 ms), not a mean of per-process means (30)
+    assert result.itl_ms_mean == pytest.approx(160.0 / 6)
+    assert result.ttft_ms_mean == pytest.approx(200.0)
+    assert result.n_processes == 2
+    assert result.energy_not_measured_reason is None
+
+
+def test_single_process_energy_report_is_passed_through() -> None:
+    p0, _ = _two_processes()
+    single = raw(0, 1, p0.timings, p0.energy)
+    result = aggregate_process_results([single])
+    assert result.energy == p0.energy
+    assert result.measurement_window_s == pytest.approx(10.0)
+
+
+def test_device_seen_by_two_processes_is_counted_once_and_flagged() -> None:
+    def cpu_report(joules: float):  # type: ignore[no-untyped-def]
+        report = gpu_report({"gpu:0": 10.0}, 5.0)
+        cpu = EnergyMeasurement.from_devices(
+            meter="rapl",
+            window="measure",
+            scope="cpu_package",
+            method="counter",
+            energy_j_by_device={"cpu:package-0": joules},
+            duration_s=5.0,
+        )
+        return report.model_copy(update={"measurements": [*report.measurements, cpu]})
+
+    merged = merge_energy_reports([cpu_report(30.0), cpu_report(35.0)], 5.0)
+    assert merged is not None
+    assert merged.cpu_energy_j == pytest.approx(35.0)  # largest reading, once
+    assert merged.gpu_energy_j == pytest.approx(10.0)  # same gpu:0 key in both: once too
+    assert any(w.code == "device_measured_twice" for w in merged.warnings)
+
+
+def test_missing_or_foreign_process_results_are_refused() -> None:
+    p0, p1 = _two_processes()
+    with pytest.raises(ExperimentError, match="expected 2"):
+        aggregate_process_results([p0])
+    other = p1.model_copy(update={"experiment_id": "other"})
+    with pytest.raises(ExperimentError, match="different experiments"):
+        aggregate_process_results([p0, other])
+    with pytest.raises(ExperimentError):
+        aggregate_process_results([])
+
+
+def test_energy_not_measured_is_none_with_reason_never_zero() -> None:
+    p0, _ = _two_processes()
+    single = raw(0, 1, p0.timings, None, energy_not_measured_reason="no meter on this host")
+    result = aggregate_process_results([single])
+    assert result.energy is None and result.energy_j is None
+    assert result.j_per_output_token is None
+    assert result.energy_not_measured_reason == "no meter on this host"
+    assert any(w.code == "energy_not_measured" for w in result.warnings)
+    assert any(w.code == "low_sample_count" for w in result.warnings)
