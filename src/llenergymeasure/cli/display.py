@@ -66,7 +66,7 @@ def latency_text(stats: LatencyStats | None) -> str:
 
 
 def energy_text(result: ExperimentResult) -> str:
-    """Gross energy with how it was measured, e.g. ``123.4 J (counter, gpu)``."""
+    """Measured energy with how it was measured, e.g. ``123.40 J (counter, gpu, nvml)``."""
     energy = result.energy
     if energy is None or result.energy_j is None:
         reason = result.energy_not_measured_reason or "; ".join(
@@ -74,8 +74,17 @@ def energy_text(result: ExperimentResult) -> str:
         )
         return f"not measured: {reason or 'no energy meter available'}"
     parts = [f"{m.energy_j:,.2f} J ({m.method}, {m.scope}, {m.meter})" for m in energy.measurements]
-    missing = [f"{scope} not measured: {why}" for scope, why in energy.not_measured.items()]
-    return "; ".join(parts + missing) or f"{result.energy_j:,.2f} J"
+    return "; ".join(parts) or f"{result.energy_j:,.2f} J"
+
+
+def not_measured_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
+    """One ``<scope> energy: not measured: <reason>`` line per scope a meter could not cover."""
+    if result.energy is None or result.energy_j is None:
+        return []
+    return [
+        (f"{scope} energy", f"not measured: {why}")
+        for scope, why in result.energy.not_measured.items()
+    ]
 
 
 def _baseline_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
@@ -158,6 +167,7 @@ def _energy_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
     )
     return [
         ("energy", energy_text(result)),
+        *not_measured_pairs(result),
         ("energy / token", per_token),
         *_baseline_pairs(result),
         ("CO2", co2_text),

@@ -112,7 +112,8 @@ def system_section(env: EnvironmentSnapshot) -> str:
         ("Python", env.python_version),
         ("container", env.container_evidence or ("yes" if env.in_container else "no")),
     ]
-    pairs += [(name, version or "not installed") for name, version in library_versions().items()]
+    versions = env.library_versions or library_versions()
+    pairs += [(name, version or "not installed") for name, version in versions.items()]
     return "System\n" + render_pairs(pairs)
 
 

@@ -8,6 +8,7 @@ and prints a summary on stdout.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -116,7 +117,8 @@ def run(
         cycles=cycles,
         order=order.value if order else None,
     )
-    loaded = load_with_batch_size(config, overrides, batch_size, backend)
+    overrides = with_batch_size(config, overrides, batch_size, backend)
+    loaded = load(config, overrides)
     for note in loaded.notes:
         typer.echo(f"note: {note}", err=True)
     if dry_run:
@@ -125,10 +127,21 @@ def run(
     as_study = loaded.kind == "study" or cycles is not None or order is not None
     if (resume or resume_dir) and not as_study:
         raise typer.BadParameter("--resume applies to studies only", param_hint="--resume")
+    request = RunRequest(config, overrides, output, quiet)
     if as_study:
-        _run_study(loaded, output, quiet, no_gaps, resume, resume_dir)
+        _run_study(request, no_gaps, resume, resume_dir)
     else:
-        _run_experiment(loaded, output, quiet)
+        _run_experiment(request, loaded)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the library is asked to run: the file (or None) and the option overrides."""
+
+    config: Path | None
+    overrides: dict[str, Any]
+    output: Path | None
+    quiet: bool
 
 
 def base_overrides(**options: Any) -> dict[str, Any]:
@@ -150,17 +163,22 @@ def config_backends(loaded: LoadedConfig) -> set[str]:
     return found
 
 
-def load_with_batch_size(
-    config: Path | None, overrides: dict[str, Any], batch_size: int | None, backend: str | None
-) -> LoadedConfig:
-    """Load the config; ``--batch-size`` goes to the batching field of each backend in use."""
+def load(config: Path | None, overrides: dict[str, Any]) -> LoadedConfig:
+    """Load and validate the configuration (raises ConfigError with every problem)."""
     from llenergymeasure.config.loader import load_config
 
+    return load_config(config, overrides)
+
+
+def with_batch_size(
+    config: Path | None, overrides: dict[str, Any], batch_size: int | None, backend: str | None
+) -> dict[str, Any]:
+    """``overrides`` plus ``--batch-size`` on the batching field of each backend in use."""
     if batch_size is None:
-        return load_config(config, overrides)
-    backends = {backend} if backend else config_backends(load_config(config, overrides))
+        return overrides
+    backends = {backend} if backend else config_backends(load(config, overrides))
     extra = {BATCH_FIELD[b]: batch_size for b in sorted(backends) if b in BATCH_FIELD}
-    return load_config(config, {**overrides, **extra})
+    return {**overrides, **extra}
 
 
 def dry_run_text(loaded: LoadedConfig) -> str:
@@ -182,56 +200,70 @@ def dry_run_text(loaded: LoadedConfig) -> str:
     return "\n".join([text, *notes])
 
 
-def _run_experiment(loaded: LoadedConfig, output: Path | None, quiet: bool) -> None:
-    """Run one experiment and print its summary."""
+def _run_experiment(request: RunRequest, loaded: LoadedConfig) -> None:
+    """Run one experiment in this process and print its summary."""
     from llenergymeasure._api import run_experiment
     from llenergymeasure.cli.display import format_experiment
     from llenergymeasure.cli.progress_bars import CliProgress
 
-    progress = CliProgress(quiet=quiet)
+    progress = CliProgress(quiet=request.quiet)
     try:
-        result = run_experiment(loaded.experiment, results_dir=output, progress=progress)
+        result = run_experiment(
+            request.config,
+            results_dir=request.output,
+            progress=progress,
+            **request.overrides,
+        )
     finally:
         progress.close()
-    typer.echo(format_experiment(result, _result_dir(result)))
+    root = request.output or _default_results_dir(loaded)
+    typer.echo(format_experiment(result, find_result_dir(result, root)))
     if result.failed:
         raise typer.Exit(1)
 
 
-def _run_study(
-    loaded: LoadedConfig,
-    output: Path | None,
-    quiet: bool,
-    no_gaps: bool,
-    resume: bool,
-    resume_dir: Path | None,
-) -> None:
-    """Run a study and print its summary table."""
+def _run_study(request: RunRequest, no_gaps: bool, resume: bool, resume_dir: Path | None) -> None:
+    """Run a study (each experiment in its own subprocess) and print its summary table."""
     from llenergymeasure._api import run_study
     from llenergymeasure.cli.progress_bars import CliProgress
     from llenergymeasure.study.summary import format_study_table
 
-    progress = CliProgress(quiet=quiet)
+    progress = CliProgress(quiet=request.quiet)
     try:
         result = run_study(
-            loaded.study,
-            results_dir=output,
+            request.config,  # type: ignore[arg-type]  # None + overrides: a one-config study
+            results_dir=request.output,
             progress=progress,
             resume=resume or resume_dir is not None,
             resume_dir=resume_dir,
             no_gaps=no_gaps,
+            **request.overrides,
         )
     finally:
         progress.close()
     typer.echo(format_study_table(result))
+    typer.echo(f"results: {result.study_dir}")
     if result.counts.failed or result.status != "completed":
         raise typer.Exit(1)
 
 
-def _result_dir(result: Any) -> str | None:
-    """Where the library saved the result, if it says."""
-    for attr in ("result_dir", "run_dir", "output_dir"):
-        value = getattr(result, attr, None)
-        if value:
-            return str(value)
+def _default_results_dir(loaded: LoadedConfig) -> Path:
+    """The user config's results directory (where the library saves by default)."""
+    uc = loaded.user_config
+    return Path(uc.output.results_dir) if uc is not None else Path("results")
+
+
+def find_result_dir(result: Any, results_root: Path) -> str | None:
+    """The run directory holding ``result`` (the one whose result.json has its id)."""
+    import json
+
+    from llenergymeasure.results.filenames import safe_component
+
+    candidates = sorted(results_root.glob(f"{safe_component(result.name)}_*/result.json"))
+    for path in reversed(candidates):  # newest first: names end in a timestamp
+        try:
+            if json.loads(path.read_text()).get("experiment_id") == result.experiment_id:
+                return str(path.parent)
+        except (OSError, ValueError):
+            continue
     return None
