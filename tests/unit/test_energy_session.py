@@ -59,11 +59,13 @@ def _session(clock: ManualClock, **kw: object) -> EnergySession:
 def test_session_measures_visible_gpus(n: int, cvd: str | None, expected_keys: list[str]) -> None:
     clock = ManualClock()
     env = {} if cvd is None else {"CUDA_VISIBLE_DEVICES": cvd}
-    with FakeNVML(fake_gpus(n, power_w=150.0), clock=clock.now).installed():
-        with _session(clock, environ=env) as session:
-            session.begin_window("m")
-            clock.advance(12.0)
-            report = session.end_window("m")
+    with (
+        FakeNVML(fake_gpus(n, power_w=150.0), clock=clock.now).installed(),
+        _session(clock, environ=env) as session,
+    ):
+        session.begin_window("m")
+        clock.advance(12.0)
+        report = session.end_window("m")
     assert sorted(report.measurements[0].energy_j_by_device) == expected_keys
     assert report.gpu_energy_j == pytest.approx(150.0 * 12.0 * len(expected_keys), rel=0.01)
     assert report.cpu_energy_j is None and "cpu_package" in report.not_measured
@@ -84,11 +86,13 @@ def test_sync_hook_runs_at_both_edges() -> None:
 
 def test_persistence_mode_off_is_flagged() -> None:
     clock = ManualClock()
-    with FakeNVML([FakeDevice("GPU-p", persistence_mode=False)], clock=clock.now).installed():
-        with _session(clock) as session:
-            session.begin_window("m")
-            clock.advance(12.0)
-            report = session.end_window("m")
+    with (
+        FakeNVML([FakeDevice("GPU-p", persistence_mode=False)], clock=clock.now).installed(),
+        _session(clock) as session,
+    ):
+        session.begin_window("m")
+        clock.advance(12.0)
+        report = session.end_window("m")
     assert "persistence_mode_off" in {f.code for f in report.warnings}
 
 
@@ -116,15 +120,17 @@ def test_baseline_measured_cached_and_applied(tmp_path: Path) -> None:
     clock = ManualClock()
     settings = BaselineSettings(duration_s=5.0, cache_ttl_s=600, cache_path=tmp_path / "b.json")
     power = ((0.0, 80.0), (100.0, 300.0))  # idle 80 W, then load from t=100 s
-    with FakeNVML(fake_gpus(2, power_w=power), clock=clock.now).installed():
-        with _session(clock, baseline=settings) as session:
-            first = session.measure_baseline()
-            assert first is not None and not first.cached
-            assert first.idle_power_w == pytest.approx(160.0, rel=0.02)
-            clock.advance(100.0)
-            session.begin_window("m")
-            clock.advance(10.0)
-            report = session.end_window("m")
+    with (
+        FakeNVML(fake_gpus(2, power_w=power), clock=clock.now).installed(),
+        _session(clock, baseline=settings) as session,
+    ):
+        first = session.measure_baseline()
+        assert first is not None and not first.cached
+        assert first.idle_power_w == pytest.approx(160.0, rel=0.02)
+        clock.advance(100.0)
+        session.begin_window("m")
+        clock.advance(10.0)
+        report = session.end_window("m")
         with _session(clock, baseline=settings) as again:
             second = again.measure_baseline()
     assert second is not None and second.cached and second.idle_power_w == first.idle_power_w
@@ -174,11 +180,13 @@ def test_auto_without_gpu_uses_rapl_when_readable(tmp_path: Path) -> None:
 
 def test_auto_without_gpu_or_rapl_estimates_cpu() -> None:
     clock = ManualClock()
-    with FakeNVML([], init_error=NVML_ERROR_LIBRARY_NOT_FOUND).installed():
-        with _session(clock) as session:
-            session.begin_window("m")
-            clock.advance(2.0)
-            report = session.end_window("m")
+    with (
+        FakeNVML([], init_error=NVML_ERROR_LIBRARY_NOT_FOUND).installed(),
+        _session(clock) as session,
+    ):
+        session.begin_window("m")
+        clock.advance(2.0)
+        report = session.end_window("m")
     assert report.meter_selection.meters == ["null", "estimate"]
     assert "gpu" in report.not_measured and report.gpu_energy_j is None
     assert report.measurements[0].method == "estimate"
