@@ -1,0 +1,487 @@
+"""StudyRunner: run a study's experiments one by one, each in a fresh ``spawn`` subprocess.
+
+Per experiment the parent starts a child (`study.worker.experiment_worker` by default),
+then *blocks* on the pipe (``conn.poll(timeout)``) — no busy loop: a spinning parent would
+burn the energy being measured. Outcomes:
+
+* the child sends ("ok", ...)                    -> completed
+* it sends ("error", ...)                        -> failed (traceback written to a file)
+* it exits without a message (os._exit, OOM)     -> failed ("exited with code N / signal")
+* ``experiment_timeout_seconds`` pass             -> terminated, then killed: failed
+
+A failure fails that experiment only. ``max_consecutive_failures`` failures in a row stop
+the study: `run` still returns the partial StudyResult, with ``status="stopped"`` and
+``stopped_reason`` set (the CLI exits 1 then). Ctrl-C terminates the running child, marks
+it pending, marks the study ``interrupted``, writes the manifest and re-raises
+KeyboardInterrupt (CLI exit 130); everything stays resumable.
+
+Layout: ``<results_dir>[/<output_dir>]/<study_name>_<timestamp>/`` holds the manifest, the
+summary, ``failures/<position>_<label>.txt`` and one run directory per experiment (made by
+the orchestrator; never reused, so a re-run after a crash never overwrites a partial one).
+
+The idle-power baseline is shared across the study's experiments by the energy layer's
+on-disk cache (keyed by GPU, with a TTL); each child reads it, nothing here disables it.
+
+Gaps: ``config_gap_seconds`` between experiments of one cycle and ``cycle_gap_seconds``
+when the cycle number changes (in grouped order that is every step), waited with a
+blocking ``Event.wait`` that Ctrl-C interrupts; skipped with ``no_gaps=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llenergymeasure.exceptions import StudyError
+from llenergymeasure.progress import ExperimentTick, NullProgress, Progress
+from llenergymeasure.results.filenames import STUDY_SUMMARY_FILENAME, safe_component
+from llenergymeasure.results.persistence import atomic_write_text, new_run_dir, read_result
+from llenergymeasure.study.manifest import (
+    ManifestEntry,
+    StudyManifest,
+    check_same_design,
+    find_resumable,
+    new_manifest,
+    read_manifest,
+    utc_now,
+    write_manifest,
+)
+from llenergymeasure.study.worker import WorkerRequest, experiment_worker
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import StudyConfig
+    from llenergymeasure.config.user_config import UserConfig
+    from llenergymeasure.domain.results import ExperimentResult
+    from llenergymeasure.domain.study import StudyResult
+    from llenergymeasure.study.grid import PlannedExperiment, StudyPlan
+
+logger = logging.getLogger(__name__)
+
+WorkerTarget = Callable[[WorkerRequest, Connection], None]
+EXIT_GRACE_S = 60.0  # after reporting, how long a child may take to exit (CUDA teardown)
+TERMINATE_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
+
+
+@dataclass
+class Outcome:
+    """What one child did."""
+
+    ok: bool
+    wall_s: float
+    result_path: Path | None = None
+    summary: dict[str, Any] | None = None
+    reason: str | None = None  # one line, for failures
+    detail: str | None = None  # traceback text or explanation, for failures
+
+
+class StudyRunner:
+    """Runs a StudyConfig (see module docstring). One instance per run."""
+
+    def __init__(
+        self,
+        study: StudyConfig,
+        *,
+        results_dir: Path,
+        user_config: UserConfig | None = None,
+        progress: Progress | None = None,
+        no_gaps: bool = False,
+        resume: bool = False,
+        resume_dir: Path | None = None,
+        cli_overrides: Mapping[str, Any] | None = None,
+        worker_target: WorkerTarget | None = None,
+        verbosity: int | None = None,
+    ) -> None:
+        self.study = study
+        self.results_dir = Path(results_dir)
+        self.user_config = user_config
+        self.progress: Progress = progress or NullProgress()
+        self.no_gaps = no_gaps
+        self.resume = resume or resume_dir is not None
+        self.resume_dir = Path(resume_dir) if resume_dir is not None else None
+        self.cli_overrides = cli_overrides
+        self.worker_target: WorkerTarget = worker_target or experiment_worker
+        self.verbosity = verbosity
+        self._wake = threading.Event()  # never set: gaps are interruptible waits
+        self._gap_s = 0.0
+        self._durations_s: list[float] = []
+        self._warnings: list[str] = []
+
+    # ---- top level ------------------------------------------------------------------------
+    def run(self) -> StudyResult:
+        """Run (or resume) the study; returns the StudyResult, also written to disk."""
+        t0 = time.monotonic()
+        plan, study_dir, manifest = self._prepare()
+        try:
+            self._run_pending(plan, study_dir, manifest)
+        except KeyboardInterrupt:
+            self._finish(study_dir, manifest, "interrupted", "interrupted by the user (Ctrl-C)")
+            self._write_summary(plan, study_dir, manifest, time.monotonic() - t0)
+            raise
+        except BaseException as e:
+            self._finish(study_dir, manifest, "failed", f"study runner error: {e!r}")
+            raise
+        return self._write_summary(plan, study_dir, manifest, time.monotonic() - t0)
+
+    def _prepare(self) -> tuple[StudyPlan, Path, StudyManifest]:
+        """Expand the study and open a fresh study dir or the one to resume."""
+        study_dir = self._dir_to_resume()
+        if study_dir is None:
+            plan = self._expand(self.study)
+            study_dir = new_run_dir(self._parent_dir(), plan.study_name)
+            manifest = new_manifest(plan)
+        else:
+            manifest = read_manifest(study_dir)
+            plan = self._expand(self._with_stored_seed(manifest))
+            check_same_design(manifest, plan)
+            self._reopen(manifest, plan, study_dir)
+        for note in plan.notes:
+            self.progress.message(note)
+        manifest.status, manifest.stopped_reason = "running", None
+        write_manifest(study_dir, manifest)
+        return plan, study_dir, manifest
+
+    def _expand(self, study: StudyConfig) -> StudyPlan:
+        """The plan (grid expansion, order, design hash)."""
+        from llenergymeasure.study.grid import expand_study
+
+        return expand_study(study, user_config=self.user_config, cli_overrides=self.cli_overrides)
+
+    def _parent_dir(self) -> Path:
+        """Where study directories are made."""
+        out = self.study.output_dir
+        return self.results_dir / out if out else self.results_dir
+
+    def _dir_to_resume(self) -> Path | None:
+        """The explicit resume dir, the newest unfinished one, or None (start afresh)."""
+        if self.resume_dir is not None:
+            return self.resume_dir
+        if not self.resume:
+            return None
+        found = find_resumable(self._parent_dir(), self.study.study_name)
+        if found is None:
+            self.progress.message(
+                f"nothing to resume for study {self.study.study_name!r} in "
+                f"{self._parent_dir()}: starting a new study"
+            )
+        return found
+
+    def _with_stored_seed(self, manifest: StudyManifest) -> StudyConfig:
+        """A shuffled study without a seed is resumed with the seed drawn the first time."""
+        ex = self.study.execution
+        if ex.order != "shuffled" or ex.shuffle_seed is not None:
+            return self.study
+        seed = manifest.design.shuffle_seed
+        return self.study.model_copy(
+            update={"execution": ex.model_copy(update={"shuffle_seed": seed})}
+        )
+
+    def _reopen(self, manifest: StudyManifest, plan: StudyPlan, study_dir: Path) -> None:
+        """Reset what must run again: running/failed entries, and completed ones whose
+        result file is gone. Their old run dirs stay untouched."""
+        manifest.sessions += 1
+        for e in manifest.entries:
+            lost = e.status == "completed" and not _exists(study_dir, e.result_path)
+            if lost:
+                self._warnings.append(f"{e.label} cycle {e.cycle}: result file missing, re-run")
+            if lost or e.status in ("running", "failed"):
+                e.status, e.result_path, e.failure_path, e.error = "pending", None, None, None
+        done = sum(e.status == "completed" for e in manifest.entries)
+        self.progress.message(
+            f"resuming {study_dir}: {done} of {len(manifest.entries)} experiments already done"
+        )
+
+    # ---- the loop -------------------------------------------------------------------------
+    def _run_pending(self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest) -> None:
+        """Run every pending entry in manifest order; stop after too many failures in a row."""
+        by_key = {(p.config_hash, p.cycle): p for p in plan.experiments}
+        pending = [e for e in manifest.entries if e.status == "pending"]
+        limit = self.study.execution.max_consecutive_failures
+        consecutive, previous = 0, None
+        for k, entry in enumerate(pending):
+            if previous is not None:
+                self._gap(previous, entry)
+            planned = by_key.get(entry.key)
+            if planned is None:  # same design hash guarantees this cannot happen
+                raise StudyError(f"manifest entry {entry.label} cycle {entry.cycle} not in plan")
+            eta = self._eta_s(len(pending) - k)
+            ok = self._run_entry(planned, entry, manifest, study_dir, eta)
+            consecutive = 0 if ok else consecutive + 1
+            previous = entry
+            if consecutive >= limit:
+                reason = (
+                    f"{consecutive} consecutive experiments failed "
+                    f"(execution.max_consecutive_failures={limit}); last: {entry.error}"
+                )
+                self._finish(study_dir, manifest, "stopped", reason)
+                return
+        counts = manifest.counts()
+        # "failed": ran to the end but some experiments failed; --resume retries them.
+        status = "completed" if counts["completed"] == len(manifest.entries) else "failed"
+        self._finish(study_dir, manifest, status, None)
+
+    def _run_entry(
+        self,
+        planned: PlannedExperiment,
+        entry: ManifestEntry,
+        manifest: StudyManifest,
+        study_dir: Path,
+        eta_s: float | None,
+    ) -> bool:
+        """Run one experiment in a child and record its outcome; True if it completed."""
+        tick = ExperimentTick(
+            index=entry.position + 1,
+            total=len(manifest.entries),
+            cycle=entry.cycle,
+            n_cycles=manifest.design.n_cycles,
+            label=entry.label,
+            eta_s=eta_s,
+        )
+        entry.status, entry.started_at, entry.ended_at = "running", utc_now(), None
+        entry.attempts += 1
+        write_manifest(study_dir, manifest)
+        self.progress.experiment_started(tick)
+        request = WorkerRequest(
+            config=planned.config,
+            provenance=dict(planned.provenance),
+            results_dir=study_dir,
+            position=entry.position,
+            cycle=entry.cycle,
+            label=entry.label,
+            verbosity=self.verbosity,
+        )
+        try:
+            outcome = self._spawn(request)
+        except KeyboardInterrupt:
+            entry.status, entry.started_at = "pending", None
+            raise
+        self._durations_s.append(outcome.wall_s)
+        self._record(entry, outcome, study_dir)
+        write_manifest(study_dir, manifest)
+        detail = "" if outcome.ok else (outcome.reason or "")
+        self.progress.experiment_finished(tick, entry.status, detail)
+        return outcome.ok
+
+    def _record(self, entry: ManifestEntry, outcome: Outcome, study_dir: Path) -> None:
+        """Write the outcome into the manifest entry (and the failure file)."""
+        entry.ended_at = utc_now()
+        entry.duration_s = outcome.wall_s
+        if outcome.ok and outcome.result_path is not None:
+            summary = outcome.summary or {}
+            entry.status = "completed"
+            entry.result_path = _relative(outcome.result_path, study_dir)
+            entry.measurement_s = summary.get("measurement_s")
+            entry.metrics = dict(summary.get("metrics") or {})
+            return
+        entry.status = "failed"
+        entry.error = outcome.reason
+        entry.measurement_s = None
+        path = _write_failure(study_dir, entry, outcome)
+        entry.failure_path = _relative(path, study_dir)
+
+    # ---- one child ------------------------------------------------------------------------
+    def _spawn(self, request: WorkerRequest) -> Outcome:
+        """Start a child for ``request`` and wait for its report, exit or timeout."""
+        timeout_s = self.study.execution.experiment_timeout_seconds
+        ctx = multiprocessing.get_context("spawn")
+        receiver, sender = ctx.Pipe(duplex=False)
+        process = ctx.Process(
+            target=self.worker_target,
+            args=(request, sender),
+            name=f"llem-experiment-{request.position}",
+        )
+        t0 = time.monotonic()
+        process.start()
+        sender.close()  # keep only the child's end open, so its exit wakes poll() with EOF
+        try:
+            message = self._await(receiver, t0 + timeout_s)
+            if message is _TIMED_OUT:
+                _stop(process)
+                return _timeout_outcome(timeout_s, time.monotonic() - t0)
+            process.join(EXIT_GRACE_S)
+            return _outcome(message, process.exitcode, time.monotonic() - t0)
+        finally:
+            _stop(process)
+            receiver.close()
+
+    def _await(self, conn: Connection, deadline: float) -> Any:
+        """Block until the child's final message, its exit (None) or the deadline."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not conn.poll(remaining):
+                return _TIMED_OUT
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return None  # the child exited without reporting
+            if isinstance(message, tuple) and message and message[0] == "progress":
+                self._forward(message)
+                continue
+            return message
+
+    def _forward(self, message: tuple[Any, ...]) -> None:
+        """Pass a child's progress callback on to our Progress."""
+        if message[1] == "stage":
+            self.progress.stage(str(message[2]))
+        elif message[1] == "prompts":
+            self.progress.prompts_done(int(message[2]), int(message[3]))
+
+    # ---- gaps, ETA, end -------------------------------------------------------------------
+    def _gap(self, previous: ManifestEntry, nxt: ManifestEntry) -> None:
+        """Thermal-recovery wait between two experiments (blocking, Ctrl-C interrupts it)."""
+        ex = self.study.execution
+        is_cycle = nxt.cycle != previous.cycle
+        seconds = ex.cycle_gap_seconds if is_cycle else ex.config_gap_seconds
+        if self.no_gaps or seconds <= 0:
+            return
+        kind = "cycle" if is_cycle else "config"
+        self.progress.message(f"waiting {seconds:g} s ({kind} gap, thermal recovery)")
+        t0 = time.monotonic()
+        try:
+            self._wake.wait(seconds)
+        finally:
+            self._gap_s += time.monotonic() - t0
+
+    def _eta_s(self, remaining: int) -> float | None:
+        """Mean duration of the experiments finished so far times those left (this one too)."""
+        if not self._durations_s:
+            return None
+        return sum(self._durations_s) / len(self._durations_s) * remaining
+
+    def _finish(
+        self, study_dir: Path, manifest: StudyManifest, status: Any, reason: str | None
+    ) -> None:
+        """Set the study's final status and write the manifest."""
+        manifest.status = status
+        manifest.stopped_reason = reason
+        write_manifest(study_dir, manifest)
+
+    def _write_summary(
+        self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest, wall_s: float
+    ) -> StudyResult:
+        """Load completed results, build the StudyResult and write study_summary.json."""
+        from llenergymeasure.study.summary import build_study_result
+
+        results = self._load_results(study_dir, manifest)
+        result = build_study_result(
+            plan=plan,
+            manifest=manifest,
+            study_dir=study_dir,
+            results=results,
+            gap_s=self._gap_s,
+            wall_time_s=wall_s,
+            warnings=self._warnings,
+        )
+        atomic_write_text(study_dir / STUDY_SUMMARY_FILENAME, result.model_dump_json(indent=2))
+        return result
+
+    def _load_results(
+        self, study_dir: Path, manifest: StudyManifest
+    ) -> dict[tuple[str, int], ExperimentResult]:
+        """Completed experiments' results, read back from their result.json files."""
+        loaded = {}
+        for e in manifest.entries:
+            if e.status != "completed" or e.result_path is None:
+                continue
+            try:
+                loaded[e.key] = read_result(study_dir / e.result_path)
+            except (OSError, ValueError) as err:
+                self._warnings.append(f"{e.label} cycle {e.cycle}: unreadable result ({err})")
+        return loaded
+
+
+# ---- module helpers ------------------------------------------------------------------------
+_TIMED_OUT = object()
+
+
+def _stop(process: multiprocessing.process.BaseProcess) -> None:
+    """Terminate a child that is still alive, then kill it if it ignores SIGTERM."""
+    if process.exitcode is not None or process.pid is None:
+        return
+    if process.is_alive():
+        process.terminate()
+        process.join(TERMINATE_GRACE_S)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
+def _outcome(message: Any, exitcode: int | None, wall_s: float) -> Outcome:
+    """Interpret the child's final message (or its absence) and exit code."""
+    if isinstance(message, tuple) and message and message[0] == "ok":
+        return Outcome(ok=True, wall_s=wall_s, result_path=Path(message[1]), summary=message[2])
+    if isinstance(message, tuple) and message and message[0] == "error":
+        return Outcome(ok=False, wall_s=wall_s, reason=str(message[1]), detail=str(message[2]))
+    reason = _exit_reason(exitcode)
+    detail = (
+        f"The experiment process {reason} without reporting a result or an error.\n"
+        "Likely causes: out of memory (killed by the kernel), a crash in native code, "
+        "or os._exit. Check the system log (dmesg) and the run directory, if any."
+    )
+    return Outcome(ok=False, wall_s=wall_s, reason=reason, detail=detail)
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    """``exited with code N`` or ``killed by signal SIGKILL (9)``."""
+    import signal
+
+    if exitcode is None:
+        return "did not exit"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "signal"
+        return f"killed by signal {name} ({-exitcode})"
+    return f"exited with code {exitcode}"
+
+
+def _timeout_outcome(timeout_s: float, wall_s: float) -> Outcome:
+    """A child stopped for running past the per-experiment timeout."""
+    reason = f"timed out after {timeout_s:g} s"
+    detail = (
+        f"The experiment did not finish within execution.experiment_timeout_seconds="
+        f"{timeout_s:g} (this covers start-up, model load, warm-up and measurement); "
+        "it was terminated. Raise the timeout if the experiment is legitimately this long."
+    )
+    return Outcome(ok=False, wall_s=wall_s, reason=reason, detail=detail)
+
+
+def _write_failure(study_dir: Path, entry: ManifestEntry, outcome: Outcome) -> Path:
+    """Write ``failures/<position>_<label>.txt`` (a new file per attempt; never overwrite)."""
+    folder = study_dir / "failures"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{entry.position}_{safe_component(entry.label, 'experiment')}"
+    path = folder / f"{stem}.txt"
+    if path.exists():
+        path = folder / f"{stem}.attempt{entry.attempts}.txt"
+    header = [
+        f"experiment: {entry.label} (position {entry.position}, cycle {entry.cycle})",
+        f"config_hash: {entry.config_hash}",
+        f"attempt: {entry.attempts}",
+        f"started_at: {entry.started_at}",
+        f"ended_at: {entry.ended_at}",
+        f"reason: {outcome.reason}",
+        "",
+    ]
+    atomic_write_text(path, "\n".join(header) + (outcome.detail or "") + "\n")
+    return path
+
+
+def _relative(path: Path, study_dir: Path) -> str:
+    """``path`` relative to the study dir when inside it, else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(study_dir.resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def _exists(study_dir: Path, relative: str | None) -> bool:
+    """Whether a manifest path (relative to the study dir, or absolute) exists."""
+    return relative is not None and (study_dir / relative).is_file()

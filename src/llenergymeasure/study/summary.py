@@ -1,0 +1,280 @@
+"""Turn a finished (or stopped) study's manifest and results into a `StudyResult`, and render
+it as a plain-text table.
+
+Statistics: for each unique configuration and each metric of `STUDY_METRICS`, the values of
+the completed cycles are summarised by `study.stats.summarise_cycles` (mean, spread and a
+seeded percentile-bootstrap CI of the mean). A metric no cycle measured gets a reason instead.
+The best configuration follows `BEST_CRITERION` (lowest mean J per output token among
+configurations with every planned cycle completed and J/token measured in each).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llenergymeasure.config.provenance import flatten
+from llenergymeasure.domain.study import (
+    STUDY_METRICS,
+    ConfigSummary,
+    ExperimentTiming,
+    MetricStats,
+    SkippedConfig,
+    StudyCounts,
+    StudyFailure,
+    StudyResult,
+    StudyTiming,
+)
+from llenergymeasure.study.stats import summarise_cycles
+
+if TYPE_CHECKING:
+    from llenergymeasure.domain.results import ExperimentResult
+    from llenergymeasure.study.grid import StudyPlan, UniqueConfig
+    from llenergymeasure.study.manifest import ManifestEntry, StudyManifest
+
+CONFIDENCE = 0.95
+N_RESAMPLES = 2000
+CI_SEED = 0  # fixed: the same per-cycle values always give the same CI
+FEW_CYCLES = 3
+ALWAYS_SHOWN_FIELDS = ("model", "backend", "precision")
+NOT_KEY_FIELDS = frozenset({"name", "output_dir"})
+
+
+def build_study_result(
+    *,
+    plan: StudyPlan,
+    manifest: StudyManifest,
+    study_dir: Path,
+    results: Mapping[tuple[str, int], ExperimentResult],
+    gap_s: float,
+    wall_time_s: float,
+    warnings: Sequence[str] = (),
+) -> StudyResult:
+    """Assemble the StudyResult; ``results`` maps (config_hash, cycle) -> loaded result."""
+    configs = [
+        _config_summary(u, manifest.entries, results, plan.n_cycles) for u in plan.unique_configs
+    ]
+    best_note = _mark_best(configs)
+    all_warnings = list(warnings)
+    if plan.n_cycles < FEW_CYCLES:
+        all_warnings.append(
+            f"only {plan.n_cycles} cycle(s): confidence intervals need >= {FEW_CYCLES} "
+            "cycles to mean much (set execution.n_cycles)"
+        )
+    counts = manifest.counts()
+    return StudyResult(
+        study_name=manifest.study_name,
+        study_dir=str(study_dir),
+        status=manifest.status,
+        design_hash=manifest.design_hash,
+        order=plan.order,
+        shuffle_seed=plan.shuffle_seed,
+        n_cycles=plan.n_cycles,
+        counts=StudyCounts(
+            planned=len(manifest.entries),
+            completed=counts["completed"],
+            failed=counts["failed"],
+            skipped=len(plan.skipped),
+            not_run=counts["pending"] + counts["running"],
+        ),
+        failures=[_failure(e) for e in manifest.entries if e.status == "failed"],
+        skipped=[SkippedConfig(point=dict(s.point), reason=s.reason) for s in plan.skipped],
+        configs=configs,
+        best_config_hash=next((c.config_hash for c in configs if c.best), None),
+        best_note=best_note,
+        confidence=CONFIDENCE,
+        timing=_timing(manifest.entries, gap_s, wall_time_s),
+        warnings=all_warnings,
+        stopped_reason=manifest.stopped_reason,
+        experiments=[results[e.key] for e in manifest.entries if e.key in results],
+    )
+
+
+def key_fields(unique: Sequence[UniqueConfig]) -> list[dict[str, Any]]:
+    """Per config: model/backend/precision plus every field whose value differs between configs."""
+    flat = [flatten(u.config.model_dump(mode="json", exclude_none=True)) for u in unique]
+    keys = sorted({k for f in flat for k in f} - NOT_KEY_FIELDS)
+    varying = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+    chosen = [*ALWAYS_SHOWN_FIELDS, *(k for k in varying if k not in ALWAYS_SHOWN_FIELDS)]
+    return [{k: f.get(k) for k in chosen} for f in flat]
+
+
+def _config_summary(
+    unique: UniqueConfig,
+    entries: Sequence[ManifestEntry],
+    results: Mapping[tuple[str, int], ExperimentResult],
+    n_cycles: int,
+) -> ConfigSummary:
+    """Statistics of one configuration over its completed cycles."""
+    done = [e for e in entries if e.config_hash == unique.config_hash and e.status == "completed"]
+    done.sort(key=lambda e: e.cycle)
+    loaded = [results[e.key] for e in done if e.key in results]
+    fields = key_fields([unique])[0]
+    return ConfigSummary(
+        config_hash=unique.config_hash,
+        label=unique.label or unique.config.name or unique.config_hash[:8],
+        key_fields=fields,
+        cycles_planned=n_cycles,
+        cycles_completed=len(loaded),
+        result_paths=[e.result_path for e in done if e.result_path and e.key in results],
+        metrics={name: _metric(name, loaded) for name in STUDY_METRICS},
+    )
+
+
+def _metric(name: str, loaded: Sequence[ExperimentResult]) -> MetricStats:
+    """One metric over cycles, or the reason it is missing."""
+    unit = STUDY_METRICS[name][1]
+    values = [getattr(r, name) for r in loaded]
+    stats = summarise_cycles(values, n_resamples=N_RESAMPLES, confidence=CONFIDENCE, seed=CI_SEED)
+    reason = None if stats is not None else _missing_reason(name, loaded)
+    return MetricStats(unit=unit, stats=stats, not_measured_reason=reason)
+
+
+def _missing_reason(name: str, loaded: Sequence[ExperimentResult]) -> str:
+    """Why no cycle has a value for ``name``."""
+    if not loaded:
+        return "no completed cycle"
+    if name in ("energy_j", "j_per_output_token"):
+        for r in loaded:
+            if r.energy_not_measured_reason:
+                return r.energy_not_measured_reason
+            if r.energy is not None and r.energy.not_measured:
+                return next(iter(r.energy.not_measured.values()))
+        return "no energy meter measured"
+    return "not measured by this backend/run"
+
+
+def _mark_best(configs: list[ConfigSummary]) -> str | None:
+    """Flag the config with the lowest mean J/token among fully completed ones."""
+    eligible = [
+        c
+        for c in configs
+        if c.cycles_completed == c.cycles_planned
+        and (s := c.metrics["j_per_output_token"].stats) is not None
+        and s.n == c.cycles_planned
+        and math.isfinite(s.mean)
+    ]
+    if not eligible:
+        return "no configuration completed every cycle with J/token measured"
+    best = min(eligible, key=lambda c: c.metrics["j_per_output_token"].stats.mean)  # type: ignore[union-attr]
+    best.best = True
+    return None
+
+
+def _failure(entry: ManifestEntry) -> StudyFailure:
+    """A failed manifest entry as a StudyFailure."""
+    return StudyFailure(
+        position=entry.position,
+        cycle=entry.cycle,
+        label=entry.label,
+        config_hash=entry.config_hash,
+        reason=entry.error or "failed",
+        failure_path=entry.failure_path,
+    )
+
+
+def _timing(entries: Sequence[ManifestEntry], gap_s: float, wall_time_s: float) -> StudyTiming:
+    """Where time went, over every experiment that ran (this session and earlier ones)."""
+    rows = []
+    for e in entries:
+        if e.duration_s is None or e.status not in ("completed", "failed"):
+            continue
+        outside = e.duration_s - e.measurement_s if e.measurement_s is not None else None
+        rows.append(
+            ExperimentTiming(
+                position=e.position,
+                cycle=e.cycle,
+                label=e.label,
+                status=e.status,
+                subprocess_wall_s=e.duration_s,
+                measurement_s=e.measurement_s,
+                outside_measurement_s=outside,
+            )
+        )
+    total = sum(r.subprocess_wall_s for r in rows)
+    measured = sum(r.measurement_s or 0.0 for r in rows)
+    return StudyTiming(
+        wall_time_s=wall_time_s,
+        experiments_wall_s=total,
+        measurement_s=measured,
+        outside_measurement_s=total - measured,
+        gap_s=gap_s,
+        experiments=rows,
+    )
+
+
+# ---- the table ----------------------------------------------------------------------------
+#: (heading, StudyResult metric, display scale): J/token is shown in mJ to keep cells short.
+_COLUMNS = (
+    ("energy J", "energy_j", 1.0),
+    ("mJ/token", "j_per_output_token", 1000.0),
+    ("tok/s", "output_tokens_per_s", 1.0),
+    ("TTFT ms", "ttft_ms_mean", 1.0),
+    ("ITL ms", "itl_ms_mean", 1.0),
+)
+_LABEL_WIDTH = 28
+
+
+def format_study_table(result: StudyResult) -> str:
+    """Plain-text table, two lines per config: the means, then their CIs ``[low,high]``.
+
+    The best configuration is marked ``*``. A metric no cycle measured is shown as
+    ``n/a[k]`` with footnote k naming the reason. Fits 120 columns for usual magnitudes.
+    """
+    pct = round(result.confidence * 100)
+    header = ["config", "cycles", *(h for h, _, _ in _COLUMNS)]
+    table: list[list[str]] = [header]
+    reasons: dict[str, int] = {}
+    for c in result.configs:
+        means = [_label_cell(c), f"{c.cycles_completed}/{c.cycles_planned}"]
+        cis = ["", ""]
+        for _, name, scale in _COLUMNS:
+            mean, ci = _metric_cells(c.metrics[name], scale, reasons)
+            means.append(mean)
+            cis.append(ci)
+        table += [means, cis] if any(cis) else [means]
+    lines = _align(table)
+    lines.insert(1, f"  (second line of each config: {pct}% CI of the mean over cycles)")
+    lines += [f"  n/a[{n}]: not measured: {text}" for text, n in reasons.items()]
+    if any(c.best for c in result.configs):
+        lines.append(f"  * best: {result.best_criterion}")
+    elif result.best_note:
+        lines.append(f"  no best config: {result.best_note}")
+    return "\n".join(lines)
+
+
+def _label_cell(c: ConfigSummary) -> str:
+    """Config label, shortened to fit, with the best marker."""
+    width = _LABEL_WIDTH - 2
+    label = c.label if len(c.label) <= width else c.label[: width - 3] + "..."
+    return f"{'*' if c.best else ' '} {label}"
+
+
+def _metric_cells(m: MetricStats, scale: float, reasons: dict[str, int]) -> tuple[str, str]:
+    """(mean, ``[low,high]``) or (``n/a[k]``, "") with k pointing to a footnote reason."""
+    if m.stats is None:
+        reason = m.not_measured_reason or "unknown"
+        number = reasons.setdefault(reason, len(reasons) + 1)
+        return f"n/a[{number}]", ""
+    ci = m.stats.ci
+    return _num(m.stats.mean * scale), f"[{_num(ci.low * scale)},{_num(ci.high * scale)}]"
+
+
+def _num(x: float) -> str:
+    """Compact number: 3 significant digits; integers from 1000; scientific below 1e-3."""
+    if x != 0 and abs(x) < 1e-3:
+        return f"{x:.2e}"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def _align(table: list[list[str]]) -> list[str]:
+    """Left-align the first column, right-align the others, two spaces apart."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    out = []
+    for row in table:
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
+        out.append("  ".join(cells).rstrip())
+    return out

@@ -1,0 +1,131 @@
+"""The child side of a study experiment: runs in a fresh ``spawn`` subprocess.
+
+Protocol on the (one-way, child -> parent) pipe, every message a tuple:
+
+    ("progress", "stage", name)          forwarded to the parent's Progress.stage
+    ("progress", "prompts", done, total) forwarded to Progress.prompts_done
+    ("ok", result_path, summary)         the experiment finished; summary: see `result_summary`
+    ("error", one_line, traceback_text)  it raised; the parent records the traceback
+
+A child that exits without sending "ok" or "error" crashed (os._exit, OOM kill, segfault):
+the parent reads the exit code. KeyboardInterrupt propagates (the parent is stopping the
+study); every other BaseException, SystemExit included, is reported as an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.domain.results import ExperimentResult
+    from llenergymeasure.progress import ExperimentTick
+
+logger = logging.getLogger(__name__)
+
+#: Runs one experiment in the child: (request, progress) -> (result, result.json path).
+Measure = Callable[["WorkerRequest", Any], "tuple[ExperimentResult, Path]"]
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    """What the parent sends a child (pickled by ``spawn``)."""
+
+    config: ExperimentConfig
+    provenance: dict[str, str] = field(default_factory=dict)
+    results_dir: Path = Path(".")
+    position: int = 0
+    cycle: int = 1
+    label: str = ""
+    verbosity: int | None = None  # None: leave logging alone (library use)
+
+
+class PipeProgress:
+    """A Progress that forwards per-experiment callbacks to the parent; never raises."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def _send(self, *message: Any) -> None:
+        # If the parent is gone the result still lands on disk: nothing to do here.
+        with contextlib.suppress(OSError, ValueError):
+            self._conn.send(("progress", *message))
+
+    def stage(self, name: str) -> None:
+        """Forward a stage change."""
+        self._send("stage", name)
+
+    def prompts_done(self, done: int, total: int) -> None:
+        """Forward prompt progress."""
+        self._send("prompts", done, total)
+
+    def experiment_started(self, tick: ExperimentTick) -> None:
+        """Not used inside one experiment."""
+
+    def experiment_finished(self, tick: ExperimentTick, status: str, detail: str = "") -> None:
+        """Not used inside one experiment."""
+
+    def message(self, text: str) -> None:
+        """Not forwarded (the parent reports study-level messages)."""
+
+
+def result_summary(result: ExperimentResult) -> dict[str, Any]:
+    """The few numbers the parent records in the manifest without reading result.json."""
+    from llenergymeasure.domain.study import STUDY_METRICS
+
+    metrics = {name: getattr(result, name) for name in STUDY_METRICS}
+    return {
+        "config_hash": result.config_hash,
+        "measurement_s": result.measurement_window_s,
+        "failed": result.failed,
+        "metrics": metrics,
+    }
+
+
+def run_real_experiment(request: WorkerRequest, progress: Any) -> tuple[ExperimentResult, Path]:
+    """Measure through the orchestrator (the default `Measure`)."""
+    from llenergymeasure.orchestration.orchestrator import run_single_experiment
+
+    return run_single_experiment(
+        request.config, request.provenance, request.results_dir, progress=progress
+    )
+
+
+def serve(request: WorkerRequest, conn: Connection, measure: Measure) -> None:
+    """Run ``measure`` and report its outcome on ``conn`` (see module docstring)."""
+    try:
+        if request.verbosity is not None:
+            from llenergymeasure.logging import setup_logging
+
+            setup_logging(request.verbosity)
+        result, path = measure(request, PipeProgress(conn))
+        message: tuple[Any, ...] = ("ok", str(Path(path).resolve()), result_summary(result))
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # SystemExit too: the parent must learn why
+        message = ("error", _one_line(e), traceback.format_exc())
+    try:
+        conn.send(message)
+    except (OSError, ValueError):
+        logger.warning("could not report to the study process (it has gone away)")
+    finally:
+        conn.close()
+
+
+def experiment_worker(request: WorkerRequest, conn: Connection) -> None:
+    """Default child target: measure one experiment and report through ``conn``."""
+    serve(request, conn, run_real_experiment)
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: first line of message``, at most 300 characters."""
+    text = str(error).strip().splitlines()
+    head = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return head[:300]
