@@ -276,3 +276,27 @@ def test_batch_size_maps_to_the_backend_field() -> None:
     assert loaded.experiment is not None
     assert loaded.experiment.vllm is not None and loaded.experiment.vllm.max_num_seqs == 16
     assert loaded.provenance["vllm.max_num_seqs"] == "cli"
+
+
+@pytest.mark.parametrize(
+    "example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_example_validates_in_a_dry_run(example: Path) -> None:
+    code, out, err = invoke("run", str(example), "--dry-run")
+    assert code == 0, err
+    assert "Nothing was run." in out
+
+
+def test_explicit_study_example_reports_the_skipped_entry() -> None:
+    code, out, _ = invoke("run", str(REPO / "examples" / "study_explicit.yaml"), "--dry-run")
+    assert code == 0
+    assert "Skipped grid points (1):" in out and "fp8" in out
+    assert "Total: 2 experiments = 2 configs x 1 cycles; 1 skipped" in out
+
+
+@pytest.mark.parametrize(
+    ("status", "failed", "code"),
+    [("completed", 0, 0), ("completed", 1, 1), ("stopped", 0, 1), ("interrupted", 0, 130)],
+)
+def test_study_exit_code(status: str, failed: int, code: int) -> None:
+    assert run_cmd.study_exit_code(status, failed) == code

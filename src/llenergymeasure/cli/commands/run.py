@@ -243,8 +243,14 @@ def _run_study(request: RunRequest, no_gaps: bool, resume: bool, resume_dir: Pat
         progress.close()
     typer.echo(format_study_table(result))
     typer.echo(f"results: {result.study_dir}")
-    if result.counts.failed or result.status != "completed":
-        raise typer.Exit(1)
+    raise typer.Exit(study_exit_code(result.status, result.counts.failed))
+
+
+def study_exit_code(status: str, n_failed: int) -> int:
+    """0 when every experiment completed, 130 when interrupted, 1 otherwise."""
+    if status == "interrupted":
+        return 130
+    return 0 if status == "completed" and n_failed == 0 else 1
 
 
 def _default_results_dir(loaded: LoadedConfig) -> Path:
