@@ -54,7 +54,7 @@ def run_experiment(
 
 
 def run_study(
-    config: str | Path | StudyConfig,
+    config: str | Path | StudyConfig | ExperimentConfig | None = None,
     *,
     results_dir: str | Path | None = None,
     progress: Progress | None = None,
@@ -67,7 +67,8 @@ def run_study(
 
     ``resume`` continues the latest interrupted run of this study (``resume_dir``: a given
     study directory), skipping completed (config, cycle) pairs; ``no_gaps`` skips the
-    thermal-recovery gaps. An experiment file runs as a one-experiment study.
+    thermal-recovery gaps. An experiment file (or None with keywords) runs as a
+    one-experiment study.
     """
     loaded = _load(config, overrides)
     return _run(

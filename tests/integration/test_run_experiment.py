@@ -70,6 +70,8 @@ def test_full_run_writes_a_complete_result(tmp_path: Path) -> None:
     assert result.setup_s and result.setup_s > 0
     assert {"load", "tokenise", "warmup", "measure"} <= set(result.phase_durations_s)
     assert result.warmup is not None and result.warmup.runs == 1
+    assert result.environment is not None and result.environment.python_version
+    assert result.dataset_info is not None and result.dataset_info["n"] == 4
     # energy: measured with a labelled method, or None with a reason (never a silent zero)
     if result.energy is None:
         assert result.energy_not_measured_reason

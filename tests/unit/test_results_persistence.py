@@ -75,7 +75,7 @@ def test_reader_in_another_process_never_sees_a_partial_file(tmp_path: Path) -> 
     atomic_write_text(target, big.model_dump_json())
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    stop_at = time.time() + 4.0
+    stop_at = time.time() + 2.5
     reader = ctx.Process(target=_poll, args=(str(target), stop_at, queue))
     reader.start()
     writes = 0

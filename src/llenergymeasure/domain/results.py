@@ -82,6 +82,7 @@ class RawProcessResult(_Model):
     energy_not_measured_reason: str | None = None
     memory: MemoryMetrics | None = None
     warmup: WarmupResult | None = None
+    dataset_info: dict[str, Any] | None = None
     warnings: list[QualityFlag] = Field(default_factory=list)
     carbon_intensity_gco2_kwh: float | None = None
     datacenter_pue: float | None = None
@@ -111,6 +112,9 @@ class ExperimentResult(_Model):
     energy_not_measured_reason: str | None = None
     metrics: InferenceMetrics | None = None
     warmup: WarmupResult | None = None
+    dataset_info: dict[str, Any] | None = Field(
+        None, description="where the prompts came from: source, n, n_available, cycled, notes"
+    )
     co2: CO2Estimate | None = None
     warnings: list[QualityFlag] = Field(default_factory=list)
     timeseries_path: str | None = Field(None, description="relative to the run directory")

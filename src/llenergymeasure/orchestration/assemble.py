@@ -85,6 +85,7 @@ class RunRecord:
     started_at: datetime
     environment: EnvironmentSnapshot | None = None
     warmup: WarmupResult | None = None
+    dataset_info: dict[str, Any] | None = None
     energy: EnergyReport | None = None
     energy_not_measured_reason: str | None = None
     warnings: list[QualityFlag] = field(default_factory=list)
@@ -144,6 +145,7 @@ def raw_result(
         energy_not_measured_reason=record.energy_not_measured_reason,
         memory=memory,
         warmup=record.warmup,
+        dataset_info=record.dataset_info,
         warnings=record.warnings,
         carbon_intensity_gco2_kwh=record.carbon_intensity_gco2_kwh,
         datacenter_pue=record.datacenter_pue,

@@ -148,6 +148,8 @@ class ExperimentOrchestrator:
             self._stage("loading prompts", "prompts")
             cfg = self.config
             prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed)
+            self.record.dataset_info = prompts.summary()
+            self.record.warnings += backend_flags(prompts.notes, "dataset_note")
             self._stage("loading model", "load")
             backend.initialize(cfg, prompts)
             self._stage("tokenising", "tokenise")
@@ -191,10 +193,13 @@ class ExperimentOrchestrator:
         self.progress.prompts_done(output.n_requests, prepared.n_requests)
         self._stage("computing metrics", "metrics")
         self.record.warnings += backend_flags(output.warnings + prepared.notes)
+        if prepared.truncated_requests:
+            self.record.warnings.append(_truncation_flag(prepared.truncated_requests))
         memory = memory_metrics(self.config, _arch(self.config.model), prepared, output)
         raw = raw_result(self.record, self.config, output, window, memory, utc_now())
+        result = aggregate_process_results([raw])
         self.state.finish()
-        return self._finalise(aggregate_process_results([raw]), timeline)
+        return self._finalise(result, timeline)
 
     def _finalise(self, result: ExperimentResult, timeline: Path | None) -> ExperimentResult:
         """Add what only the orchestrator knows: timings, states, timeline path."""
@@ -256,6 +261,7 @@ class ExperimentOrchestrator:
             config_hash=self.record.config_hash,
             environment=self.record.environment,
             warmup=self.record.warmup,
+            dataset_info=self.record.dataset_info,
             warnings=self.record.warnings,
             started_at=self.state.started_at,
             ended_at=self.state.transitions[-1].at,
@@ -334,6 +340,14 @@ def _arch(model: str) -> Any:
     from llenergymeasure.results.aggregation import resolve_arch_quietly
 
     return resolve_arch_quietly(model)
+
+
+def _truncation_flag(count: int) -> QualityFlag:
+    """Prompts cut to max_input_tokens: the measured workload is shorter than the dataset."""
+    return QualityFlag(
+        code="prompts_truncated",
+        message=f"{count} prompt(s) were truncated to max_input_tokens",
+    )
 
 
 def _version() -> str:

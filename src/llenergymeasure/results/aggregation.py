@@ -58,6 +58,7 @@ def aggregate_process_results(
         energy_not_measured_reason=no_energy,
         metrics=metrics,
         warmup=first.warmup,
+        dataset_info=first.dataset_info,
         co2=estimate_co2(energy, first.carbon_intensity_gco2_kwh, first.datacenter_pue),
         warnings=flags,
         timing_method=first.timing_method,
