@@ -144,6 +144,8 @@ def test_beam_search_reports_e2e_only_with_a_reason() -> None:
     assert "beam search" in (output.ttft_not_measured_reason or "")
     assert output.output_tokens == MAX_NEW * len(TEXTS)
     assert all(t.token_times_s == [] for t in output.timings)
+    assert len(output.batch_durations_s) == output.n_batches
+    assert sum(output.batch_durations_s) <= output.duration_s
 
 
 def test_synthetic_target_length_sets_the_output_length() -> None:

@@ -108,7 +108,9 @@ class InferenceOutput:
     """What the measured part returns; the orchestrator turns it into metrics.
 
     Token counts exclude padding (prompt side) and tokens after a request's EOS (output side).
-    ``ttft_not_measured_reason`` is set when ``timing_method`` is ``e2e_only``.
+    ``ttft_not_measured_reason`` is set when ``timing_method`` is ``e2e_only``; then
+    ``batch_durations_s`` (wall time of each batch's generate call, which is the E2E latency
+    of every request in that batch) is the only latency information.
     """
 
     timings: list[RequestTiming]
@@ -120,6 +122,7 @@ class InferenceOutput:
     padded_input_tokens: int | None = None
     ttft_not_measured_reason: str | None = None
     output_token_ids: list[list[int]] | None = field(default=None, repr=False)
+    batch_durations_s: list[float] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property

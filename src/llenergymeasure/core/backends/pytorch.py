@@ -175,12 +175,15 @@ class PyTorchBackend:
         start = time.perf_counter()
         outputs: list[list[int]] = []
         timings: list[RequestTiming] = []
+        batch_durations: list[float] = []
         for batch in prepared.batches:
+            batch_start = time.perf_counter()
             if streamer is not None:
-                streamer.begin_batch(batch.request_ids, batch.input_tokens)
+                streamer.begin_batch(batch.request_ids, batch.input_tokens, batch_start)
                 outputs.extend(self._new_tokens(batch, self._generate(batch, streamer)))
             else:
                 timings.extend(self._run_untimed_batch(batch, outputs))
+            batch_durations.append(time.perf_counter() - batch_start)
         duration = time.perf_counter() - start
         timings = clock.finish() if streamer is not None else timings
         return InferenceOutput(
@@ -193,6 +196,7 @@ class PyTorchBackend:
             padded_input_tokens=prepared.padded_input_tokens,
             ttft_not_measured_reason=_beam_reason() if beams else None,
             output_token_ids=outputs,
+            batch_durations_s=batch_durations,
         )
 
     def _run_untimed_batch(self, batch: PreparedBatch, outputs: list[list[int]]) -> list[Any]:
