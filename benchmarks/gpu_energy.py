@@ -1,0 +1,346 @@
+"""Benchmark the energy layer on a real NVIDIA GPU (written for an H100; ~6 min by default).
+
+    PYTHONPATH=src python benchmarks/gpu_energy.py --out results/gpu_energy.json [--quick]
+
+1. Accuracy: windows of 1 s, 5 s and 30 s, idle and under a bf16 matmul loop (optionally a
+   random-weight Llama-3.2-1B-shaped ``generate`` loop, ``--llama-load``). The meter's GPU
+   energy is compared with the raw counter delta read directly with pynvml right inside the
+   same window edges (ratio; target within 1 %), next to the polled (trapezoid) cross-check.
+   Both read a counter that steps every ~100 ms, so a single short window can differ by one
+   step if a step lands between the two reads (a few ms apart); repeats show how often.
+2. Overhead: output tokens/s of batch-1 and batch-64 ``model.generate`` (Llama-3.2-1B shape,
+   random weights, bf16, 64 in / 64 out, min_new_tokens = max_new_tokens) with an
+   EnergySession (meter + sampler process) running, divided by the same loop with nothing
+   running; pairs alternate order (on/off, off/on, ...); the median ratio is reported
+   (target >= 0.99).
+3. The environment snapshot and the telemetry timeline (Parquet) of the accuracy run.
+
+torch is imported only inside functions, and the entry point is guarded by ``__main__``,
+because the sampler is started with ``spawn``, which re-imports this file in its process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from llenergymeasure.core.energy import BaselineSettings, EnergySession
+from llenergymeasure.core.environment import collect_environment
+
+LLAMA_3_2_1B_SHAPE = {
+    "hidden_size": 2048,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 8192,
+    "vocab_size": 128256,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 4096,
+}
+
+
+def parse_args() -> argparse.Namespace:
+    """Command line."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", type=Path, required=True, help="JSON results path")
+    p.add_argument("--quick", action="store_true", help="short smoke pass (~1.5 min)")
+    p.add_argument("--windows", default=None, help="window lengths in s, e.g. 1,5,30")
+    p.add_argument("--repeats", type=int, default=None, help="repeats of windows shorter than 10 s")
+    p.add_argument(
+        "--pairs", type=int, default=None, help="on/off pairs for the overhead test (>= 5)"
+    )
+    p.add_argument("--batches", default="1,64", help="batch sizes for the overhead test")
+    p.add_argument("--in-tokens", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--calls", type=int, default=None, help="generate calls per timed run")
+    p.add_argument("--llama-load", action="store_true", help="also measure windows under generate")
+    p.add_argument("--baseline-s", type=float, default=None, help="idle baseline duration")
+    p.add_argument("--sample-interval-ms", type=float, default=100.0)
+    args = p.parse_args()
+    quick = args.quick
+    args.windows = [float(w) for w in (args.windows or ("1,3" if quick else "1,5,30")).split(",")]
+    args.repeats = args.repeats or (2 if quick else 3)
+    args.pairs = args.pairs or (3 if quick else 5)
+    args.calls = args.calls or (1 if quick else 3)
+    args.baseline_s = args.baseline_s if args.baseline_s is not None else (3.0 if quick else 10.0)
+    args.batches = [int(b) for b in args.batches.split(",")]
+    return args
+
+
+# --- loads -------------------------------------------------------------------------------
+def sync() -> None:
+    """Wait for the GPU (window edges must bracket the work)."""
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def idle_load(duration_s: float, _state: dict[str, Any]) -> None:
+    """Do nothing for ``duration_s``."""
+    time.sleep(duration_s)
+
+
+def matmul_load(duration_s: float, state: dict[str, Any]) -> None:
+    """bf16 8192^3 matmuls until ``duration_s`` has passed (checked every 10 products)."""
+    import torch
+
+    if "a" not in state:
+        state["a"] = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+        state["b"] = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    deadline = time.monotonic() + duration_s
+    while time.monotonic() < deadline:
+        for _ in range(10):
+            state["c"] = state["a"] @ state["b"]
+        torch.cuda.synchronize()
+
+
+def build_llama() -> Any:
+    """Random-weight Llama-3.2-1B-shaped model, bf16, on cuda:0, eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**LLAMA_3_2_1B_SHAPE, pad_token_id=0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config)
+    return model.to(torch.bfloat16).eval()
+
+
+def generate_once(model: Any, batch: int, in_tokens: int, new_tokens: int) -> int:
+    """One greedy generate call with a fixed number of new tokens; returns output tokens."""
+    import torch
+
+    ids = torch.randint(3, 32000, (batch, in_tokens), device="cuda", generator=None)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return int((out.shape[1] - in_tokens) * batch)
+
+
+def llama_load(duration_s: float, state: dict[str, Any]) -> None:
+    """Batch-8 generate calls until ``duration_s`` has passed."""
+    if "model" not in state:
+        state["model"] = build_llama()
+    deadline = time.monotonic() + duration_s
+    while time.monotonic() < deadline:
+        generate_once(state["model"], 8, 64, 16)
+
+
+# --- 1. accuracy -------------------------------------------------------------------------
+def measure_window(
+    session: EnergySession,
+    handle: Any,
+    name: str,
+    load: Any,
+    duration_s: float,
+    state: dict[str, Any],
+) -> dict[str, Any]:
+    """One window: meter vs raw counter read right inside the meter's edges."""
+    import pynvml
+
+    session.begin_window(name, sync=sync)
+    raw0 = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    load(duration_s, state)
+    sync()
+    raw1 = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    report = session.end_window(name)
+    raw_j = (raw1 - raw0) / 1000.0
+    meter_j = report.gpu_energy_j
+    return {
+        "window": name,
+        "target_s": duration_s,
+        "duration_s": report.duration_s,
+        "meter_j": meter_j,
+        "raw_counter_j": raw_j,
+        "ratio": (meter_j / raw_j) if meter_j and raw_j else None,
+        "polled_j": report.polled_gpu_energy_j,
+        "polled_vs_counter_pct": report.counter_vs_polled_pct,
+        "mean_power_w": (meter_j / report.duration_s) if meter_j else None,
+        "samples": report.thermal.sample_count if report.thermal else None,
+        "flags": [f.code for f in report.warnings],
+    }
+
+
+def accuracy(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    """Section 1: windows of each length under each load; also the timeline and baseline."""
+    import pynvml
+
+    timeline = out_dir / "gpu_energy_timeline.parquet"
+    baseline = BaselineSettings(
+        duration_s=args.baseline_s,
+        cache_ttl_s=0.0,
+        cache_path=Path(tempfile.mkdtemp()) / "baseline.json",
+    )
+    session = EnergySession(
+        "nvml",
+        gpu_indices=[0],
+        sample_interval_ms=args.sample_interval_ms,
+        timeline_path=timeline,
+        baseline=baseline,
+    )
+    session.start()
+    assert session.plan is not None
+    nvml_index = session.plan.gpus[0].nvml_index
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index)
+    loads = {"idle": idle_load, "matmul": matmul_load}
+    if args.llama_load:
+        loads["llama_generate_b8"] = llama_load
+    state: dict[str, Any] = {}
+    rows = []
+    try:
+        idle = session.measure_baseline()
+        for load_name, load in loads.items():
+            load(1.0, state)  # warm: allocate, compile kernels, spin clocks up
+            for w in args.windows:
+                for r in range(args.repeats if w < 10 else 1):
+                    row = measure_window(session, handle, f"{load_name}_{w:g}s_{r}", load, w, state)
+                    row["load"] = load_name
+                    rows.append(row)
+                    print(
+                        f"  {load_name:>18} {w:5.1f} s  meter {row['meter_j']:9.2f} J  raw "
+                        f"{row['raw_counter_j']:9.2f} J  ratio {row['ratio'] or float('nan'):.4f}  "
+                        f"polled {row['polled_vs_counter_pct'] or float('nan'):+6.2f} %",
+                        flush=True,
+                    )
+        periods = session.plan.nvml_meter.update_period_s if session.plan.nvml_meter else {}
+    finally:
+        written = session.stop()
+        pynvml.nvmlShutdown()
+        state.clear()
+    return {
+        "windows": rows,
+        "timeline_path": str(written) if written else None,
+        "idle_baseline": idle.model_dump(mode="json") if idle else None,
+        "counter_update_period_s": periods,
+    }
+
+
+# --- 2. overhead -------------------------------------------------------------------------
+def timed_run(model: Any, args: argparse.Namespace, batch: int, metered: bool) -> float:
+    """Output tokens/s of ``args.calls`` generate calls, with or without an EnergySession."""
+    session = None
+    if metered:
+        session = EnergySession("nvml", gpu_indices=[0], sample_interval_ms=args.sample_interval_ms)
+        session.start()
+    try:
+        sync()
+        t0 = time.perf_counter()
+        if session:
+            session.begin_window("overhead", sync=sync)
+        tokens = sum(
+            generate_once(model, batch, args.in_tokens, args.new_tokens) for _ in range(args.calls)
+        )
+        if session:
+            session.end_window("overhead", sync=sync)
+        sync()
+        return tokens / (time.perf_counter() - t0)
+    finally:
+        if session:
+            session.stop()
+
+
+def overhead(args: argparse.Namespace) -> dict[str, Any]:
+    """Section 2: metered / unmetered throughput over alternating pairs, per batch size."""
+    model = build_llama()
+    results: dict[str, Any] = {}
+    for batch in args.batches:
+        for _ in range(2):  # warm-up (allocator, kernels)
+            generate_once(model, batch, args.in_tokens, args.new_tokens)
+        pairs = []
+        for i in range(args.pairs):
+            order = (False, True) if i % 2 == 0 else (True, False)
+            tps = {metered: timed_run(model, args, batch, metered) for metered in order}
+            pairs.append(
+                {"on_tok_s": tps[True], "off_tok_s": tps[False], "ratio": tps[True] / tps[False]}
+            )
+            print(
+                f"  batch {batch:3d} pair {i}: on {tps[True]:8.1f} tok/s  off {tps[False]:8.1f} tok/s  "
+                f"ratio {pairs[-1]['ratio']:.4f}",
+                flush=True,
+            )
+        ratios = [p["ratio"] for p in pairs]
+        results[f"batch_{batch}"] = {
+            "pairs": pairs,
+            "median_ratio": statistics.median(ratios),
+            "min_ratio": min(ratios),
+            "max_ratio": max(ratios),
+            "target_met": statistics.median(ratios) >= 0.99,
+        }
+    return results
+
+
+# --- 3. report ---------------------------------------------------------------------------
+def summary_table(acc: dict[str, Any], ovh: dict[str, Any]) -> str:
+    """Short text table of both sections."""
+    lines = [
+        "",
+        "load                 window   median ratio  max |ratio-1|  median polled-vs-counter",
+        "-" * 82,
+    ]
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in acc["windows"]:
+        groups.setdefault((r["load"], r["target_s"]), []).append(r)
+    for (load, w), rows in groups.items():
+        ratios = [r["ratio"] for r in rows if r["ratio"]]
+        polled = [
+            r["polled_vs_counter_pct"] for r in rows if r["polled_vs_counter_pct"] is not None
+        ]
+        med = statistics.median(ratios) if ratios else float("nan")
+        worst = max((abs(x - 1) for x in ratios), default=float("nan"))
+        pol = statistics.median(polled) if polled else float("nan")
+        lines.append(
+            f"{load:<20} {w:5.1f} s   {med:10.4f}   {100 * worst:10.2f} %   {pol:+10.2f} %"
+        )
+    lines += ["", "overhead (meter+sampler on / off)  median ratio  min     max     target >= 0.99"]
+    for name, r in ovh.items():
+        lines.append(
+            f"{name:<34} {r['median_ratio']:10.4f}  {r['min_ratio']:.4f}  {r['max_ratio']:.4f}  "
+            f"{'met' if r['target_met'] else 'NOT met'}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run all sections, save JSON to --out, print the table."""
+    import torch
+
+    args = parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("No CUDA device: this benchmark needs an NVIDIA GPU.")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    print("[1/3] accuracy", flush=True)
+    acc = accuracy(args, args.out.parent)
+    print("[2/3] overhead", flush=True)
+    ovh = overhead(args)
+    print("[3/3] environment", flush=True)
+    env = collect_environment()
+    result = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "accuracy": acc,
+        "overhead": ovh,
+        "environment": env.model_dump(mode="json"),
+        "timeline_path": acc["timeline_path"],
+        "wall_s": time.monotonic() - t_start,
+    }
+    args.out.write_text(json.dumps(result, indent=1))
+    print(summary_table(acc, ovh))
+    print(f"\nsaved {args.out} and {acc['timeline_path']} ({result['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
