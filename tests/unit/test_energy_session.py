@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 from collections import namedtuple
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,14 @@ from llenergymeasure.testing import (
 )
 
 NO_RAPL = Path("/nonexistent-powercap")
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokenSource:
+    """A telemetry source whose hardware cannot be opened (top level: picklable for spawn)."""
+
+    def open(self) -> Callable[[], list[dict[str, object]]]:
+        raise RuntimeError("no hardware here")
 
 
 def _rapl_root(tmp_path: Path) -> Path:
@@ -302,3 +312,29 @@ def test_zeus_owns_nvml_no_sampler_and_keys_map_to_nvml(monkeypatch: pytest.Monk
         report = session.end_window("m")
     assert report.measurements[0].energy_j_by_device == {"gpu:1": 10.0, "gpu:3": 20.0}
     assert fake.call_count("nvmlDeviceGetTotalEnergyConsumption", 1) == 0
+
+
+def test_sampler_that_cannot_start_degrades_to_counter_only() -> None:
+    clock = ManualClock()
+    with (
+        FakeNVML(fake_gpus(1, power_w=100.0), clock=clock.now).installed(),
+        _session(clock, sampler_enabled=True, sample_source=BrokenSource()) as session,
+    ):
+        assert session.sampler is None
+        session.begin_window("m")
+        clock.advance(12.0)
+        report = session.end_window("m")
+    assert report.gpu_energy_j == pytest.approx(1200.0, rel=0.01) and report.thermal is None
+    flag = next(f for f in report.warnings if f.code == "sampler_unavailable")
+    assert "no hardware here" in flag.message
+
+
+def test_total_energy_sums_measured_scopes_only() -> None:
+    with FakeNVML([], init_error=NVML_ERROR_LIBRARY_NOT_FOUND).installed():
+        plan = select_energy_meters("null")
+    report = EnergyReport(window="w", duration_s=1.0, meter_selection=plan.selection)
+    assert report.total_energy_j is None
+    assert report.model_copy(update={"gpu_energy_j": 0.0}).total_energy_j == 0.0
+    assert (
+        report.model_copy(update={"gpu_energy_j": 2.0, "dram_energy_j": 1.0}).total_energy_j == 3.0
+    )

@@ -157,8 +157,7 @@ class EnergyReport(_Model):
     @property
     def total_energy_j(self) -> float | None:
         """Sum of the measured scopes (None when nothing was measured)."""
-        parts = [e for e in (self.gpu_energy_j, self.cpu_energy_j, self.dram_energy_j) if e]
-        has_any = any(
-            e is not None for e in (self.gpu_energy_j, self.cpu_energy_j, self.dram_energy_j)
-        )
-        return float(sum(parts)) if has_any else None
+        parts = [
+            e for e in (self.gpu_energy_j, self.cpu_energy_j, self.dram_energy_j) if e is not None
+        ]
+        return float(sum(parts)) if parts else None

@@ -98,9 +98,7 @@ class EnergySession:
         self.plan = plan
         self.session_flags = [QualityFlag(code="device_order", message=n) for n in plan.notes]
         if plan.nvml_meter is not None and self.sampler_enabled:
-            self.sampler = TelemetrySampler(self._sample_source(plan), self.sample_interval_s)
-            self.sampler.start()
-            plan.nvml_meter.polled = self.sampler
+            self._start_sampler(plan, plan.nvml_meter)
         try:
             for meter in plan.meters:
                 meter.start()
@@ -110,6 +108,27 @@ class EnergySession:
         if plan.nvml_meter is not None:
             self.session_flags += self._persistence_flags(plan.nvml_meter)
         return self
+
+    def _start_sampler(self, plan: MeterPlan, meter: NvmlMeter) -> None:
+        """Start telemetry; if it cannot start, measure without it and say so."""
+        sampler = TelemetrySampler(self._sample_source(plan), self.sample_interval_s)
+        try:
+            sampler.start()
+        except MeterError as e:
+            self.session_flags.append(
+                QualityFlag(
+                    code="sampler_unavailable",
+                    message=(
+                        "Telemetry sampler did not start, so there is no timeline, thermal summary "
+                        "or polled cross-check (counter energy is unaffected). With the spawn start "
+                        'method the main script needs an `if __name__ == "__main__":` guard. '
+                        f"Cause: {str(e).strip().splitlines()[-1]}"
+                    ),
+                )
+            )
+            return
+        self.sampler = sampler
+        meter.polled = sampler
 
     def _sample_source(self, plan: MeterPlan) -> SampleSource:
         """The given source, or NVML for the GPUs in use (passing along an installed fake)."""
