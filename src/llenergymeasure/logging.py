@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 PACKAGE_LOGGER = "llenergymeasure"
 _HANDLER_MARK = "_llem_cli_handler"
@@ -23,6 +24,19 @@ _FORMATS: dict[int, str] = {
     0: "%(message)s",
     1: "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s",
 }
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time (test runners swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        """The current ``sys.stderr``."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        """Ignored: the stream is always the current stderr."""
 
 
 def level_for(verbosity: int) -> int:
@@ -42,10 +56,19 @@ def setup_logging(verbosity: int = 0) -> logging.Logger:
     logger = logging.getLogger(PACKAGE_LOGGER)
     for handler in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(_FORMATS[clamped], datefmt="%H:%M:%S"))
     setattr(handler, _HANDLER_MARK, True)
     logger.addHandler(handler)
     logger.setLevel(level_for(clamped))
-    logger.propagate = False
+    logger.propagate = False  # the CLI's handler prints; the root logger must not print again
     return logger
+
+
+def reset_logging() -> None:
+    """Undo :func:`setup_logging` (for tests and embedding applications)."""
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    for handler in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True

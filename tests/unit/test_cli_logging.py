@@ -1,0 +1,73 @@
+"""setup_logging: quiet/normal/verbose levels on stderr, idempotent; global -v before a command."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from llenergymeasure.cli.app import app
+from llenergymeasure.cli.commands import run as run_cmd
+from llenergymeasure.exceptions import ExperimentError
+from llenergymeasure.logging import PACKAGE_LOGGER, level_for, reset_logging, setup_logging
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI configures the package logger; give other tests theirs back."""
+    yield
+    reset_logging()
+
+
+@pytest.mark.parametrize(
+    ("verbosity", "level"),
+    [(-1, logging.WARNING), (0, logging.INFO), (1, logging.DEBUG), (3, logging.DEBUG)],
+)
+def test_levels(verbosity: int, level: int) -> None:
+    assert level_for(verbosity) == level
+    assert setup_logging(verbosity).level == level
+
+
+def test_setup_is_idempotent_and_writes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging(0)
+    setup_logging(0)
+    logging.getLogger(f"{PACKAGE_LOGGER}.test").info("hello once")
+    captured = capsys.readouterr()
+    assert captured.err.count("hello once") == 1
+    assert captured.out == ""
+
+
+def test_quiet_hides_info_and_verbose_adds_timestamps(capsys: pytest.CaptureFixture[str]) -> None:
+    log = logging.getLogger(f"{PACKAGE_LOGGER}.test")
+    setup_logging(-1)
+    log.info("hidden")
+    log.warning("shown")
+    setup_logging(1)
+    log.debug("detail")
+    err = capsys.readouterr().err
+    assert "hidden" not in err and "WARNING: shown" in err
+    assert "DEBUG" in err and "llenergymeasure.test: detail" in err
+
+
+def test_global_verbose_before_the_command_shows_tracebacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise ExperimentError("boom")
+
+    monkeypatch.setattr(run_cmd, "_run_experiment", boom)
+    result = CliRunner().invoke(app, ["-v", "run", "-m", "tiny-llama"])
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr
+    quiet = CliRunner().invoke(app, ["run", "-m", "tiny-llama"])
+    assert "Traceback" not in quiet.stderr
+
+
+def test_reset_gives_the_logger_back() -> None:
+    setup_logging(-1)
+    reset_logging()
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    assert logger.level == logging.NOTSET and logger.propagate
+    assert not logger.handlers
