@@ -310,3 +310,11 @@ def test_explicit_study_example_reports_the_skipped_entry() -> None:
 )
 def test_study_exit_code(status: str, failed: int, code: int) -> None:
     assert run_cmd.study_exit_code(status, failed) == code
+
+
+def test_batch_size_on_a_study_replaces_the_swept_batch_sizes() -> None:
+    code, out, err = invoke("run", str(STUDY), "--batch-size", "2", "--dry-run")
+    assert code == 0, err
+    assert "Total: 4 experiments = 2 configs x 2 cycles" in out
+    note = "sweep key 'pytorch.batch_size' replaced by a command-line override"
+    assert (out + err).count(note) == 1

@@ -196,7 +196,7 @@ def dry_run_text(loaded: LoadedConfig) -> str:
         return cache[key]
 
     text = format_dry_run(plan, estimate)
-    notes = [f"note: {n}" for n in plan.notes]
+    notes = [f"note: {n}" for n in dict.fromkeys(plan.notes) if n not in loaded.notes]
     return "\n".join([text, *notes])
 
 
