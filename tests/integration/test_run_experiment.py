@@ -68,7 +68,11 @@ def test_full_run_writes_a_complete_result(tmp_path: Path) -> None:
     # the window holds inference only: set-up time is outside and recorded
     assert result.measurement_window_s == pytest.approx(m.throughput.duration_s)
     assert result.setup_s and result.setup_s > 0
-    assert {"load", "tokenise", "warmup", "measure"} <= set(result.phase_durations_s)
+    phases = list(result.phase_durations_s)
+    assert {"load", "tokenise", "warmup", "measure"} <= set(phases)
+    # baseline before warm-up, so that warm-up directly precedes the window
+    assert phases.index("tokenise") < phases.index("baseline") < phases.index("warmup")
+    assert phases.index("warmup") + 1 == phases.index("measure")
     assert result.warmup is not None and result.warmup.runs == 1
     assert result.environment is not None and result.environment.python_version
     assert result.dataset_info is not None and result.dataset_info["n"] == 4
@@ -193,3 +197,81 @@ def test_config_error_inside_the_run_keeps_its_type(tmp_path: Path) -> None:
         run_experiment(model="tiny-llama", dataset=str(data), results_dir=tmp_path / "o", **FAST)
     saved = read_result(_only_run_dir(tmp_path / "o"))
     assert saved.failed and saved.metrics is None and saved.error_type
+
+
+class _RaplTree:
+    """A powercap tree under tmp_path whose counters a thread advances at fixed power."""
+
+    def __init__(self, root: Path, package_w: float, dram_w: float) -> None:
+        import threading
+        import time
+
+        self.root, self.rates_w = root, {"pkg": package_w, "dram": dram_w}
+        self.paths = {
+            "pkg": root / "intel-rapl:0",
+            "dram": root / "intel-rapl:0" / "intel-rapl:0:0",
+        }
+        for key, name in (("pkg", "package-0"), ("dram", "dram")):
+            self.paths[key].mkdir(parents=True, exist_ok=True)
+            (self.paths[key] / "name").write_text(name + "\n")
+            (self.paths[key] / "max_energy_range_uj").write_text("262143328850\n")
+        self._t0, self._clock = time.monotonic(), time.monotonic
+        self._stop = threading.Event()
+        self._write()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        import os
+
+        elapsed = self._clock() - self._t0
+        for key, path in self.paths.items():
+            tmp = path / "energy_uj.tmp"
+            tmp.write_text(f"{int(1e9 + self.rates_w[key] * elapsed * 1e6)}\n")
+            os.replace(tmp, path / "energy_uj")  # readers never see a half-written number
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self._write()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_rapl_counters_give_cpu_energy_when_no_gpu(tmp_path: Path) -> None:
+    from llenergymeasure.core.energy import EnergySession
+
+    tree = _RaplTree(tmp_path / "powercap", package_w=30.0, dram_w=5.0)
+
+    def factory(config: ExperimentConfig, gpus: Any, timeline: Path | None) -> EnergySession:
+        return EnergySession("auto", gpus, rapl_root=tree.root, sampler_enabled=False)
+
+    config = ExperimentConfig.model_validate(
+        {
+            "model": "tiny-llama",
+            "n": 4,
+            "max_output_tokens": 6,
+            "device": "cpu",
+            "warmup": {"n_warmup": 1},
+            "baseline": {"enabled": False},
+        }
+    )
+    try:
+        with FakeNVML([]).installed():
+            result = ExperimentOrchestrator(
+                config, results_dir=tmp_path / "out", energy_session_factory=factory
+            ).run()
+    finally:
+        tree.stop()
+    energy = result.energy
+    assert energy is not None and energy.gpu_energy_j is None and "gpu" in energy.not_measured
+    assert energy.cpu_energy_j is not None and energy.dram_energy_j is not None
+    window_s = energy.duration_s
+    assert energy.cpu_energy_j == pytest.approx(30.0 * window_s, abs=30.0 * 0.05)
+    assert energy.dram_energy_j == pytest.approx(5.0 * window_s, abs=5.0 * 0.05)
+    total = energy.cpu_energy_j + energy.dram_energy_j
+    assert result.energy_j == pytest.approx(total)  # no GPU: falls back to what was measured
+    assert result.j_per_output_token == pytest.approx(total / 24)
+    assert result.metrics is not None and result.metrics.energy_ratios is not None
+    assert result.metrics.energy_ratios.energy_basis == "cpu_package+dram gross counter"

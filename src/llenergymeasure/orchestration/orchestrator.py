@@ -3,8 +3,8 @@
 Sequence (SPEC §4 "Window")::
 
     pre-flight -> environment snapshot -> load prompts -> backend.initialize (model+tokenizer)
-    -> backend.tokenize -> warm-up -> energy session start + idle baseline
-    -> synchronize | begin window | run_inference | synchronize | end window
+    -> backend.tokenize -> energy session start + idle baseline (model resident, cached)
+    -> warm-up -> synchronize | begin window | run_inference | synchronize | end window
     -> metrics, quality flags, CO2 -> result.json (atomic) in a new run directory
 
 Only generation happens inside the window; the device is synchronised at both edges.
@@ -154,12 +154,6 @@ class ExperimentOrchestrator:
             backend.initialize(cfg, prompts)
             self._stage("tokenising", "tokenise")
             prepared = backend.tokenize(prompts)
-            self._stage("warm-up", "warmup")
-            self.record.warmup = run_warmup(
-                lambda: backend.warmup_step(prepared),
-                cfg.warmup,
-                on_step=lambda n: self.progress.message(f"warm-up run {n} done"),
-            )
             return self._measure_window(backend, prepared, run_dir)
         finally:
             backend.cleanup()
@@ -167,13 +161,24 @@ class ExperimentOrchestrator:
     def _measure_window(
         self, backend: InferenceBackend, prepared: PreparedBatches, run_dir: Path
     ) -> ExperimentResult:
-        """Energy session + baseline, then the synchronised measurement window."""
+        """Energy session + idle baseline, warm-up, then the synchronised window.
+
+        The baseline is taken with the model resident but idle, *before* warm-up, so that
+        warm-up directly precedes the window (no cool-down gap between them) and the
+        telemetry timeline covers warm-up too.
+        """
         self._stage("idle baseline", "baseline")
         timeline = run_dir / TIMESERIES_FILENAME if self._save_timeline() else None
         session = self._start_energy(self._gpu_indices(backend), timeline)
         try:
             if session is not None and self.config.baseline.enabled:
                 session.measure_baseline()
+            self._stage("warm-up", "warmup")
+            self.record.warmup = run_warmup(
+                lambda: backend.warmup_step(prepared),
+                self.config.warmup,
+                on_step=lambda n: self.progress.message(f"warm-up run {n} done"),
+            )
             self._stage("measuring", "measure")
             self.progress.prompts_done(0, prepared.n_requests)
             window = Window()
