@@ -11,6 +11,7 @@ configurations with every planned cycle completed and J/token measured in each).
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -214,7 +215,8 @@ _COLUMNS = (
     ("TTFT ms", "ttft_ms_mean", 1.0),
     ("ITL ms", "itl_ms_mean", 1.0),
 )
-_LABEL_WIDTH = 28
+_MIN_LABEL_WIDTH = 16
+_WIDTH = 120
 
 
 def format_study_table(result: StudyResult) -> str:
@@ -237,19 +239,20 @@ def format_study_table(result: StudyResult) -> str:
         table += [means, cis] if any(cis) else [means]
     lines = _align(table)
     lines.insert(1, f"  (second line of each config: {pct}% CI of the mean over cycles)")
-    lines += [f"  n/a[{n}]: not measured: {text}" for text, n in reasons.items()]
+    notes = [f"n/a[{n}]: not measured: {text}" for text, n in reasons.items()]
     if any(c.best for c in result.configs):
-        lines.append(f"  * best: {result.best_criterion}")
+        notes.append(f"* best: {result.best_criterion}")
     elif result.best_note:
-        lines.append(f"  no best config: {result.best_note}")
+        notes.append(f"no best config: {result.best_note}")
+    lines += [
+        textwrap.fill(n, _WIDTH, initial_indent="  ", subsequent_indent="    ") for n in notes
+    ]
     return "\n".join(lines)
 
 
 def _label_cell(c: ConfigSummary) -> str:
-    """Config label, shortened to fit, with the best marker."""
-    width = _LABEL_WIDTH - 2
-    label = c.label if len(c.label) <= width else c.label[: width - 3] + "..."
-    return f"{'*' if c.best else ' '} {label}"
+    """Config label with the best marker (shortened later by `_align` if too wide)."""
+    return f"{'*' if c.best else ' '} {c.label}"
 
 
 def _metric_cells(m: MetricStats, scale: float, reasons: dict[str, int]) -> tuple[str, str]:
@@ -270,11 +273,14 @@ def _num(x: float) -> str:
 
 
 def _align(table: list[list[str]]) -> list[str]:
-    """Left-align the first column, right-align the others, two spaces apart."""
+    """Left-align the first column (shortened to fit `_WIDTH`), right-align the others."""
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    room = max(_MIN_LABEL_WIDTH, _WIDTH - sum(widths[1:]) - 2 * (len(widths) - 1))
+    widths[0] = min(widths[0], room)
     out = []
     for row in table:
-        cells = [row[0].ljust(widths[0])]
+        label = row[0] if len(row[0]) <= room else row[0][: room - 3] + "..."
+        cells = [label.ljust(widths[0])]
         cells += [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
         out.append("  ".join(cells).rstrip())
     return out

@@ -1,0 +1,84 @@
+"""Study manifest: atomic round trip, newest-unfinished lookup, design-change refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llenergymeasure.config.models import StudyConfig
+from llenergymeasure.exceptions import StudyError
+from llenergymeasure.results.persistence import new_run_dir
+from llenergymeasure.study.grid import expand_study
+from llenergymeasure.study.manifest import (
+    check_same_design,
+    find_resumable,
+    new_manifest,
+    read_manifest,
+    write_manifest,
+)
+
+
+def _study(values: list[int], **execution: object) -> StudyConfig:
+    return StudyConfig(
+        study_name="s",
+        base={"model": "tiny-llama", "device": "cpu"},
+        sweep={"max_output_tokens": values},
+        execution=dict(execution),
+    )
+
+
+def test_new_manifest_lists_every_config_cycle_pending_in_plan_order(tmp_path: Path) -> None:
+    plan = expand_study(_study([2, 3], n_cycles=2, order="grouped"))
+    manifest = new_manifest(plan)
+    write_manifest(tmp_path, manifest)
+
+    back = read_manifest(tmp_path)
+
+    assert [(e.label, e.cycle) for e in back.entries] == [
+        ("max_output_tokens=2", 1),
+        ("max_output_tokens=2", 2),
+        ("max_output_tokens=3", 1),
+        ("max_output_tokens=3", 2),
+    ]
+    assert {e.status for e in back.entries} == {"pending"}
+    assert back.design_hash == plan.design_hash
+    assert [p.name for p in tmp_path.iterdir()] == ["study_manifest.json"]  # no temp left
+
+
+def test_find_resumable_picks_newest_unfinished_of_that_name(tmp_path: Path) -> None:
+    plan = expand_study(_study([2]))
+    dirs = []
+    for status in ("running", "interrupted", "completed"):
+        d = new_run_dir(tmp_path, "s")
+        m = new_manifest(plan)
+        m.status = status  # type: ignore[assignment]
+        write_manifest(d, m)
+        dirs.append(d)
+    other = new_run_dir(tmp_path, "s2")
+    write_manifest(
+        other, new_manifest(expand_study(_study([2]).model_copy(update={"study_name": "s2"})))
+    )
+
+    assert find_resumable(tmp_path, "s") == dirs[1]
+    assert find_resumable(tmp_path, "nothing") is None
+
+
+def test_changed_design_is_refused_naming_the_change() -> None:
+    manifest = new_manifest(expand_study(_study([2, 3], order="shuffled", shuffle_seed=1)))
+    changed = expand_study(_study([2, 4], order="shuffled", shuffle_seed=2))
+
+    with pytest.raises(StudyError) as err:
+        check_same_design(manifest, changed)
+
+    text = str(err.value)
+    assert "config added: max_output_tokens=4" in text
+    assert "config removed: max_output_tokens=3" in text
+    assert "shuffle_seed: 1 -> 2" in text
+    check_same_design(manifest, expand_study(_study([2, 3], order="shuffled", shuffle_seed=1)))
+
+
+def test_unreadable_manifest_is_a_study_error(tmp_path: Path) -> None:
+    (tmp_path / "study_manifest.json").write_text('{"study_name": ')
+    with pytest.raises(StudyError, match="not a valid study manifest"):
+        read_manifest(tmp_path)
