@@ -16,6 +16,10 @@ What is sampled comes from a picklable ``SampleSource`` (``open()`` in the child
 zero-argument read function). ``NvmlSampleSource`` reads NVML; it can carry a
 ``testing.FakeNVML`` to install in the child. The sampler never reads the energy counter
 (one read costs ~3.5 ms): the meter does that at window edges.
+
+Samples wait in the child until the parent asks (the session flushes at every window edge);
+a very long window (hours, many GPUs) therefore holds its samples in the child's memory
+(~1 KB per GPU per tick) until the window ends.
 """
 
 from __future__ import annotations
@@ -116,9 +120,12 @@ def run_sampler(source: SampleSource, interval_s: float, conn: Connection) -> No
         if next_tick < time.monotonic():  # fell behind: skip missed ticks, do not burst
             next_tick = time.monotonic() + interval_s
         while (timeout := next_tick - time.monotonic()) > 0:
-            if not conn.poll(timeout):
-                break
-            message = conn.recv()
+            try:
+                if not conn.poll(timeout):
+                    break
+                message = conn.recv()
+            except (EOFError, OSError):
+                return  # the parent went away: nothing left to report to
             buffer.extend(_safe(read))
             conn.send(("samples", buffer))
             buffer = []
