@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.core.backends.pytorch import PyTorchBackend
+from llenergymeasure.core.backends.pytorch import PyTorchBackend, build_generation_config
 from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
 from llenergymeasure.datasets.types import Prompt
 from llenergymeasure.exceptions import BackendError, ConfigError
@@ -178,3 +178,55 @@ def test_quantisation_needs_cuda() -> None:
 def test_use_before_initialize_is_a_backend_error() -> None:
     with pytest.raises(BackendError, match="before initialize"):
         PyTorchBackend().tokenize(_prompts())
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> Any:
+    from llenergymeasure.core.models.loading import load_model_and_tokenizer, torch_dtype_for
+
+    model, _ = load_model_and_tokenizer(_config(), "cpu", torch_dtype_for("fp32"))
+    return model
+
+
+def test_greedy_overrides_sampling_defaults_of_a_pretrained_config(tiny_model: Any) -> None:
+    tiny_model.generation_config.do_sample = True
+    tiny_model.generation_config.temperature = 0.6
+    tiny_model.generation_config.top_p = 0.9
+    gen = build_generation_config(tiny_model, _config(), "cpu")
+    assert (gen.do_sample, gen.temperature, gen.top_p, gen.num_beams) == (False, None, None, 1)
+    sample = _config(decoder={"strategy": "sample", "top_p": 0.5})
+    gen = build_generation_config(tiny_model, sample, "cpu")
+    assert (gen.do_sample, gen.temperature, gen.top_p) == (True, 0.6, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("section", "cache", "disable_compile", "compile_config"),
+    [
+        ({}, None, False, False),
+        ({"cache_implementation": "static"}, "static", False, False),
+        ({"cache_implementation": "static", "torch_compile": False}, "static", True, False),
+        ({"torch_compile": True}, "static", False, True),
+    ],
+)
+def test_cache_and_compile_settings_use_the_library_path(
+    tiny_model: Any,
+    section: dict[str, Any],
+    cache: str | None,
+    disable_compile: bool,
+    compile_config: bool,
+) -> None:
+    gen = build_generation_config(tiny_model, _config(pytorch=section), "cuda:0")
+    assert gen.cache_implementation == cache
+    assert bool(gen.disable_compile) is disable_compile
+    assert (gen.compile_config is not None) is compile_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """Tiny models are op-overhead bound: one intra-op thread is faster and steadier."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

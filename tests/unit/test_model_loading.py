@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -138,3 +139,19 @@ def test_hub_is_unreachable_when_offline(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_quantisation_on_cpu_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="CUDA only"):
         _load("tiny-llama", weights="random", precision="int8")
+
+
+def test_attention_implementation_is_applied() -> None:
+    model, _ = _load(
+        "tiny-llama", weights="random", precision="fp32", pytorch={"attn_implementation": "eager"}
+    )
+    assert model.config._attn_implementation == "eager"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """Tiny models are op-overhead bound: one intra-op thread is faster and steadier."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -85,12 +85,8 @@ def load_model_and_tokenizer(
 
 
 def effective_weights(config: ExperimentConfig) -> str:
-    """``weights`` with its default resolved: random for catalogue names, else pretrained."""
-    if config.weights is not None:
-        return config.weights
-    from llenergymeasure.core.models.catalogue import is_catalogued
-
-    return "random" if is_catalogued(config.model) else "pretrained"
+    """``weights`` with its default resolved (random for catalogue names)."""
+    return config.effective_weights
 
 
 def _model_kwargs(config: ExperimentConfig, device: str, dtype: torch.dtype) -> dict[str, Any]:
@@ -156,10 +152,13 @@ def _load_random(
     torch.manual_seed(config.random_seed)
     if kwargs.get("quantization_config") is not None or kwargs.get("device_map"):
         return _random_via_checkpoint(hf_config, kwargs, device, dtype), tokenizer
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(
-            hf_config, dtype=dtype, attn_implementation=kwargs.get("attn_implementation")
-        )
+    attn = (
+        {"attn_implementation": kwargs["attn_implementation"]}
+        if "attn_implementation" in kwargs
+        else {}
+    )
+    with torch.device(device):  # parameters are created (and initialised) on the device
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, **attn)
     return model, tokenizer
 
 
