@@ -202,7 +202,11 @@ def sampling_params(config: ExperimentConfig, max_new_tokens: int) -> Any:
     from tensorrt_llm import SamplingParams
 
     decoder = config.decoder
-    kwargs: dict[str, Any] = {"max_tokens": max_new_tokens, "ignore_eos": decoder.ignore_eos}
+    kwargs: dict[str, Any] = {
+        "max_tokens": max_new_tokens,
+        "ignore_eos": decoder.ignore_eos,
+        "detokenize": False,  # skip_tokenizer_init: token ids in and out
+    }
     if decoder.ignore_eos:
         kwargs["min_tokens"] = max_new_tokens
     elif decoder.min_new_tokens:

@@ -8,8 +8,9 @@ and no GPU run has exercised it yet. It is written against vLLM's documented off
 BackendNotInstalledError with the install command.
 
 Timing: vLLM's offline ``generate`` does not stream, so per-token times are not observable.
-Where the engine reports per-request ``metrics`` (``arrival_time``, ``first_token_time``,
-``last_token_time``; wall-clock seconds, vLLM V0), TTFT/E2E come from them
+Where the engine reports per-request ``metrics`` (V0: ``first_token_time``/``last_token_time``,
+wall clock; V1 ``RequestStateStats``: ``first_token_ts``/``last_token_ts``, monotonic),
+TTFT/E2E come from them
 (``timing_method="engine_metrics"``); otherwise only token counts and the window's
 duration are known (``e2e_only``, with the reason).
 """
@@ -192,7 +193,11 @@ def sampling_params(config: ExperimentConfig, max_new_tokens: int) -> Any:
     from vllm import SamplingParams
 
     decoder = config.decoder
-    kwargs: dict[str, Any] = {"max_tokens": max_new_tokens, "ignore_eos": decoder.ignore_eos}
+    kwargs: dict[str, Any] = {
+        "max_tokens": max_new_tokens,
+        "ignore_eos": decoder.ignore_eos,
+        "detokenize": False,  # the engine runs without a tokenizer (token ids in and out)
+    }
     kwargs["min_tokens"] = max_new_tokens if decoder.ignore_eos else (decoder.min_new_tokens or 0)
     kwargs["temperature"] = 0.0 if decoder.strategy == "greedy" else (decoder.temperature or 1.0)
     for name in ("top_p", "top_k", "repetition_penalty"):
@@ -205,15 +210,29 @@ def sampling_params(config: ExperimentConfig, max_new_tokens: int) -> Any:
 
 
 def _timing(output: Any, start_s: float, n_in: int, offset_s: float) -> RequestTiming:
-    """RequestTiming from a RequestOutput; engine times (wall clock) moved to perf_counter."""
+    """RequestTiming from a RequestOutput, engine times moved to the perf_counter clock.
+
+    vLLM V0 reports ``first_token_time``/``last_token_time`` (wall clock, ``time.time``);
+    V1's ``RequestStateStats`` reports ``first_token_ts``/``last_token_ts``
+    (``time.monotonic``). Anything else: counts only.
+    """
     n_out = len(output.outputs[0].token_ids)
     metrics = getattr(output, "metrics", None)
+    first, last = _engine_times(metrics, offset_s)
+    return engine_timing(start_s, n_in, n_out, first, last)
+
+
+def _engine_times(metrics: Any, wall_offset_s: float) -> tuple[float | None, float | None]:
+    """(first, last) token times on the perf_counter clock, or (None, None)."""
+    if metrics is None:
+        return None, None
     first = getattr(metrics, "first_token_time", None)
     last = getattr(metrics, "last_token_time", None)
-    return engine_timing(
-        start_s,
-        n_in,
-        n_out,
-        first + offset_s if first is not None else None,
-        last + offset_s if last is not None else None,
-    )
+    if first is not None and last is not None:
+        return first + wall_offset_s, last + wall_offset_s
+    first = getattr(metrics, "first_token_ts", None)
+    last = getattr(metrics, "last_token_ts", None)
+    if first and last:
+        mono_offset_s = time.perf_counter() - time.monotonic()
+        return first + mono_offset_s, last + mono_offset_s
+    return None, None
