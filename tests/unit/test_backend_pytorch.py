@@ -133,6 +133,7 @@ def test_warmup_covers_every_distinct_shape() -> None:
         (2, prepared.batches[0].padded_length),
         (1, prepared.batches[0].padded_length),
     ]
+    assert backend.warmup_batches(prepared) == prepared.distinct_shape_batches()
     assert backend.warmup_step(prepared) > 0
     assert backend.device_indices() == []
     backend.synchronize()  # a no-op on CPU, must not raise
@@ -230,3 +231,11 @@ def _one_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def test_dynamic_cache_warms_up_on_the_first_batch_only() -> None:
+    backend = PyTorchBackend()
+    backend.initialize(_config(pytorch={"batch_size": 2}), _prompts())
+    prepared = backend.tokenize(_prompts())
+    assert len(prepared.distinct_shape_batches()) == 3  # every batch has its own length
+    assert backend.warmup_batches(prepared) == prepared.batches[:1]

@@ -151,12 +151,18 @@ class PyTorchBackend:
         return PreparedBatch(request_ids, [len(t) for t in token_lists], length, tensors)
 
     # ---- warm-up and measurement -----------------------------------------------------------
+    def warmup_batches(self, prepared: PreparedBatches) -> list[PreparedBatch]:
+        """Static cache: one batch per distinct shape (each compiles); else the first batch."""
+        if uses_static_cache(_section(self._require_config())):
+            return prepared.distinct_shape_batches()
+        return prepared.batches[:1]
+
     def warmup_step(self, prepared: PreparedBatches) -> float:
-        """Generate once for each distinct batch shape (compiles every shape); latency in s."""
+        """Generate the :meth:`warmup_batches` once, timestamps included; latency in s."""
         from llenergymeasure.core.latency_clock import TokenClock
 
         start = time.perf_counter()
-        for i, batch in enumerate(prepared.distinct_shape_batches()):
+        for i, batch in enumerate(self.warmup_batches(prepared)):
             streamer = self._streamer(TokenClock())
             ids = [f"warmup-{i}-{j}" for j in range(batch.size)]
             streamer.begin_batch(ids, batch.input_tokens)
