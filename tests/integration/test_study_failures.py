@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from study_helpers import only_study_dir, read_manifest_json, tiny_study
+from study_helpers import only_study_dir, read_manifest_json, subprocess_env, tiny_study
 
 from llenergymeasure.exceptions import StudyError
 from llenergymeasure.study.runner import StudyRunner
@@ -112,3 +116,58 @@ def test_consecutive_failures_stop_then_changed_design_refuses_resume(tmp_path: 
     assert manifest["sessions"] == 2
     assert [e["attempts"] for e in manifest["entries"]] == [2, 2, 0]
     assert len(list((only_study_dir(tmp_path) / "failures").iterdir())) == 4  # none overwritten
+
+
+INTERRUPTIBLE_STUDY = """
+import sys
+from pathlib import Path
+from llenergymeasure.config.models import StudyConfig
+from llenergymeasure.study.runner import StudyRunner
+from llenergymeasure.testing_study import FaultPlan
+study = StudyConfig.model_validate_json(Path(sys.argv[1]).read_text())
+StudyRunner(study, results_dir=Path(sys.argv[2]), worker_target=FaultPlan(hang_on=("max_output_tokens",)).target()).run()
+"""
+
+
+def test_ctrl_c_marks_study_interrupted_and_running_experiment_pending(tmp_path: Path) -> None:
+    study = tiny_study("ctrlc", {"max_output_tokens": [2, 3]}, experiment_timeout_seconds=600)
+    study_file = tmp_path / "study.json"
+    study_file.write_text(study.model_dump_json())
+    out = tmp_path / "results"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTIBLE_STUDY, str(study_file), str(out)],
+        env=subprocess_env(),
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_until(lambda: _first_status(out) == "running", timeout_s=60)
+        time.sleep(1.0)  # let the child start its hang
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        stderr = proc.communicate(timeout=60)[1].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in stderr
+    manifest = read_manifest_json(only_study_dir(out))
+    assert manifest["status"] == "interrupted"
+    assert [(e["status"], e["attempts"]) for e in manifest["entries"]] == [
+        ("pending", 1),
+        ("pending", 0),
+    ]
+    assert (only_study_dir(out) / "study_summary.json").is_file()
+
+
+def _first_status(out: Path) -> str | None:
+    """Status of the first manifest entry under ``out`` (None before there is one)."""
+    paths = list(out.glob("*/study_manifest.json"))
+    return read_manifest_json(paths[0].parent)["entries"][0]["status"] if paths else None
+
+
+def _wait_until(condition, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``condition`` every 0.1 s until true or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
