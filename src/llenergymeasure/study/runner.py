@@ -1,8 +1,8 @@
 """StudyRunner: run a study's experiments one by one, each in a fresh ``spawn`` subprocess.
 
-Per experiment the parent starts a child (`study.worker.experiment_worker` by default),
-then *blocks* on the pipe (``conn.poll(timeout)``) — no busy loop: a spinning parent would
-burn the energy being measured. Outcomes:
+Per experiment the parent starts a child (`study.worker.experiment_worker` by default)
+through `study.child.run_child`, then *blocks* on the pipe (``conn.poll(timeout)``) — no
+busy loop: a spinning parent would burn the energy being measured. Outcomes:
 
 * the child sends ("ok", ...)                    -> completed
 * it sends ("error", ...)                        -> failed (traceback written to a file)
@@ -30,12 +30,9 @@ blocking ``Event.wait`` that Ctrl-C interrupts; skipped with ``no_gaps=True``.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +40,7 @@ from llenergymeasure.exceptions import StudyError
 from llenergymeasure.progress import ExperimentTick, NullProgress, Progress
 from llenergymeasure.results.filenames import STUDY_SUMMARY_FILENAME, safe_component
 from llenergymeasure.results.persistence import atomic_write_text, new_run_dir, read_result
+from llenergymeasure.study.child import Outcome, WorkerTarget, run_child
 from llenergymeasure.study.manifest import (
     ManifestEntry,
     StudyManifest,
@@ -63,22 +61,6 @@ if TYPE_CHECKING:
     from llenergymeasure.study.grid import PlannedExperiment, StudyPlan
 
 logger = logging.getLogger(__name__)
-
-WorkerTarget = Callable[[WorkerRequest, Connection], None]
-EXIT_GRACE_S = 60.0  # after reporting, how long a child may take to exit (CUDA teardown)
-TERMINATE_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
-
-
-@dataclass
-class Outcome:
-    """What one child did."""
-
-    ok: bool
-    wall_s: float
-    result_path: Path | None = None
-    summary: dict[str, Any] | None = None
-    reason: str | None = None  # one line, for failures
-    detail: str | None = None  # traceback text or explanation, for failures
 
 
 class StudyRunner:
@@ -257,7 +239,8 @@ class StudyRunner:
             verbosity=self.verbosity,
         )
         try:
-            outcome = self._spawn(request)
+            timeout_s = self.study.execution.experiment_timeout_seconds
+            outcome = run_child(self.worker_target, request, timeout_s, self._forward)
         except KeyboardInterrupt:
             entry.status, entry.started_at = "pending", None
             raise
@@ -284,46 +267,6 @@ class StudyRunner:
         entry.measurement_s = None
         path = _write_failure(study_dir, entry, outcome)
         entry.failure_path = _relative(path, study_dir)
-
-    # ---- one child ------------------------------------------------------------------------
-    def _spawn(self, request: WorkerRequest) -> Outcome:
-        """Start a child for ``request`` and wait for its report, exit or timeout."""
-        timeout_s = self.study.execution.experiment_timeout_seconds
-        ctx = multiprocessing.get_context("spawn")
-        receiver, sender = ctx.Pipe(duplex=False)
-        process = ctx.Process(
-            target=self.worker_target,
-            args=(request, sender),
-            name=f"llem-experiment-{request.position}",
-        )
-        t0 = time.monotonic()
-        process.start()
-        sender.close()  # keep only the child's end open, so its exit wakes poll() with EOF
-        try:
-            message = self._await(receiver, t0 + timeout_s)
-            if message is _TIMED_OUT:
-                _stop(process)
-                return _timeout_outcome(timeout_s, time.monotonic() - t0)
-            process.join(EXIT_GRACE_S)
-            return _outcome(message, process.exitcode, time.monotonic() - t0)
-        finally:
-            _stop(process)
-            receiver.close()
-
-    def _await(self, conn: Connection, deadline: float) -> Any:
-        """Block until the child's final message, its exit (None) or the deadline."""
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not conn.poll(remaining):
-                return _TIMED_OUT
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                return None  # the child exited without reporting
-            if isinstance(message, tuple) and message and message[0] == "progress":
-                self._forward(message)
-                continue
-            return message
 
     def _forward(self, message: tuple[Any, ...]) -> None:
         """Pass a child's progress callback on to our Progress."""
@@ -397,60 +340,6 @@ class StudyRunner:
 
 
 # ---- module helpers ------------------------------------------------------------------------
-_TIMED_OUT = object()
-
-
-def _stop(process: multiprocessing.process.BaseProcess) -> None:
-    """Terminate a child that is still alive, then kill it if it ignores SIGTERM."""
-    if process.exitcode is not None or process.pid is None:
-        return
-    if process.is_alive():
-        process.terminate()
-        process.join(TERMINATE_GRACE_S)
-    if process.is_alive():
-        process.kill()
-        process.join()
-
-
-def _outcome(message: Any, exitcode: int | None, wall_s: float) -> Outcome:
-    """Interpret the child's final message (or its absence) and exit code."""
-    if isinstance(message, tuple) and message and message[0] == "ok":
-        return Outcome(ok=True, wall_s=wall_s, result_path=Path(message[1]), summary=message[2])
-    if isinstance(message, tuple) and message and message[0] == "error":
-        return Outcome(ok=False, wall_s=wall_s, reason=str(message[1]), detail=str(message[2]))
-    reason = _exit_reason(exitcode)
-    detail = (
-        f"The experiment process {reason} without reporting a result or an error.\n"
-        "Likely causes: out of memory (killed by the kernel), a crash in native code, "
-        "or os._exit. Check the system log (dmesg) and the run directory, if any."
-    )
-    return Outcome(ok=False, wall_s=wall_s, reason=reason, detail=detail)
-
-
-def _exit_reason(exitcode: int | None) -> str:
-    """``exited with code N`` or ``killed by signal SIGKILL (9)``."""
-    import signal
-
-    if exitcode is None:
-        return "did not exit"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = "signal"
-        return f"killed by signal {name} ({-exitcode})"
-    return f"exited with code {exitcode}"
-
-
-def _timeout_outcome(timeout_s: float, wall_s: float) -> Outcome:
-    """A child stopped for running past the per-experiment timeout."""
-    reason = f"timed out after {timeout_s:g} s"
-    detail = (
-        f"The experiment did not finish within execution.experiment_timeout_seconds="
-        f"{timeout_s:g} (this covers start-up, model load, warm-up and measurement); "
-        "it was terminated. Raise the timeout if the experiment is legitimately this long."
-    )
-    return Outcome(ok=False, wall_s=wall_s, reason=reason, detail=detail)
 
 
 def _write_failure(study_dir: Path, entry: ManifestEntry, outcome: Outcome) -> Path:

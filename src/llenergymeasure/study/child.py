@@ -1,0 +1,136 @@
+"""One experiment in one fresh ``spawn`` subprocess: start it, wait for it, stop it.
+
+The parent *blocks* on the pipe (``conn.poll(timeout)``) and on ``join(timeout)`` — never a
+busy loop: a spinning parent would burn the energy being measured. Only the child's end of
+the pipe stays open after start, so the child's exit (even ``os._exit`` or an OOM kill)
+wakes ``poll`` with EOF at once. See `study.worker` for the message protocol.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.process
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from llenergymeasure.study.worker import WorkerRequest
+
+WorkerTarget = Callable[[WorkerRequest, Connection], None]
+#: Receives the child's progress messages (``("progress", kind, *args)``).
+ProgressSink = Callable[[tuple[Any, ...]], None]
+EXIT_GRACE_S = 60.0  # after reporting, how long a child may take to exit (CUDA teardown)
+TERMINATE_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
+
+
+@dataclass
+class Outcome:
+    """What one child did."""
+
+    ok: bool
+    wall_s: float
+    result_path: Path | None = None
+    summary: dict[str, Any] | None = None
+    reason: str | None = None  # one line, for failures
+    detail: str | None = None  # traceback text or explanation, for failures
+
+
+def run_child(
+    target: WorkerTarget, request: WorkerRequest, timeout_s: float, on_progress: ProgressSink
+) -> Outcome:
+    """Run ``target(request, conn)`` in a spawn child; its report, crash or timeout.
+
+    KeyboardInterrupt in the parent stops the child (terminate, then kill) and propagates.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(
+        target=target, args=(request, sender), name=f"llem-experiment-{request.position}"
+    )
+    t0 = time.monotonic()
+    process.start()
+    sender.close()  # keep only the child's end open, so its exit wakes poll() with EOF
+    try:
+        message = _await(receiver, t0 + timeout_s, on_progress)
+        if message is _TIMED_OUT:
+            _stop(process)
+            return _timeout_outcome(timeout_s, time.monotonic() - t0)
+        process.join(EXIT_GRACE_S)
+        return _outcome(message, process.exitcode, time.monotonic() - t0)
+    finally:
+        _stop(process)
+        receiver.close()
+
+
+def _await(conn: Connection, deadline: float, on_progress: ProgressSink) -> Any:
+    """Block until the child's final message, its exit (None) or the deadline."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not conn.poll(remaining):
+            return _TIMED_OUT
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return None  # the child exited without reporting
+        if isinstance(message, tuple) and message and message[0] == "progress":
+            on_progress(message)
+            continue
+        return message
+
+
+_TIMED_OUT = object()
+
+
+def _stop(process: multiprocessing.process.BaseProcess) -> None:
+    """Terminate a child that is still alive, then kill it if it ignores SIGTERM."""
+    if process.exitcode is not None or process.pid is None:
+        return
+    if process.is_alive():
+        process.terminate()
+        process.join(TERMINATE_GRACE_S)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
+def _outcome(message: Any, exitcode: int | None, wall_s: float) -> Outcome:
+    """Interpret the child's final message (or its absence) and exit code."""
+    if isinstance(message, tuple) and message and message[0] == "ok":
+        return Outcome(ok=True, wall_s=wall_s, result_path=Path(message[1]), summary=message[2])
+    if isinstance(message, tuple) and message and message[0] == "error":
+        return Outcome(ok=False, wall_s=wall_s, reason=str(message[1]), detail=str(message[2]))
+    reason = _exit_reason(exitcode)
+    detail = (
+        f"The experiment process {reason} without reporting a result or an error.\n"
+        "Likely causes: out of memory (killed by the kernel), a crash in native code, "
+        "or os._exit. Check the system log (dmesg) and the run directory, if any."
+    )
+    return Outcome(ok=False, wall_s=wall_s, reason=reason, detail=detail)
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    """``exited with code N`` or ``killed by signal SIGKILL (9)``."""
+    if exitcode is None:
+        return "did not exit"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "signal"
+        return f"killed by signal {name} ({-exitcode})"
+    return f"exited with code {exitcode}"
+
+
+def _timeout_outcome(timeout_s: float, wall_s: float) -> Outcome:
+    """A child stopped for running past the per-experiment timeout."""
+    reason = f"timed out after {timeout_s:g} s"
+    detail = (
+        f"The experiment did not finish within execution.experiment_timeout_seconds="
+        f"{timeout_s:g} (this covers start-up, model load, warm-up and measurement); "
+        "it was terminated. Raise the timeout if the experiment is legitimately this long."
+    )
+    return Outcome(ok=False, wall_s=wall_s, reason=reason, detail=detail)
