@@ -98,3 +98,19 @@ def test_local_model_directory_with_config_passes(tmp_path: Path) -> None:
 def test_path_heuristic() -> None:
     assert preflight.looks_like_path("./x") and preflight.looks_like_path("/abs/dir")
     assert not preflight.looks_like_path("meta-llama/Llama-3.2-1B")
+
+
+def test_cuda_visible_devices_maps_ordinals_to_nvml_devices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    big = FakeDevice("GPU-big", memory_total_mb=81559.0, memory_used_mb=0.0)
+    small = FakeDevice("GPU-small", memory_total_mb=4000.0, memory_used_mb=0.0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # cuda:0 is NVML device 1 (small)
+    with FakeNVML([big, small]).installed():
+        problems = _problems(ExperimentConfig(model="llama-3.1-8b", gpus=[0]))
+        assert len(problems) == 1 and "not enough memory" in problems[0]
+        assert any(
+            "gpus [1]" in p for p in _problems(ExperimentConfig(model="tiny-llama", gpus=[1]))
+        )
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # now cuda:0 is the big one
+        assert run_preflight(ExperimentConfig(model="llama-3.1-8b", gpus=[0])).device == "cuda"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llenergymeasure.exceptions import ConfigError, PreflightError
+from llenergymeasure.exceptions import ConfigError, MeterError, PreflightError
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -117,18 +117,10 @@ def _check_hub_model(model: str, weights: str) -> list[str]:
     ]
 
 
-def _visible_count(nvml_count: int) -> int:
-    """GPUs CUDA will see: CUDA_VISIBLE_DEVICES entries when set, else what NVML sees."""
-    value = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if value is None:
-        return nvml_count
-    entries = [e for e in value.split(",") if e.strip()]
-    return min(len(entries), nvml_count) if not value.strip().startswith("-") else 0
-
-
 def check_gpus(config: ExperimentConfig) -> tuple[int, list[str]]:
     """(visible GPU count, problems): a GPU must be visible if device: cuda or gpus is set."""
-    from llenergymeasure.core.energy._nvml import NvmlError, nvml
+    from llenergymeasure.core.energy._nvml import nvml
+    from llenergymeasure.core.energy.nvml import resolve_gpus
 
     wants_gpu = config.device == "cuda" or config.gpus is not None
     if config.device == "cpu":
@@ -138,10 +130,10 @@ def check_gpus(config: ExperimentConfig) -> tuple[int, list[str]]:
     try:
         nvml.init()
         try:
-            count = _visible_count(nvml.device_count())
+            count = len(resolve_gpus(None))  # CUDA_VISIBLE_DEVICES respected
         finally:
             nvml.shutdown()
-    except (NvmlError, ImportError, OSError) as e:
+    except (MeterError, ImportError, OSError) as e:
         if wants_gpu:
             return 0, [
                 f"a GPU was asked for but NVML found none ({e}): check the driver, "
@@ -175,12 +167,14 @@ def _free_bytes(config: ExperimentConfig, device: str) -> float | None:
         import psutil
 
         return float(psutil.virtual_memory().available)
-    from llenergymeasure.core.energy._nvml import NvmlError, nvml
+    from llenergymeasure.core.energy._nvml import nvml
+    from llenergymeasure.core.energy.nvml import resolve_gpus
 
-    with contextlib.suppress(NvmlError, ImportError, OSError):
+    with contextlib.suppress(MeterError, ImportError, OSError):  # NvmlError is a MeterError
         nvml.init()
         try:
-            used_mib, total_mib = nvml.memory_mb(nvml.handle_by_index((config.gpus or [0])[0]))
+            (gpu,) = resolve_gpus([(config.gpus or [0])[0]])  # CUDA ordinal -> NVML device
+            used_mib, total_mib = nvml.memory_mb(nvml.handle_by_index(gpu.nvml_index))
         finally:
             nvml.shutdown()
         return (total_mib - used_mib) * 2**20
