@@ -17,18 +17,24 @@ fails inside generate; see METHODOLOGY.md).
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llenergymeasure.config.backend_configs import PyTorchConfig
 from llenergymeasure.core.backends._engine_common import output_length
 from llenergymeasure.core.backends.protocol import (
     InferenceOutput,
     PreparedBatch,
     PreparedBatches,
     RuntimeCapabilities,
+)
+from llenergymeasure.core.backends.pytorch_settings import (
+    build_generation_config,
+    fix_output_length,
+    resolve_device,
+    section_of,
+    seed_everything,
+    uses_static_cache,
 )
 from llenergymeasure.exceptions import BackendError, ConfigError
 
@@ -77,7 +83,7 @@ class PyTorchBackend:
 
     def validate_config(self, config: ExperimentConfig) -> list[str]:
         """Warnings about choices this backend realises differently than asked."""
-        section = _section(config)
+        section = section_of(config)
         warnings: list[str] = []
         if (section.num_processes or 1) > 1:
             warnings.append(
@@ -116,7 +122,7 @@ class PyTorchBackend:
     def tokenize(self, prompts: list[Prompt]) -> PreparedBatches:
         """Tokenise (truncating to max_input_tokens), order, batch, left-pad, copy to device."""
         config, tokenizer = self._require_config(), self._require_tokenizer()
-        section = _section(config)
+        section = section_of(config)
         ids = _unique_request_ids(prompts)
         token_lists = [_encode(tokenizer, p, config.max_input_tokens) for p in prompts]
         truncated = sum(1 for t in token_lists if t[1])
@@ -131,7 +137,7 @@ class PyTorchBackend:
         ]
         max_new, notes = output_length(config, prompts)
         self._require_generation_config().max_new_tokens = max_new
-        _fix_output_length(self._require_generation_config(), config, max_new)
+        fix_output_length(self._require_generation_config(), config, max_new)
         return PreparedBatches(batches, max_new, truncated_requests=truncated, notes=notes)
 
     def _make_batch(
@@ -153,7 +159,7 @@ class PyTorchBackend:
     # ---- warm-up and measurement -----------------------------------------------------------
     def warmup_batches(self, prepared: PreparedBatches) -> list[PreparedBatch]:
         """Static cache: one batch per distinct shape (each compiles); else the first batch."""
-        if uses_static_cache(_section(self._require_config())):
+        if uses_static_cache(section_of(self._require_config())):
             return prepared.distinct_shape_batches()
         return prepared.batches[:1]
 
@@ -326,90 +332,12 @@ class PyTorchBackend:
 
 
 # ---- pure helpers --------------------------------------------------------------------------
-def _section(config: ExperimentConfig) -> PyTorchConfig:
-    """The pytorch section, or an all-default one."""
-    return config.pytorch or PyTorchConfig()
-
-
-def uses_static_cache(section: PyTorchConfig) -> bool:
-    """Static cache is requested directly, or implied by torch_compile."""
-    return section.cache_implementation == "static" or bool(section.torch_compile)
 
 
 def _beam_reason() -> str:
     from llenergymeasure.core.latency import BEAM_SEARCH_NO_TTFT_REASON
 
     return BEAM_SEARCH_NO_TTFT_REASON
-
-
-def resolve_device(config: ExperimentConfig) -> str:
-    """``cuda:<first of gpus>`` / ``cpu``; auto picks CUDA when available."""
-    import torch
-
-    if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
-        return "cpu"
-    if not torch.cuda.is_available():
-        raise ConfigError("device: cuda was requested but torch sees no CUDA device")
-    index = config.gpus[0] if config.gpus else 0
-    if index >= torch.cuda.device_count():
-        raise ConfigError(
-            f"gpus: index {index} is not visible (torch sees {torch.cuda.device_count()})"
-        )
-    return f"cuda:{index}"
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) from config.random_seed."""
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_generation_config(
-    model: PreTrainedModel, config: ExperimentConfig, device: str
-) -> GenerationConfig:
-    """The model's generation config with the experiment's decoder and cache settings."""
-    gen = copy.deepcopy(model.generation_config)
-    decoder = config.decoder
-    gen.max_new_tokens = config.max_output_tokens
-    gen.do_sample = decoder.strategy == "sample"
-    gen.num_beams = decoder.num_beams or (4 if decoder.strategy == "beam_search" else 1)
-    if decoder.strategy != "sample":  # pretrained defaults (e.g. temperature 0.6) do not apply
-        gen.temperature, gen.top_p, gen.top_k = None, None, None
-    for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
-        if getattr(decoder, name) is not None:
-            setattr(gen, name, getattr(decoder, name))
-    _apply_cache_settings(gen, _section(config), device)
-    return gen
-
-
-def _apply_cache_settings(gen: GenerationConfig, section: PyTorchConfig, device: str) -> None:
-    """Static cache and transformers' auto-compile (never torch.compile around forward)."""
-    from transformers import CompileConfig
-
-    if not uses_static_cache(section):
-        return
-    gen.cache_implementation = "static"
-    if section.torch_compile is False:
-        gen.disable_compile = True
-    elif section.torch_compile:
-        compile_config = CompileConfig()
-        if not device.startswith("cuda"):
-            # asked for explicitly: honour it on CPU too (transformers' private flag)
-            compile_config._compile_all_devices = True  # type: ignore[assignment]
-        gen.compile_config = compile_config
-
-
-def _fix_output_length(gen: GenerationConfig, config: ExperimentConfig, max_new: int) -> None:
-    """ignore_eos: min_new_tokens = max_new_tokens masks EOS, so every request runs the full
-    length; otherwise the decoder's own min_new_tokens (if any)."""
-    decoder = config.decoder
-    gen.min_new_tokens = max_new if decoder.ignore_eos else decoder.min_new_tokens
 
 
 def _encode(tokenizer: Any, prompt: Prompt, max_input_tokens: int) -> tuple[list[int], bool]:
