@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from results_factory import gpu_report, raw, timing
 
 from llenergymeasure.domain.energy import EnergyMeasurement
 from llenergymeasure.exceptions import ExperimentError
-from llenergymeasure.results.aggregation import aggregate_process_results, merge_energy_reports
+from llenergymeasure.results.aggregation import (
+    aggregate_process_results,
+    aggregate_run_dir,
+    merge_energy_reports,
+)
+from llenergymeasure.results.persistence import read_result, write_process_result
 
 
 def _two_processes():  # type: ignore[no-untyped-def]
@@ -96,3 +103,15 @@ def test_energy_not_measured_is_none_with_reason_never_zero() -> None:
     assert result.energy_not_measured_reason == "no meter on this host"
     assert any(w.code == "energy_not_measured" for w in result.warnings)
     assert any(w.code == "low_sample_count" for w in result.warnings)
+
+
+def test_raw_results_on_disk_aggregate_into_result_json(tmp_path: Path) -> None:
+    p0, p1 = _two_processes()
+    for p in (p1, p0):
+        write_process_result(p, tmp_path)
+    with pytest.raises(FileExistsError):
+        write_process_result(p0, tmp_path)
+    result, path = aggregate_run_dir(tmp_path)
+    assert path == tmp_path / "result.json" and read_result(path) == result
+    assert result.process_results == ["process_0.json", "process_1.json"]
+    assert result.energy is not None and result.energy.gpu_energy_j == pytest.approx(160.0)

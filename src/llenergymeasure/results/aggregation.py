@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 
 from llenergymeasure.core.metrics import TransformerShape
 from llenergymeasure.domain.energy import (
@@ -23,6 +24,7 @@ from llenergymeasure.domain.metrics import MemoryMetrics
 from llenergymeasure.domain.results import ExperimentResult, RawProcessResult
 from llenergymeasure.exceptions import ExperimentError
 from llenergymeasure.results.derive import build_metrics, estimate_co2, quality_flags, to_timings
+from llenergymeasure.results.filenames import process_result_filename
 
 
 def aggregate_process_results(
@@ -67,6 +69,17 @@ def aggregate_process_results(
         ended_at=max(ends) if ends else None,
         measurement_window_s=duration_s,
     )
+
+
+def aggregate_run_dir(run_dir: Path) -> tuple[ExperimentResult, Path]:
+    """Aggregate the ``process_<i>.json`` files of a run and write its ``result.json``."""
+    from llenergymeasure.results.persistence import read_process_results, write_result
+
+    raws = read_process_results(run_dir)
+    result = aggregate_process_results(raws)
+    names = [process_result_filename(r.process_index) for r in raws]
+    result = result.model_copy(update={"process_results": names})
+    return result, write_result(result, run_dir)
 
 
 def _check_consistent(raws: Sequence[RawProcessResult]) -> list[RawProcessResult]:

@@ -16,10 +16,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llenergymeasure.results.filenames import RESULT_FILENAME, run_dir_name
+from llenergymeasure.results.filenames import (
+    RESULT_FILENAME,
+    process_result_filename,
+    run_dir_name,
+)
 
 if TYPE_CHECKING:
-    from llenergymeasure.domain.results import ExperimentResult
+    from llenergymeasure.domain.results import ExperimentResult, RawProcessResult
 
 _MAX_SUFFIX = 10_000
 
@@ -109,3 +113,22 @@ def find_result_files(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
     return sorted(root.rglob(RESULT_FILENAME))
+
+
+def write_process_result(raw: RawProcessResult, run_dir: Path) -> Path:
+    """Write one process's raw result as ``process_<i>.json`` (atomic, never overwritten)."""
+    target = Path(run_dir) / process_result_filename(raw.process_index)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists: process {raw.process_index} wrote twice")
+    return atomic_write_text(target, raw.model_dump_json(indent=2) + "\n")
+
+
+def read_process_results(run_dir: Path) -> list[RawProcessResult]:
+    """Every ``process_<i>.json`` in ``run_dir``, ordered by process index."""
+    from llenergymeasure.domain.results import RawProcessResult
+
+    raws = [
+        RawProcessResult.model_validate_json(p.read_bytes())
+        for p in Path(run_dir).glob("process_*.json")
+    ]
+    return sorted(raws, key=lambda r: r.process_index)
