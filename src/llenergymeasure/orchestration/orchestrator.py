@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 from llenergymeasure.config.hashing import config_hash
 from llenergymeasure.domain.energy import QualityFlag
 from llenergymeasure.domain.results import ExperimentResult
-from llenergymeasure.exceptions import ConfigError, ExperimentError, MeterError, PreflightError
+from llenergymeasure.exceptions import (
+    BackendNotInstalledError,
+    ConfigError,
+    ExperimentError,
+    MeterError,
+    PreflightError,
+)
 from llenergymeasure.orchestration.assemble import (
     PhaseTimer,
     RunRecord,
@@ -126,8 +132,8 @@ class ExperimentOrchestrator:
             result = self._measure(self.run_dir)
         except BaseException as e:
             self._write_failure(e)
-            if isinstance(e, (ConfigError, KeyboardInterrupt)):
-                raise
+            if isinstance(e, (ConfigError, BackendNotInstalledError, KeyboardInterrupt)):
+                raise  # keep their exit codes (2, 2, 130)
             raise ExperimentError(f"experiment {self.name!r} failed: {e}") from e
         self._stage("saving", "save")
         write_result(result, self.run_dir)
@@ -175,9 +181,7 @@ class ExperimentOrchestrator:
                 session.measure_baseline()
             self._stage("warm-up", "warmup")
             self.record.warmup = run_warmup(
-                lambda: backend.warmup_step(prepared),
-                self.config.warmup,
-                on_step=lambda n: self.progress.message(f"warm-up run {n} done"),
+                lambda: backend.warmup_step(prepared), self.config.warmup
             )
             self._stage("measuring", "measure")
             self.progress.prompts_done(0, prepared.n_requests)
