@@ -83,3 +83,29 @@ def test_table_shows_means_and_cis_marks_best_and_explains_missing() -> None:
     assert "n/a[1]: not measured: no GPU energy counter (NVML unavailable)" in table
     assert "* best: lowest mean J per output token" in table.replace("\n    ", " ")
     assert "95% CI" in table
+
+
+def test_table_lists_failures_stop_and_warnings() -> None:
+    from llenergymeasure.domain.study import StudyFailure
+
+    result = _result([_config("a", {"output_tokens_per_s": [1.0, 2.0]})])
+    result.failures = [
+        StudyFailure(
+            position=1,
+            cycle=2,
+            label="a",
+            config_hash="h",
+            reason="timed out after 3 s",
+            failure_path="failures/1_a.txt",
+        )
+    ]
+    result.stopped_reason = "3 consecutive experiments failed"
+    result.counts.not_run = 2
+    result.warnings = ["only 2 cycle(s)"]
+
+    table = format_study_table(result)
+
+    assert "FAILED a (cycle 2): timed out after 3 s -> failures/1_a.txt" in table
+    assert "STOPPED: 3 consecutive experiments failed" in table
+    assert "2 experiment(s) not run" in table
+    assert "warning: only 2 cycle(s)" in table

@@ -244,10 +244,26 @@ def format_study_table(result: StudyResult) -> str:
         notes.append(f"* best: {result.best_criterion}")
     elif result.best_note:
         notes.append(f"no best config: {result.best_note}")
+    notes += _outcome_notes(result)
     lines += [
         textwrap.fill(n, _WIDTH, initial_indent="  ", subsequent_indent="    ") for n in notes
     ]
     return "\n".join(lines)
+
+
+def _outcome_notes(result: StudyResult) -> list[str]:
+    """Lines on failures, skipped points, an early stop and warnings."""
+    notes = [
+        f"FAILED {f.label} (cycle {f.cycle}): {f.reason}"
+        + (f" -> {f.failure_path}" if f.failure_path else "")
+        for f in result.failures
+    ]
+    notes += [f"skipped {s.point}: {s.reason}" for s in result.skipped]
+    if result.stopped_reason:
+        notes.append(f"STOPPED: {result.stopped_reason}")
+    if result.counts.not_run:
+        notes.append(f"{result.counts.not_run} experiment(s) not run: resume with --resume")
+    return notes + [f"warning: {w}" for w in result.warnings]
 
 
 def _label_cell(c: ConfigSummary) -> str:
