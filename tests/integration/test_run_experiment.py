@@ -85,7 +85,7 @@ def test_full_run_writes_a_complete_result(tmp_path: Path) -> None:
         )
         assert result.energy.meter_selection.reason
     assert any(w.code == "short_window" for w in result.warnings)
-    assert any(w.code == "low_sample_count" for w in result.warnings)
+    assert any(w.code == "low_request_count" for w in result.warnings)
     # written atomically in its own directory, and it reads back equal
     run_dir = _only_run_dir(tmp_path)
     assert run_dir.name.startswith("tiny-llama_pytorch_")

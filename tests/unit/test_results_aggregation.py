@@ -102,7 +102,7 @@ def test_energy_not_measured_is_none_with_reason_never_zero() -> None:
     assert result.j_per_output_token is None
     assert result.energy_not_measured_reason == "no meter on this host"
     assert any(w.code == "energy_not_measured" for w in result.warnings)
-    assert any(w.code == "low_sample_count" for w in result.warnings)
+    assert any(w.code == "low_request_count" for w in result.warnings)
 
 
 def test_raw_results_on_disk_aggregate_into_result_json(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ SHORT_WINDOW_S = 10.0
 #: Windows shorter than this are close to the NVML counter's ~100 ms update period.
 VERY_SHORT_WINDOW_S = 1.0
 #: Fewer requests than this make latency percentiles unreliable.
-LOW_SAMPLE_COUNT = 10
+LOW_REQUEST_COUNT = 10
 
 
 def to_timings(records: Sequence[RequestTimingRecord]) -> list[RequestTiming]:
@@ -109,39 +109,37 @@ def quality_flags(
     ttft_not_measured_reason: str | None = None,
 ) -> list[QualityFlag]:
     """Reasons to trust this result less (window, samples, energy coverage, latency)."""
-    flags: list[QualityFlag] = []
+    flags = _energy_flags(energy, energy_not_measured_reason)
     window_s = metrics.throughput.duration_s
-    if window_s < VERY_SHORT_WINDOW_S:
+    # the energy layer's short_window flag (relative to the counter period) is more specific
+    if not any(f.code == "short_window" for f in flags):
+        flags += _window_flags(window_s)
+    if metrics.tokens.n_requests < LOW_REQUEST_COUNT:
         flags.append(
             _flag(
-                "short_window",
-                f"measurement window {window_s:.3f} s is shorter than "
-                f"{VERY_SHORT_WINDOW_S:.0f} s: energy counters update every ~100 ms; "
-                "use more prompts",
-                "critical",
+                "low_request_count",
+                f"only {metrics.tokens.n_requests} requests (< {LOW_REQUEST_COUNT}): latency "
+                "percentiles are unreliable",
             )
         )
-    elif window_s < SHORT_WINDOW_S:
-        flags.append(
-            _flag(
-                "short_window",
-                f"measurement window {window_s:.1f} s < "
-                f"{SHORT_WINDOW_S:.0f} s: energy is noisy; use more prompts",
-            )
-        )
-    if metrics.tokens.n_requests < LOW_SAMPLE_COUNT:
-        flags.append(
-            _flag(
-                "low_sample_count",
-                f"only {metrics.tokens.n_requests} requests "
-                f"(< {LOW_SAMPLE_COUNT}): latency percentiles are unreliable",
-            )
-        )
-    flags.extend(_energy_flags(energy, energy_not_measured_reason))
     if metrics.latency.ttft is None:
         why = ttft_not_measured_reason or "the backend gave no per-token times"
         flags.append(_flag("latency_not_measured", f"TTFT/ITL not measured: {why}", "info"))
     return flags
+
+
+def _window_flags(window_s: float) -> list[QualityFlag]:
+    """Short-window flags when the energy layer gave none (no counter, or not measured)."""
+    if window_s < VERY_SHORT_WINDOW_S:
+        message = (
+            f"measurement window {window_s:.3f} s < {VERY_SHORT_WINDOW_S:.0f} s: energy "
+            "counters update every ~100 ms; use more prompts"
+        )
+        return [_flag("short_window", message, "critical")]
+    if window_s < SHORT_WINDOW_S:
+        message = f"measurement window {window_s:.1f} s < {SHORT_WINDOW_S:.0f} s: energy is noisy; use more prompts"
+        return [_flag("short_window", message)]
+    return []
 
 
 def _energy_flags(energy: EnergyReport | None, reason: str | None) -> list[QualityFlag]:
