@@ -151,6 +151,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
+def reset_compiler() -> None:
+    """Forget compiled graphs between settings: each experiment builds a new model object,
+    and dynamo's per-function recompile limit would otherwise silently fall back to eager."""
+    import torch
+
+    torch._dynamo.reset()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every setting, print the table, write JSON."""
     args = parse_args(argv)
@@ -169,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # one failing setting must not lose the others
                 row = {"mode": mode, "batch": batch, "n": n, "error": repr(e),
                        "traceback": traceback.format_exc()}  # fmt: skip
+            reset_compiler()
             row["wall_s"] = time.perf_counter() - t0
             print(f"[{mode} b{batch}] done in {row['wall_s']:.0f} s", file=sys.stderr, flush=True)
             rows.append(row)
