@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from results_factory import gpu_report, raw, timing
 
-from llenergymeasure.domain.energy import EnergyMeasurement
+from llenergymeasure.core.energy.quality import merge_flags_by_code, short_window_flags
+from llenergymeasure.domain.energy import EnergyMeasurement, QualityFlag
 from llenergymeasure.exceptions import ExperimentError
 from llenergymeasure.results.aggregation import (
     aggregate_process_results,
@@ -115,3 +116,45 @@ def test_raw_results_on_disk_aggregate_into_result_json(tmp_path: Path) -> None:
     assert path == tmp_path / "result.json" and read_result(path) == result
     assert result.process_results == ["process_0.json", "process_1.json"]
     assert result.energy is not None and result.energy.gpu_energy_j == pytest.approx(160.0)
+
+
+def test_one_flag_per_code_energy_layer_short_window_kept() -> None:
+    """A 3.3 s GPU window: the energy layer's short_window stands, no orchestrator twin."""
+    report = gpu_report({"gpu:0": 100.0}, 3.3)
+    report.warnings = short_window_flags(3.3, [0.02])  # info: < 10 s recommended length
+    notes = [
+        QualityFlag(code="backend_note", message="a", severity="info"),
+        QualityFlag(code="backend_note", message="b", severity="info"),
+        QualityFlag(code="backend_note", message="a", severity="info"),
+    ]
+    result = aggregate_process_results(
+        [raw(0, 1, [timing(1.0, [0.1])], report, window=(100.0, 103.3), warnings=notes)]
+    )
+    codes = [w.code for w in result.warnings]
+    assert len(codes) == len(set(codes)), codes
+    short = [w for w in result.warnings if w.code == "short_window"]
+    assert short[0].message.startswith("Window 3.30 s < 10 s: GPU power sensors")
+    assert [w.message for w in result.warnings if w.code == "backend_note"] == ["a; b"]
+
+
+def test_two_processes_short_windows_merge_to_the_most_severe() -> None:
+    p0, p1 = _two_processes()
+    assert p0.energy is not None and p1.energy is not None
+    p0.energy.warnings = short_window_flags(1.0, [0.2])  # warning: < 10 counter periods
+    p1.energy.warnings = short_window_flags(0.1, [0.2])  # critical: shorter than one period
+    result = aggregate_process_results([p0, p1])
+    short = [w for w in result.warnings if w.code == "short_window"]
+    assert [w.severity for w in short] == ["critical"]
+
+
+def test_merge_flags_by_code_keeps_first_of_equal_severity() -> None:
+    flags = [
+        QualityFlag(code="short_window", message="energy layer", severity="info"),
+        QualityFlag(code="low_request_count", message="few"),
+        QualityFlag(code="short_window", message="orchestrator", severity="info"),
+    ]
+    merged = merge_flags_by_code(flags)
+    assert [(f.code, f.message) for f in merged] == [
+        ("short_window", "energy layer"),
+        ("low_request_count", "few"),
+    ]

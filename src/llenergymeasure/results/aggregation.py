@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from llenergymeasure.core.energy.quality import merge_flags_by_code
 from llenergymeasure.core.metrics import TransformerShape
 from llenergymeasure.domain.energy import (
     BaselineAdjustment,
@@ -44,6 +45,7 @@ def aggregate_process_results(
     energy = merge_energy_reports([r.energy for r in raws if r.energy is not None], duration_s)
     no_energy = None if energy else (first.energy_not_measured_reason or "no meter measured")
     metrics = build_metrics(timings, duration_s, energy, arch, _merge_memory(raws))
+    # one flag per code; quality_flags lists the energy layer's flags before its own
     flags = _dedupe(
         [w for r in raws for w in r.warnings]
         + quality_flags(metrics, energy, no_energy, first.ttft_not_measured_reason)
@@ -138,14 +140,8 @@ def _merge_memory(raws: Sequence[RawProcessResult]) -> MemoryMetrics | None:
 
 
 def _dedupe(flags: list[QualityFlag]) -> list[QualityFlag]:
-    """Flags in order, each (code, message) once."""
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for f in flags:
-        if (f.code, f.message) not in seen:
-            seen.add((f.code, f.message))
-            out.append(f)
-    return out
+    """One flag per code (see :func:`merge_flags_by_code`)."""
+    return merge_flags_by_code(flags)
 
 
 # ---- energy ---------------------------------------------------------------------------

@@ -164,3 +164,48 @@ def not_measured_flag(scope: str, reason: str) -> QualityFlag:
     return QualityFlag(
         code="not_measured", severity="info", message=f"{scope} energy not measured: {reason}"
     )
+
+
+# ---- one flag per code ----------------------------------------------------------------
+_SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+#: Codes whose messages are separate facts (one note, one device, one scope each): their
+#: distinct messages are joined into one flag instead of one being kept.
+ADDITIVE_CODES = frozenset(
+    {
+        "backend_note",
+        "dataset_note",
+        "preflight_note",
+        "device_order",
+        "persistence_mode_off",
+        "counter_missing",
+        "counter_reset",
+        "mig",
+        "not_measured",
+        "estimate_used",
+        "prompts_truncated",
+    }
+)
+
+
+def merge_flags_by_code(flags: Sequence[QualityFlag]) -> list[QualityFlag]:
+    """One flag per code, in order of first appearance.
+
+    Flags of one code are alternative descriptions of one finding (e.g. ``short_window``
+    from the energy layer and from the window length): the most severe is kept, the
+    earliest on a tie, so callers list the more specific source (the energy layer) first.
+    For :data:`ADDITIVE_CODES` the distinct messages are joined with ``"; "`` under the
+    highest severity.
+    """
+    groups: dict[str, list[QualityFlag]] = {}
+    for flag in flags:
+        groups.setdefault(flag.code, []).append(flag)
+    return [_merge_group(code, group) for code, group in groups.items()]
+
+
+def _merge_group(code: str, group: list[QualityFlag]) -> QualityFlag:
+    """The single flag standing for ``group`` (all of one ``code``)."""
+    top = max(group, key=lambda f: _SEVERITY_RANK.get(f.severity, 1))  # first max wins
+    if code not in ADDITIVE_CODES:
+        return top
+    messages = list(dict.fromkeys(f.message for f in group))
+    return QualityFlag(code=code, message="; ".join(messages), severity=top.severity)
