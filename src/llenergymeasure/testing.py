@@ -3,6 +3,8 @@
 Sections:
   1. Clocks        ManualClock: a clock you advance by hand (``sleep`` advances it).
   2. Fake NVML     FakeNVML / FakeDevice: scripted GPUs standing in for ``pynvml``.
+  3. Study faults  FaultPlan / fault_injecting_worker: study worker targets that raise, exit
+                   hard or hang for chosen experiments (picklable under ``spawn``).
 
 FakeNVML implements the ``pynvml`` functions that ``core/energy/_nvml.py`` calls, and raises
 real ``pynvml.NVMLError`` instances, so the adapter's own error translation is exercised.
@@ -25,11 +27,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from llenergymeasure.study.worker import WorkerRequest
 
 # ======================================================================================
 # 1. Clocks
@@ -345,3 +354,79 @@ class _Value:
 def fake_gpus(n: int, **kwargs: Any) -> list[FakeDevice]:
     """``n`` identical fake GPUs with UUIDs GPU-fake-0 ... (kwargs go to every FakeDevice)."""
     return [FakeDevice(uuid=f"GPU-fake-{i}", **kwargs) for i in range(n)]
+
+
+# ======================================================================================
+# 3. Study faults
+# ======================================================================================
+#
+# Usage::
+#
+#     target = FaultPlan(raise_on=("batch_size=2",), exit_on=("max_output_tokens=3",)).target()
+#     StudyRunner(study, results_dir=tmp, worker_target=target).run()
+#
+# A *match* is either ``dotted.field=value`` (compared with the experiment config's field as
+# text) or any other text, matched as a substring of the experiment's label. ``cycles``
+# restricts faults to those cycles. Experiments that match nothing run for real through
+# ``study.worker.experiment_worker``. The study modules are imported inside the functions so
+# that the fakes above stay light for the telemetry sampler's spawn child.
+
+INJECTED_EXIT_CODE = 3
+
+
+class InjectedFault(RuntimeError):
+    """The error a raising fault throws inside the worker."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultPlan:
+    """Which experiments fail, and how (see the section comment above)."""
+
+    raise_on: tuple[str, ...] = ()
+    exit_on: tuple[str, ...] = ()
+    hang_on: tuple[str, ...] = ()
+    cycles: tuple[int, ...] | None = None
+    hang_s: float = 3600.0
+
+    def target(self) -> functools.partial[None]:
+        """A worker target (picklable) that applies this plan."""
+        return functools.partial(fault_injecting_worker, faults=self)
+
+
+def fault_injecting_worker(request: WorkerRequest, conn: Connection, faults: FaultPlan) -> None:
+    """Exit hard, hang, raise, or run the real worker, as ``faults`` says for ``request``."""
+    from llenergymeasure.study.worker import experiment_worker, serve
+
+    if faults.cycles is None or request.cycle in faults.cycles:
+        if _matches_any(request, faults.exit_on):
+            os._exit(INJECTED_EXIT_CODE)  # no message, no cleanup: like an OOM kill
+        if _matches_any(request, faults.hang_on):
+            time.sleep(faults.hang_s)
+        if _matches_any(request, faults.raise_on):
+            serve(request, conn, _raise_injected)
+            return
+    experiment_worker(request, conn)
+
+
+def _raise_injected(request: WorkerRequest, progress: Any) -> Any:
+    """A Measure that fails the way a real experiment might."""
+    progress.stage("loading model")
+    raise InjectedFault(f"injected failure for {request.label!r} (cycle {request.cycle})")
+
+
+def _matches_any(request: WorkerRequest, patterns: tuple[str, ...]) -> bool:
+    """Whether any pattern matches the request (field=value or label substring)."""
+    return any(_matches(request, p) for p in patterns)
+
+
+def _matches(request: WorkerRequest, pattern: str) -> bool:
+    """``dotted.field=value`` against the config, else a substring of the label."""
+    if "=" in pattern and " " not in pattern:
+        path, _, expected = pattern.partition("=")
+        value: Any = request.config.model_dump(mode="json")
+        for part in path.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return pattern in request.label
+            value = value[part]
+        return str(value) == expected
+    return pattern in request.label

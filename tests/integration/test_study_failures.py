@@ -15,7 +15,7 @@ from study_helpers import only_study_dir, read_manifest_json, subprocess_env, ti
 
 from llenergymeasure.exceptions import StudyError
 from llenergymeasure.study.runner import StudyRunner
-from llenergymeasure.testing_study import INJECTED_EXIT_CODE, FaultPlan
+from llenergymeasure.testing import INJECTED_EXIT_CODE, FaultPlan
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,7 @@ import sys
 from pathlib import Path
 from llenergymeasure.config.models import StudyConfig
 from llenergymeasure.study.runner import StudyRunner
-from llenergymeasure.testing_study import FaultPlan
+from llenergymeasure.testing import FaultPlan
 study = StudyConfig.model_validate_json(Path(sys.argv[1]).read_text())
 StudyRunner(study, results_dir=Path(sys.argv[2]), worker_target=FaultPlan(hang_on=("max_output_tokens",)).target()).run()
 """

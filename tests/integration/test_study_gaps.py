@@ -8,7 +8,7 @@ import pytest
 from study_helpers import tiny_study
 
 from llenergymeasure.study.runner import StudyRunner
-from llenergymeasure.testing_study import FaultPlan
+from llenergymeasure.testing import FaultPlan
 
 pytestmark = pytest.mark.slow
 
