@@ -12,6 +12,8 @@ from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
 from llenergymeasure.datasets.types import Prompt
 from llenergymeasure.exceptions import BackendError, ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MAX_NEW = 5
 TEXTS = [
     "energy",
@@ -220,17 +222,6 @@ def test_cache_and_compile_settings_use_the_library_path(
     assert gen.cache_implementation == cache
     assert bool(gen.disable_compile) is disable_compile
     assert (gen.compile_config is not None) is compile_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models are op-overhead bound: one intra-op thread is faster and steadier."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_dynamic_cache_warms_up_on_the_first_batch_only() -> None:

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
 from typer.testing import CliRunner
 
 from llenergymeasure import __version__
 from llenergymeasure.cli.app import app
 from llenergymeasure.cli.commands import config as config_cmd
 from llenergymeasure.config import ssot
-from llenergymeasure.logging import reset_logging
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures the package logger; give other tests theirs back."""
-    yield
-    reset_logging()
-
 
 runner = CliRunner()
 

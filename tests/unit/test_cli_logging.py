@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 from typer.testing import CliRunner
@@ -12,13 +11,6 @@ from llenergymeasure.cli.app import app
 from llenergymeasure.cli.commands import run as run_cmd
 from llenergymeasure.exceptions import ExperimentError
 from llenergymeasure.logging import PACKAGE_LOGGER, level_for, reset_logging, setup_logging
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures the package logger; give other tests theirs back."""
-    yield
-    reset_logging()
 
 
 @pytest.mark.parametrize(

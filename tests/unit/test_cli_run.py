@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from typer.testing import CliRunner
 from llenergymeasure.cli.app import app
 from llenergymeasure.cli.commands import run as run_cmd
 from llenergymeasure.exceptions import ExperimentError
-from llenergymeasure.logging import reset_logging
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures the package logger; give other tests theirs back."""
-    yield
-    reset_logging()
-
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = REPO / "examples" / "study.yaml"

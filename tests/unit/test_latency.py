@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import pytest
 import torch
@@ -13,6 +12,8 @@ from transformers.generation.streamers import BaseStreamer
 from llenergymeasure.core.latency import StepTimestamper, make_streamer
 from llenergymeasure.core.latency_clock import TokenClock
 from llenergymeasure.core.models.catalogue import get_architecture
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MAX_NEW = 6
 
@@ -94,12 +95,3 @@ def test_timestamper_with_a_scripted_clock() -> None:
     x, y = clock.finish()
     assert x.token_times_s == [10.0, 10.5]
     assert y.token_times_s == [10.0] and y.output_tokens == 1
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models are op-overhead bound: one intra-op thread is faster and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

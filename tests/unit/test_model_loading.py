@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -22,6 +21,8 @@ from llenergymeasure.core.models.loading import (
 )
 from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
 from llenergymeasure.exceptions import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _load(model: str, **kw: object) -> tuple[PreTrainedModel, object]:
@@ -146,12 +147,3 @@ def test_attention_implementation_is_applied() -> None:
         "tiny-llama", weights="random", precision="fp32", pytorch={"attn_implementation": "eager"}
     )
     assert model.config._attn_implementation == "eager"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models are op-overhead bound: one intra-op thread is faster and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
