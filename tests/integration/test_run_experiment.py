@@ -89,6 +89,7 @@ def test_full_run_writes_a_complete_result(tmp_path: Path) -> None:
     # written atomically in its own directory, and it reads back equal
     run_dir = _only_run_dir(tmp_path)
     assert run_dir.name.startswith("tiny-llama_pytorch_")
+    assert result.run_dir is not None and Path(result.run_dir) == run_dir
     assert read_result(run_dir) == result
     assert ExperimentResult.model_validate_json(result.model_dump_json()) == result
     assert result.provenance["n"] == "cli" and result.provenance["precision"] == "default"
@@ -182,6 +183,7 @@ def test_failure_is_recorded_then_raised(tmp_path: Path, monkeypatch: pytest.Mon
     assert isinstance(info.value.__cause__, RuntimeError)
     saved = json.loads((_only_run_dir(tmp_path) / "result.json").read_text())
     assert saved["failed"] is True and saved["state"] == "done"
+    assert Path(saved["run_dir"]) == _only_run_dir(tmp_path)
     assert "Traceback" in saved["error"] and "generation blew up" in saved["error"]
     assert [t["state"] for t in saved["state_transitions"]] == [
         "initialising",

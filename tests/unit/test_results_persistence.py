@@ -43,6 +43,14 @@ def test_write_then_read_and_refuse_overwrite(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
 
 
+def test_read_result_reports_where_a_moved_run_directory_is_now(tmp_path: Path) -> None:
+    written = tmp_path / "a" / "run_1"
+    write_result(_result().model_copy(update={"run_dir": str(written)}), written)
+    assert read_result(written).run_dir == str(written)
+    moved = written.rename(tmp_path / "run_1_copy")
+    assert read_result(moved).run_dir == str(moved)
+
+
 def test_new_run_dir_never_reuses_a_directory(tmp_path: Path) -> None:
     dirs = [new_run_dir(tmp_path, "exp", T0) for _ in range(3)]
     assert [d.name for d in dirs] == [

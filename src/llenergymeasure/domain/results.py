@@ -118,6 +118,9 @@ class ExperimentResult(_Model):
     co2: CO2Estimate | None = None
     warnings: list[QualityFlag] = Field(default_factory=list)
     timeseries_path: str | None = Field(None, description="relative to the run directory")
+    run_dir: str | None = Field(
+        None, description="the run directory holding result.json (set when it is written)"
+    )
     timing_method: str | None = None
     n_processes: int = Field(1, ge=1)
     process_results: list[str] = Field(

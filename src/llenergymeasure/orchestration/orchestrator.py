@@ -136,6 +136,7 @@ class ExperimentOrchestrator:
                 raise  # keep their exit codes (2, 2, 130)
             raise ExperimentError(f"experiment {self.name!r} failed: {e}") from e
         self._stage("saving", "save")
+        result = result.model_copy(update={"run_dir": str(self.run_dir)})
         write_result(result, self.run_dir)
         self.timer.stop()
         return result
@@ -280,6 +281,7 @@ class ExperimentOrchestrator:
             error=text,
             error_type=type(error).__name__,
             phase_durations_s=dict(self.timer.durations_s),
+            run_dir=str(self.run_dir) if self.run_dir is not None else None,
         )
         try:
             if self.run_dir is not None:

@@ -80,7 +80,7 @@ def aggregate_run_dir(run_dir: Path) -> tuple[ExperimentResult, Path]:
     raws = read_process_results(run_dir)
     result = aggregate_process_results(raws)
     names = [process_result_filename(r.process_index) for r in raws]
-    result = result.model_copy(update={"process_results": names})
+    result = result.model_copy(update={"process_results": names, "run_dir": str(run_dir)})
     return result, write_result(result, run_dir)
 
 

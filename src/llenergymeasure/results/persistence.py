@@ -98,13 +98,20 @@ def write_result(result: ExperimentResult, run_dir: Path, filename: str = RESULT
 
 
 def read_result(path: Path) -> ExperimentResult:
-    """Read an ExperimentResult from a ``result.json`` file or a run directory holding one."""
+    """Read an ExperimentResult from a ``result.json`` file or a run directory holding one.
+
+    A stored ``run_dir`` is updated to the directory the file was read from.
+    """
     from llenergymeasure.domain.results import ExperimentResult
 
     path = Path(path)
     if path.is_dir():
         path = path / RESULT_FILENAME
-    return ExperimentResult.model_validate_json(path.read_bytes())
+    result = ExperimentResult.model_validate_json(path.read_bytes())
+    if result.run_dir is not None and Path(result.run_dir) != path.parent:
+        # the run directory was moved or copied since it was written: say where it is now
+        result = result.model_copy(update={"run_dir": str(path.parent)})
+    return result
 
 
 def find_result_files(root: Path) -> list[Path]:

@@ -131,7 +131,7 @@ def run(
     if as_study:
         _run_study(request, no_gaps, resume, resume_dir)
     else:
-        _run_experiment(request, loaded)
+        _run_experiment(request)
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def dry_run_text(loaded: LoadedConfig) -> str:
     return "\n".join([text, *notes])
 
 
-def _run_experiment(request: RunRequest, loaded: LoadedConfig) -> None:
+def _run_experiment(request: RunRequest) -> None:
     """Run one experiment in this process and print its summary."""
     from llenergymeasure._api import run_experiment
     from llenergymeasure.cli.display import format_experiment
@@ -216,8 +216,7 @@ def _run_experiment(request: RunRequest, loaded: LoadedConfig) -> None:
         )
     finally:
         progress.close()
-    root = request.output or _default_results_dir(loaded)
-    typer.echo(format_experiment(result, find_result_dir(result, root)))
+    typer.echo(format_experiment(result, result.run_dir))
     if result.failed:
         raise typer.Exit(1)
 
@@ -251,25 +250,3 @@ def study_exit_code(status: str, n_failed: int) -> int:
     if status == "interrupted":
         return 130
     return 0 if status == "completed" and n_failed == 0 else 1
-
-
-def _default_results_dir(loaded: LoadedConfig) -> Path:
-    """The user config's results directory (where the library saves by default)."""
-    uc = loaded.user_config
-    return Path(uc.output.results_dir) if uc is not None else Path("results")
-
-
-def find_result_dir(result: Any, results_root: Path) -> str | None:
-    """The run directory holding ``result`` (the one whose result.json has its id)."""
-    import json
-
-    from llenergymeasure.results.filenames import safe_component
-
-    candidates = sorted(results_root.glob(f"{safe_component(result.name)}_*/result.json"))
-    for path in reversed(candidates):  # newest first: names end in a timestamp
-        try:
-            if json.loads(path.read_text()).get("experiment_id") == result.experiment_id:
-                return str(path.parent)
-        except (OSError, ValueError):
-            continue
-    return None
