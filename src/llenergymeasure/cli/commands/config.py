@@ -4,12 +4,12 @@ Shows GPUs (NVML), driver and CUDA, which backends and energy meters are usable 
 install command for each missing one), the user config with each value's source, and its
 path. ``--schema`` prints the JSON schema of the configuration files instead.
 
-Never imports torch or any backend: availability comes from ``importlib.util.find_spec``.
+Never imports torch or any backend: availability comes from ``importlib.util.find_spec``
+(meters: ``core.energy.selection.meter_availability``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -146,40 +146,10 @@ def backend_section() -> str:
     return "Backends\n" + render_pairs(pairs)
 
 
-def meter_availability() -> dict[str, tuple[bool, str]]:
-    """Energy meter -> (usable, why), probing NVML and RAPL without importing Zeus/CodeCarbon."""
-    from llenergymeasure.config import ssot
-    from llenergymeasure.core.energy.rapl import DEFAULT_ROOT, discover_zones, unreadable_reason
-    from llenergymeasure.core.energy.selection import probe_gpus
-
-    gpus, gpu_reason = probe_gpus()
-    result: dict[str, tuple[bool, str]] = {
-        "nvml": (True, f"{len(gpus)} GPU(s), counter at window edges")
-        if gpus
-        else (False, gpu_reason or "no GPU")
-    }
-    rapl_reason = unreadable_reason(discover_zones(DEFAULT_ROOT), DEFAULT_ROOT)
-    result["rapl"] = (rapl_reason is None, rapl_reason or "CPU package/DRAM counters readable")
-    for meter in ("zeus", "codecarbon"):
-        module, hint = ssot.METER_EXTRAS[meter]
-        found = _module_found(module)
-        needs_gpu = "" if gpus or meter == "codecarbon" else " (but no GPU to measure)"
-        result[meter] = (found, f"installed{needs_gpu}" if found else f"not installed: {hint}")
-    result["estimate"] = (True, "CPU TDP x utilisation, labelled 'estimate' (CPU-only runs)")
-    return result
-
-
-def _module_found(module: str) -> bool:
-    """True if ``module`` is importable (without importing it)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def meter_section() -> str:
     """Energy meters available here and why (not)."""
     from llenergymeasure.cli.display import render_pairs
+    from llenergymeasure.core.energy.selection import meter_availability
 
     pairs = [
         (name, ("yes: " if ok else "no: ") + why)

@@ -17,20 +17,26 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.core.energy._nvml import NvmlError, nvml
+from llenergymeasure.core.energy._nvml import NvmlError, NvmlNotSupported, nvml
 from llenergymeasure.core.energy.codecarbon import INSTALL_HINT as CODECARBON_HINT
 from llenergymeasure.core.energy.codecarbon import CodeCarbonMeter, codecarbon_available
 from llenergymeasure.core.energy.estimate import EstimateMeter
 from llenergymeasure.core.energy.null import NullMeter
 from llenergymeasure.core.energy.nvml import GpuDevice, NvmlMeter, ordering_warning, resolve_gpus
 from llenergymeasure.core.energy.protocol import EnergyMeter
-from llenergymeasure.core.energy.rapl import DEFAULT_ROOT, RaplMeter
+from llenergymeasure.core.energy.rapl import (
+    DEFAULT_ROOT,
+    RaplMeter,
+    discover_zones,
+    unreadable_reason,
+)
 from llenergymeasure.core.energy.zeus import INSTALL_HINT as ZEUS_HINT
 from llenergymeasure.core.energy.zeus import ZeusMeter, zeus_available
 from llenergymeasure.domain.energy import MeterSelection
@@ -70,6 +76,79 @@ def probe_gpus(
         env = os.environ if environ is None else environ
         return [], f"no GPU visible (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r})"
     return devices, None
+
+
+# ---- what can measure here (``llem config``) ----------------------------------------------
+def meter_availability(
+    gpu_indices: Sequence[int] | None = None,
+    *,
+    rapl_root: Path = DEFAULT_ROOT,
+    environ: dict[str, str] | None = None,
+) -> dict[str, tuple[bool, str]]:
+    """Meter -> (usable here, why or the install hint): nvml, rapl, zeus, codecarbon, estimate.
+
+    Probes NVML (GPUs and their energy counters) and the RAPL files; Zeus and CodeCarbon are
+    only looked up (``find_spec``), never imported, so neither torch nor they get loaded.
+    """
+    gpus, gpu_reason = probe_gpus(gpu_indices, environ)
+    no_gpu = gpu_reason or "no GPU"
+    rapl_reason = unreadable_reason(discover_zones(rapl_root), rapl_root)
+    return {
+        "nvml": _nvml_availability(gpus, no_gpu),
+        "rapl": (rapl_reason is None, rapl_reason or "CPU package/DRAM counters readable"),
+        "zeus": _extra_availability("zeus", ZEUS_HINT, gpus, no_gpu),
+        "codecarbon": _extra_availability("codecarbon", CODECARBON_HINT, gpus, no_gpu),
+        "estimate": (
+            True,
+            "CPU TDP x utilisation, labelled 'estimate' (auto uses it only with no GPU and no RAPL)",
+        ),
+    }
+
+
+def _nvml_availability(gpus: list[GpuDevice], no_gpu: str) -> tuple[bool, str]:
+    """NVML: usable with any visible GPU; says which GPUs lack the energy counter."""
+    if not gpus:
+        return False, no_gpu
+    missing = _gpus_without_counter(gpus)
+    if not missing:
+        return True, f"{len(gpus)} GPU(s), energy counter read at window edges"
+    return True, (
+        f"{len(gpus)} GPU(s); no energy counter on {', '.join(missing)}: "
+        "polled power is integrated there"
+    )
+
+
+def _gpus_without_counter(gpus: list[GpuDevice]) -> list[str]:
+    """Device keys whose NVML energy counter cannot be read."""
+    missing: list[str] = []
+    try:
+        nvml.init()
+    except (NvmlError, ImportError):
+        return [d.key for d in gpus]
+    try:
+        for device in gpus:
+            try:
+                nvml.total_energy_mj(nvml.handle_by_index(device.nvml_index))
+            except (NvmlNotSupported, NvmlError):
+                missing.append(device.key)
+    finally:
+        nvml.shutdown()
+    return missing
+
+
+def _extra_availability(
+    module: str, hint: str, gpus: list[GpuDevice], no_gpu: str
+) -> tuple[bool, str]:
+    """An optional GPU meter: installed (found, not imported) and a GPU to measure."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        return False, f"not installed: {hint}"
+    if not gpus:
+        return False, f"installed, but it measures GPUs and {no_gpu}"
+    return True, "installed"
 
 
 def _check_name(energy_backend: str) -> None:
