@@ -65,7 +65,7 @@ BACKEND_IMPORTS: Final[dict[str, tuple[str, ...]]] = {
 
 METER_EXTRAS: Final[dict[str, tuple[str, str]]] = {
     # meter -> (module to import, install hint)
-    "nvml": ("pynvml", 'pip install nvidia-ml-py  (a core dependency; needs an NVIDIA driver)'),
+    "nvml": ("pynvml", "pip install nvidia-ml-py  (a core dependency; needs an NVIDIA driver)"),
     "zeus": ("zeus", 'pip install "llenergymeasure[zeus]"'),
     "codecarbon": ("codecarbon", 'pip install "llenergymeasure[codecarbon]"'),
 }
