@@ -130,10 +130,12 @@ def _run(
     out = Path(results_dir) if results_dir is not None else Path(uc.output.results_dir)
     if experiment is not None:
         return _run_single(study, experiment, provenance or {}, out, progress, uc)
+    from llenergymeasure.logging import current_verbosity
     from llenergymeasure.study.runner import StudyRunner
 
     runner = StudyRunner(
         study,
+        verbosity=current_verbosity(),  # children log at the CLI's level (None: library use)
         user_config=uc,
         results_dir=out,
         progress=progress,

@@ -18,6 +18,7 @@ from typing import Any
 
 PACKAGE_LOGGER = "llenergymeasure"
 _HANDLER_MARK = "_llem_cli_handler"
+_VERBOSITY_ATTR = "_llem_verbosity"
 
 _FORMATS: dict[int, str] = {
     -1: "%(levelname)s: %(message)s",
@@ -59,10 +60,24 @@ def setup_logging(verbosity: int = 0) -> logging.Logger:
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(_FORMATS[clamped], datefmt="%H:%M:%S"))
     setattr(handler, _HANDLER_MARK, True)
+    setattr(handler, _VERBOSITY_ATTR, clamped)
     logger.addHandler(handler)
     logger.setLevel(level_for(clamped))
     logger.propagate = False  # the CLI's handler prints; the root logger must not print again
     return logger
+
+
+def current_verbosity() -> int | None:
+    """The verbosity :func:`setup_logging` was last called with (clamped), or None when the
+    package logger is not set up by it (library use: logging belongs to the application).
+
+    Study children are told this so that they log at the parent's level.
+    """
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    for handler in logger.handlers:
+        if getattr(handler, _HANDLER_MARK, False):
+            return int(getattr(handler, _VERBOSITY_ATTR, 0))
+    return None
 
 
 def reset_logging() -> None:

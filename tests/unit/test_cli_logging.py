@@ -10,7 +10,13 @@ from typer.testing import CliRunner
 from llenergymeasure.cli.app import app
 from llenergymeasure.cli.commands import run as run_cmd
 from llenergymeasure.exceptions import ExperimentError
-from llenergymeasure.logging import PACKAGE_LOGGER, level_for, reset_logging, setup_logging
+from llenergymeasure.logging import (
+    PACKAGE_LOGGER,
+    current_verbosity,
+    level_for,
+    reset_logging,
+    setup_logging,
+)
 
 
 @pytest.mark.parametrize(
@@ -63,3 +69,36 @@ def test_reset_gives_the_logger_back() -> None:
     logger = logging.getLogger(PACKAGE_LOGGER)
     assert logger.level == logging.NOTSET and logger.propagate
     assert not logger.handlers
+
+
+def test_current_verbosity_follows_setup_and_reset() -> None:
+    assert current_verbosity() is None  # library use: nothing set up
+    setup_logging(3)
+    assert current_verbosity() == 1  # clamped like the level
+    setup_logging(-1)
+    assert current_verbosity() == -1
+    reset_logging()
+    assert current_verbosity() is None
+
+
+@pytest.mark.parametrize("verbosity", [None, -1, 0, 1])
+def test_study_children_get_the_callers_verbosity(
+    verbosity: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llenergymeasure import _api
+    from llenergymeasure.study import runner as runner_mod
+
+    seen: dict[str, object] = {}
+
+    class Recorder:
+        def __init__(self, study: object, **kwargs: object) -> None:
+            seen.update(kwargs)
+
+        def run(self) -> str:
+            return "study result"
+
+    monkeypatch.setattr(runner_mod, "StudyRunner", Recorder)
+    if verbosity is not None:
+        setup_logging(verbosity)
+    assert _api.run_study(model="tiny-llama") == "study result"
+    assert seen["verbosity"] == verbosity
