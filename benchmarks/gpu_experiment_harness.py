@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import platform
 import statistics
 import sys
@@ -209,6 +210,16 @@ def run_setting(args: argparse.Namespace, mode: str, batch_size: int) -> Setting
             model, PreparedBatches(prepared.distinct_shape_batches(), prepared.max_new_tokens), gen
         )
     result.warmup_s = time.perf_counter() - start
+    # Short timed runs are dominated by noise: grow the run until one takes >= --min-run-s.
+    run_s = n_requests * args.output_len / reference_run(model, prepared, gen)
+    scale = max(1, math.ceil(args.min_run_s / max(run_s, 1e-6)))
+    if scale > 1:
+        n_requests *= scale
+        prompts = load_prompts(
+            {"n": n_requests, "input_len": args.input_len, "output_len": args.output_len, "seed": 0}
+        )
+        prepared = backend.tokenize(list(prompts))
+        result.n_requests = n_requests
     for rep in range(args.reps):
         order = ("tool", "ref") if rep % 2 == 0 else ("ref", "tool")
         for which in order:
@@ -273,7 +284,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--modes", nargs="+", default=["eager", "static"], choices=["eager", "static"])
-    p.add_argument("--batches", type=int, default=2, help="batches per timed run")
+    p.add_argument("--batches", type=int, default=2, help="batches per timed run (minimum)")
+    p.add_argument(
+        "--min-run-s", type=float, default=None, help="grow each timed run to at least this long"
+    )
     p.add_argument("--reps", type=int, default=None, help="alternations (default 5, quick 3)")
     p.add_argument("--warmups", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="32/32 tokens, batch 1 and 8, 3 reps")
@@ -283,7 +297,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.input_len, args.output_len = 32, 32
         args.batch_sizes = [b for b in args.batch_sizes if b <= 8] or [1]
     if args.reps is None:
-        args.reps = 3 if args.quick else 5
+        args.reps = 3 if args.quick else 7
+    if args.min_run_s is None:
+        args.min_run_s = 0.5 if args.quick else 2.0
     return args
 
 

@@ -1,0 +1,169 @@
+"""Print the short table that ends a GPU acceptance run (benchmarks/gpu_acceptance.sh).
+
+Reads what the run left in OUT_DIR (energy.json, experiment.json, harness.json, study/,
+pytest_gpu.log) and prints one line per check with its target. Parts that did not run are
+listed as "not run", never as passed.
+
+    python benchmarks/acceptance_table.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+Row = tuple[str, str, str, str]
+
+
+def _load(path: Path) -> Any:
+    """JSON content of ``path`` or None when it is missing/unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _status(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def energy_rows(data: Any) -> list[Row]:
+    """Accuracy (meter vs raw counter) and overhead rows."""
+    if data is None:
+        return [("energy benchmark", "not run", "", "")]
+    rows: list[Row] = []
+    if data.get("accuracy"):
+        rows += _accuracy_rows(data["accuracy"]["windows"])
+    for name, r in data["overhead"].items():
+        rows.append(
+            (
+                f"overhead {name} (on/off, median)",
+                f"{r['median_ratio']:.4f}",
+                ">= 0.99",
+                _status(r["median_ratio"] >= 0.99),
+            )
+        )
+    return rows
+
+
+def _accuracy_rows(windows: list[dict[str, Any]]) -> list[Row]:
+    """Meter vs raw counter, and the polled cross-check."""
+    worst = max(abs(w["ratio"] - 1.0) for w in windows) * 100
+    polled = [abs(w["polled_vs_counter_pct"]) for w in windows if w.get("polled_vs_counter_pct")]
+    return [
+        (
+            f"meter vs raw counter, {len(windows)} windows",
+            f"max dev {worst:.3f} %",
+            "<= 1 %",
+            _status(worst <= 1.0),
+        ),
+        (
+            "polled cross-check vs counter",
+            f"max |dev| {max(polled, default=0):.2f} %",
+            "reported",
+            "",
+        ),
+    ]
+
+
+def harness_rows(data: Any) -> list[Row]:
+    """No-harness-tax ratios and latency agreement."""
+    if data is None:
+        return [("harness benchmark", "not run", "", "")]
+    rows: list[Row] = []
+    for s in data["settings"]:
+        tag = f"{s['mode']} b{s['batch_size']}"
+        rows.append(
+            (
+                f"tool/plain generate {tag}",
+                f"{s['ratio_median']:.3f}",
+                ">= 0.98",
+                _status(s["ratio_median"] >= 0.98),
+            )
+        )
+        if s.get("ttft_rel_diff") is not None:
+            worst = 100 * max(abs(s["ttft_rel_diff"]), abs(s["itl_rel_diff"]))
+            rows.append(
+                (
+                    f"TTFT/ITL vs CUDA events {tag}",
+                    f"max dev {worst:.2f} %",
+                    "<= 5 %",
+                    _status(worst <= 5.0),
+                )
+            )
+    return rows
+
+
+def experiment_rows(data: Any) -> list[Row]:
+    """One row per llem run (throughput and energy per token)."""
+    if data is None:
+        return [("experiment benchmark", "not run", "", "")]
+    return [
+        (
+            f"llem run {r['mode']} b{r['batch']}",
+            f"{r['tok/s']:.0f} tok/s, {r['mJ/out tok']:.1f} mJ/tok",
+            r["energy method"],
+            "",
+        )
+        for r in data["rows"]
+    ]
+
+
+def study_rows(out: Path) -> list[Row]:
+    """Counts from the study summary, if a study ran."""
+    summaries = sorted(out.glob("study/**/study_summary.json"))
+    if not summaries:
+        return [("study", "not run", "", "")]
+    s = _load(summaries[-1]) or {}
+    counts = s.get("counts", {})
+    done, planned = counts.get("completed", 0), counts.get("planned", 0)
+    return [
+        (
+            f"study {s.get('study_name', '?')}",
+            f"{done}/{planned} completed",
+            "all",
+            _status(done == planned and planned > 0),
+        )
+    ]
+
+
+def pytest_rows(out: Path) -> list[Row]:
+    """The GPU test suite's closing line."""
+    try:
+        text = (out / "pytest_gpu.log").read_text()
+    except OSError:
+        return [("pytest -m gpu", "not run", "", "")]
+    m = re.findall(r"(\d+ passed[^\n]*|\d+ failed[^\n]*)", text)
+    line = m[-1] if m else "no result line"
+    return [
+        (
+            "pytest -m gpu",
+            line.strip("= "),
+            "all pass",
+            _status("failed" not in line and "passed" in line),
+        )
+    ]
+
+
+def main(argv: list[str]) -> int:
+    """Print the table; exit 1 when a check with a target missed it."""
+    out = Path(argv[1] if len(argv) > 1 else "results/gpu_acceptance")
+    rows = [
+        *pytest_rows(out),
+        *energy_rows(_load(out / "energy.json")),
+        *experiment_rows(_load(out / "experiment.json")),
+        *harness_rows(_load(out / "harness.json")),
+        *study_rows(out),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    print("\nGPU acceptance summary")
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 1 if any(r[3] == "MISSED" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
