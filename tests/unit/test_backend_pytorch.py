@@ -151,6 +151,15 @@ def test_beam_search_reports_e2e_only_with_a_reason() -> None:
     assert sum(output.batch_durations_s) <= output.duration_s
 
 
+def test_beam_search_warms_up_without_a_streamer() -> None:
+    backend = PyTorchBackend()
+    backend.initialize(_config(decoder={"strategy": "beam_search", "num_beams": 2}), _prompts())
+    try:
+        assert backend.warmup_step(backend.tokenize(_prompts())) > 0
+    finally:
+        backend.cleanup()
+
+
 def test_synthetic_target_length_sets_the_output_length() -> None:
     prompts = [Prompt(id=f"s{i}", text="tokens " * 3, target_output_tokens=3) for i in range(2)]
     prepared, output = _run(_config(), prompts)

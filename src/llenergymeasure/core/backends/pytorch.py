@@ -164,11 +164,16 @@ class PyTorchBackend:
         return prepared.batches[:1]
 
     def warmup_step(self, prepared: PreparedBatches) -> float:
-        """Generate the :meth:`warmup_batches` once, timestamps included; latency in s."""
+        """Generate the :meth:`warmup_batches` once, timestamps included (not with beam
+        search, which takes no streamer); latency in s."""
         from llenergymeasure.core.latency_clock import TokenClock
 
+        beams = self._require_config().decoder.strategy == "beam_search"
         start = time.perf_counter()
         for i, batch in enumerate(self.warmup_batches(prepared)):
+            if beams:  # generate() refuses a streamer with beam search (as in run_inference)
+                self._generate(batch, None)
+                continue
             streamer = self._streamer(TokenClock())
             ids = [f"warmup-{i}-{j}" for j in range(batch.size)]
             streamer.begin_batch(ids, batch.input_tokens)
