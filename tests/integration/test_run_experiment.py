@@ -277,3 +277,38 @@ def test_rapl_counters_give_cpu_energy_when_no_gpu(tmp_path: Path) -> None:
     assert result.j_per_output_token == pytest.approx(total / 24)
     assert result.metrics is not None and result.metrics.energy_ratios is not None
     assert result.metrics.energy_ratios.energy_basis == "cpu_package+dram gross counter"
+
+
+def test_backend_reports_reach_the_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beam search (e2e_only): batch wall times, truncation, notes and warnings are kept."""
+    from llenergymeasure.core.backends.pytorch import PyTorchBackend
+
+    real_tokenize, real_run = PyTorchBackend.tokenize, PyTorchBackend.run_inference
+
+    def tokenize(self: Any, prompts: Any) -> Any:
+        prepared = real_tokenize(self, prompts)
+        prepared.notes.append("tokeniser note")
+        return prepared
+
+    def run_inference(self: Any, prepared: Any) -> Any:
+        output = real_run(self, prepared)
+        output.warnings.append("generation warning")
+        return output
+
+    monkeypatch.setattr(PyTorchBackend, "tokenize", tokenize)
+    monkeypatch.setattr(PyTorchBackend, "run_inference", run_inference)
+    settings = {**FAST, "max_output_tokens": 3, "max_input_tokens": 4}
+    result = run_experiment(
+        model="tiny-llama",
+        results_dir=tmp_path,
+        **settings,
+        **{"decoder.strategy": "beam_search", "decoder.num_beams": 2, "pytorch.batch_size": 2},
+    )
+    assert result.timing_method == "e2e_only"
+    assert len(result.batch_durations_s) == 2 and all(d > 0 for d in result.batch_durations_s)
+    assert sum(result.batch_durations_s) <= result.measurement_window_s  # type: ignore[operator]
+    flags = {w.code: w.message for w in result.warnings}
+    assert flags["prompts_truncated"] == "4 prompt(s) were truncated to max_input_tokens"
+    assert "tokeniser note" in flags["backend_note"]
+    assert "generation warning" in flags["backend_note"]
+    assert read_result(tmp_path / Path(result.run_dir or "").name) == result

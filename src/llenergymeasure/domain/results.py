@@ -77,6 +77,9 @@ class RawProcessResult(_Model):
     timing_method: str = "streamer"
     ttft_not_measured_reason: str | None = None
     timings: list[RequestTimingRecord] = Field(default_factory=list)
+    batch_durations_s: list[float] = Field(
+        default_factory=list, description="e2e_only: wall time of each batch's generate call"
+    )
     padded_input_tokens: int | None = None
     energy: EnergyReport | None = None
     energy_not_measured_reason: str | None = None
@@ -122,6 +125,13 @@ class ExperimentResult(_Model):
         None, description="the run directory holding result.json (set when it is written)"
     )
     timing_method: str | None = None
+    batch_durations_s: list[float] = Field(
+        default_factory=list,
+        description=(
+            "timing_method e2e_only (e.g. beam search): wall time of each batch's generate "
+            "call in s, the E2E latency of every request in that batch (processes in order)"
+        ),
+    )
     n_processes: int = Field(1, ge=1)
     process_results: list[str] = Field(
         default_factory=list, description="raw per-process result files (relative)"

@@ -140,6 +140,10 @@ def raw_result(
         timing_method=output.timing_method,
         ttft_not_measured_reason=output.ttft_not_measured_reason,
         timings=to_records(output.timings),
+        # per-token times are missing then: the batch wall times are the only latency data
+        batch_durations_s=list(output.batch_durations_s)
+        if output.timing_method == "e2e_only"
+        else [],
         padded_input_tokens=output.padded_input_tokens,
         energy=record.energy,
         energy_not_measured_reason=record.energy_not_measured_reason,

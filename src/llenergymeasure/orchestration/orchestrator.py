@@ -161,6 +161,7 @@ class ExperimentOrchestrator:
             backend.initialize(cfg, prompts)
             self._stage("tokenising", "tokenise")
             prepared = backend.tokenize(prompts)
+            self._record_prepared(prepared)
             return self._measure_window(backend, prepared, run_dir)
         finally:
             backend.cleanup()
@@ -202,9 +203,7 @@ class ExperimentOrchestrator:
                 session.stop()
         self.progress.prompts_done(output.n_requests, prepared.n_requests)
         self._stage("computing metrics", "metrics")
-        self.record.warnings += backend_flags(output.warnings + prepared.notes)
-        if prepared.truncated_requests:
-            self.record.warnings.append(_truncation_flag(prepared.truncated_requests))
+        self.record.warnings += backend_flags(output.warnings)
         memory = memory_metrics(self.config, _arch(self.config.model), prepared, output)
         raw = raw_result(self.record, self.config, output, window, memory, utc_now())
         result = aggregate_process_results([raw])
@@ -228,6 +227,12 @@ class ExperimentOrchestrator:
         )
 
     # ---- helpers ------------------------------------------------------------------------
+    def _record_prepared(self, prepared: PreparedBatches) -> None:
+        """What tokenisation reported (notes, truncated prompts), kept even if the run fails."""
+        self.record.warnings += backend_flags(prepared.notes)
+        if prepared.truncated_requests:
+            self.record.warnings.append(_truncation_flag(prepared.truncated_requests))
+
     def _stage(self, label: str, phase: str) -> None:
         """Report a stage to the progress callback and time it as ``phase``."""
         self.timer.start(phase)

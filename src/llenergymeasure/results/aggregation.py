@@ -66,6 +66,7 @@ def aggregate_process_results(
         co2=estimate_co2(energy, first.carbon_intensity_gco2_kwh, first.datacenter_pue),
         warnings=flags,
         timing_method=first.timing_method,
+        batch_durations_s=[d for r in raws for d in r.batch_durations_s],
         n_processes=len(raws),
         started_at=min(r.started_at for r in raws),
         ended_at=max(ends) if ends else None,
