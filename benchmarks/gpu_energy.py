@@ -70,7 +70,7 @@ def parse_args() -> argparse.Namespace:
     args.repeats = args.repeats or (2 if quick else 3)
     args.pairs = args.pairs or (3 if quick else 12)
     args.calls = args.calls or 2
-    args.sections = set(args.sections.split(","))
+    args.sections = sorted(set(args.sections.split(",")))
     args.baseline_s = args.baseline_s if args.baseline_s is not None else (3.0 if quick else 10.0)
     args.batches = [int(b) for b in args.batches.split(",")]
     return args
@@ -247,6 +247,9 @@ def timed_run(
         session = EnergySession("nvml", gpu_indices=[0], sample_interval_ms=args.sample_interval_ms)
         session.start()
     try:
+        # Same ritual in both arms: one untimed call right before timing, so neither arm
+        # starts from an idle (down-clocked) GPU after the session's start-up pause.
+        generate_once(model, batch, args.in_tokens, args.new_tokens)
         sync()
         edges_s = 0.0
         if session:
