@@ -95,3 +95,21 @@ def test_timestamper_with_a_scripted_clock() -> None:
     x, y = clock.finish()
     assert x.token_times_s == [10.0, 10.5]
     assert y.token_times_s == [10.0] and y.output_tokens == 1
+
+
+def test_add_tokens_checks_order_and_finished() -> None:
+    """Bulk token times obey the same rules as per-step recording."""
+    from llenergymeasure.core.latency_clock import TokenClock
+
+    clock = TokenClock(clock=lambda: 0.0)
+    clock.start_batch(["a", "b"], 1.0, input_tokens=[3, 4])
+    clock.add_tokens("a", [1.5, 2.0, 2.5])
+    clock.add_tokens("b", [1.5])
+    clock.finish_request("b")
+    with pytest.raises(ValueError, match="after it finished"):
+        clock.add_tokens("b", [3.0])
+    with pytest.raises(ValueError, match="backwards"):
+        clock.add_tokens("a", [2.4])
+    timings = {t.output_tokens: t for t in clock.finish()}
+    assert timings[3].token_times_s == [1.5, 2.0, 2.5]
+    assert timings[1].token_times_s == [1.5]

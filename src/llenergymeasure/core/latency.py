@@ -42,16 +42,22 @@ def _streamer_base() -> type:
 
 
 class StepTimestamper:
-    """Streamer that records, for each decode step, its time and the requests still active.
+    """Streamer that records the time of each decode step and when each request finished.
 
     One instance serves many batches: call :meth:`begin_batch` before each ``generate``.
     ``eos_token_ids`` empty means EOS cannot end a request (fixed output length).
+
+    ``put`` does O(1) work per step (one clock read, one append) whatever the batch size,
+    because it runs between decode steps while the device waits; per-request token times are
+    expanded from the step times once, in :meth:`end`, after the batch has finished.
     """
 
     def __init__(self, clock: TokenClock, eos_token_ids: Iterable[int] = ()) -> None:
         self.clock = clock
         self.eos_token_ids = frozenset(int(i) for i in eos_token_ids)
-        self._active: list[Hashable | None] = []
+        self._request_ids: list[Hashable] = []
+        self._tokens_at_finish: dict[int, int] = {}  # slot -> tokens it got (EOS included)
+        self._step_times: list[float] = []
         self._prompt_seen = False
         self.steps = 0
 
@@ -64,7 +70,9 @@ class StepTimestamper:
         """Start the batch's requests on the clock (default: now); returns the start time."""
         t = self.clock.now() if start_s is None else start_s
         self.clock.start_batch(list(request_ids), t, input_tokens=list(input_tokens))
-        self._active = list(request_ids)
+        self._request_ids = list(request_ids)
+        self._tokens_at_finish = {}
+        self._step_times = []
         self._prompt_seen = False
         return t
 
@@ -73,22 +81,28 @@ class StepTimestamper:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
-        t = self.clock.now()
-        self.clock.on_step(t, [rid for rid in self._active if rid is not None])
+        self._step_times.append(self.clock.now())
         self.steps += 1
         if self.eos_token_ids:
             self._retire_finished(value.reshape(-1).tolist())
 
     def _retire_finished(self, tokens: list[int]) -> None:
-        """Mark requests that just emitted an EOS id as finished (slot set to None)."""
-        for slot, (rid, token) in enumerate(zip(self._active, tokens, strict=True)):
-            if rid is not None and token in self.eos_token_ids:
-                self.clock.finish_request(rid)
-                self._active[slot] = None
+        """Note, for requests that just emitted an EOS id, how many tokens they got."""
+        n_steps = len(self._step_times)
+        for slot, token in enumerate(tokens):
+            if token in self.eos_token_ids and slot not in self._tokens_at_finish:
+                self._tokens_at_finish[slot] = n_steps
 
     def end(self) -> None:
-        """Called by generate when the batch is done."""
-        self._active = []
+        """Called by generate when the batch is done: hand per-request times to the clock."""
+        times = self._step_times
+        for slot, rid in enumerate(self._request_ids):
+            n_tokens = self._tokens_at_finish.get(slot, len(times))
+            self.clock.add_tokens(rid, times[:n_tokens])
+            if slot in self._tokens_at_finish:
+                self.clock.finish_request(rid)
+        self._request_ids = []
+        self._step_times = []
 
 
 @cache

@@ -17,6 +17,7 @@ its EOS (or its token limit) is left out of later steps, or marked with
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +74,22 @@ class TokenClock:
             if t_s < last:
                 raise ValueError(f"time went backwards for request {rid!r}: {t_s} < {last}")
             req.token_times_s.append(t_s)
+
+    def add_tokens(self, request_id: Hashable, times_s: Sequence[float]) -> None:
+        """Record several output tokens of one request at once (same checks as ``on_step``).
+
+        Lets a streamer keep one timestamp per decode step while generating and expand it to
+        per-request token times after the batch, so per-step work does not grow with batch size.
+        """
+        req = self._get(request_id)
+        if not times_s:
+            return
+        if req.finished:
+            raise ValueError(f"request {request_id!r} got a token after it finished")
+        last = req.token_times_s[-1] if req.token_times_s else req.start_s
+        if times_s[0] < last or any(b < a for a, b in itertools.pairwise(times_s)):
+            raise ValueError(f"time went backwards for request {request_id!r}")
+        req.token_times_s.extend(times_s)
 
     def finish_request(self, request_id: Hashable) -> None:
         """Mark a request finished (EOS or limit); later tokens for it are an error."""
