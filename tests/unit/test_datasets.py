@@ -239,3 +239,16 @@ def test_loader_import_does_not_load_torch_or_transformers() -> None:
         env={"PYTHONPATH": str(ROOT / "src")},
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_config_synthetic_dataset_without_n_takes_experiment_n() -> None:
+    """A YAML `dataset: {input_len, output_len}` reaches the loader as the pydantic model."""
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
+
+    cfg = ExperimentConfig(model="tiny-llama", n=3, dataset={"input_len": 8, "output_len": 4})
+    tok = load_offline_tokenizer()
+    prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed, tokenizer=tok)
+    assert len(prompts) == 3
+    assert all(len(tok(p.text)["input_ids"]) == 8 for p in prompts)
+    assert all(p.target_output_tokens == 4 for p in prompts)

@@ -56,7 +56,7 @@ def load_prompts(
     """
     if n is not None and n < 1:
         raise ConfigError(f"n: must be >= 1, got {n} -> ask for at least one prompt")
-    spec = as_synthetic_spec(dataset)
+    spec = as_synthetic_spec(dataset, default_n=n)
     if spec is not None:
         return _load_synthetic(spec, n, tokenizer)
     if not isinstance(dataset, str | os.PathLike):

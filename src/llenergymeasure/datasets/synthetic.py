@@ -37,15 +37,23 @@ class SyntheticSpec:
     seed: int = 0
 
 
-def as_synthetic_spec(obj: Any) -> SyntheticSpec | None:
-    """``obj`` as a spec if it is a mapping or object with n/input_len/output_len, else None."""
+def as_synthetic_spec(obj: Any, default_n: int | None = None) -> SyntheticSpec | None:
+    """``obj`` as a spec if it is a mapping or object with input_len/output_len, else None.
+
+    A spec without ``n`` (the config's ``dataset: {input_len, output_len}``) takes
+    ``default_n``, the experiment's ``n``.
+    """
     if isinstance(obj, SyntheticSpec):
         return obj
+    if isinstance(obj, str):
+        return None
     values: dict[str, Any] = {
         key: obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
         for key in ("n", "input_len", "output_len", "seed")
     }
-    if isinstance(obj, str) or any(values[k] is None for k in ("n", "input_len", "output_len")):
+    if values["n"] is None:
+        values["n"] = default_n
+    if any(values[k] is None for k in ("n", "input_len", "output_len")):
         return None
     try:
         return SyntheticSpec(
