@@ -43,3 +43,16 @@ def test_single_result_is_wrapped_as_a_completed_study(tmp_path: Path) -> None:
     assert stats is not None and stats.mean == pytest.approx(8.0 / 4)
     assert summary.metrics["energy_j"].stats is not None
     assert study.timing.outside_measurement_s == pytest.approx(30.0 - 10.0)
+
+
+def test_explicit_auto_energy_backend_is_not_overridden_by_user_config() -> None:
+    """The user config fills energy_backend only when the experiment did not set it."""
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.config.user_config import UserConfig
+    from llenergymeasure.orchestration.orchestrator import _with_user_defaults
+
+    user = UserConfig.model_validate({"measurement": {"energy_backend": "null"}})
+    unset = ExperimentConfig(model="tiny-llama")
+    explicit = ExperimentConfig(model="tiny-llama", energy_backend="auto")
+    assert _with_user_defaults(unset, user).energy_backend == "null"
+    assert _with_user_defaults(explicit, user).energy_backend == "auto"

@@ -73,7 +73,10 @@ def energy_text(result: ExperimentResult) -> str:
             (energy.not_measured if energy else {}).values()
         )
         return f"not measured: {reason or 'no energy meter available'}"
-    parts = [f"{m.energy_j:,.2f} J ({m.method}, {m.scope}, {m.meter})" for m in energy.measurements]
+    parts = [
+        f"{m.energy_j:,.2f} J ({', '.join(dict.fromkeys([m.method, m.scope, m.meter]))})"
+        for m in energy.measurements
+    ]
     return "; ".join(parts) or f"{result.energy_j:,.2f} J"
 
 

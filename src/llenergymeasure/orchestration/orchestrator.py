@@ -323,9 +323,13 @@ def run_single_experiment(
 def _with_user_defaults(
     config: ExperimentConfig, user_config: UserConfig | None
 ) -> ExperimentConfig:
-    """energy_backend from the user config when the experiment left it at auto."""
+    """energy_backend from the user config when the experiment did not choose one.
+
+    An explicit ``energy_backend: auto`` in the experiment is a choice and wins.
+    """
     chosen = user_config.measurement.energy_backend if user_config is not None else None
-    if chosen is None or config.energy_backend != "auto":
+    explicit = "energy_backend" in config.model_fields_set
+    if chosen is None or explicit or config.energy_backend != "auto":
         return config
     return config.model_copy(update={"energy_backend": chosen})
 
