@@ -150,8 +150,16 @@ def _metric_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
             "FLOPs",
             fmt_si(m.flops.total_flops, "FLOP") + f" ({m.flops.method})" if m.flops else MISSING,
         ),
-        ("peak memory", fmt(mem.peak_memory_mb if mem else None, 1, "MB")),
+        ("peak memory", _peak_memory_text(mem)),
     ]
+
+
+def _peak_memory_text(mem: Any) -> str:
+    """Peak device memory, or why it was not measured (tracked on CUDA devices only)."""
+    if mem is not None and mem.peak_memory_mb is not None:
+        return fmt(mem.peak_memory_mb, 1, "MB")
+    device = getattr(mem, "device", None) or "this device"
+    return f"not measured: peak memory is tracked on CUDA devices only (ran on {device})"
 
 
 def _energy_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
