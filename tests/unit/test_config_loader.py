@@ -380,3 +380,28 @@ def test_loading_layer_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cross_field_problems_reported_with_field_errors(tmp_path: Path) -> None:
+    """A typo, a wrong type, a foreign backend section and an unsupported precision: all four
+    come back from one load, each with its line (pydantic alone would hold back the last two
+    until the first two were fixed)."""
+    path = write(
+        tmp_path,
+        "e.yaml",
+        """
+        model: tiny-llama
+        backend: vllm
+        precision: int4
+        nn: 5
+        max_output_tokens: lots
+        pytorch:
+          batch_size: 8
+        """,
+    )
+    by_path = {i.path: i for i in issues_of(path)}
+    assert set(by_path) == {"nn", "max_output_tokens", "pytorch", "precision"}
+    assert by_path["precision"].line == 3
+    assert "not supported by the vllm backend" in by_path["precision"].message
+    assert by_path["precision"].fix is not None and "fp16" in by_path["precision"].fix
+    assert by_path["pytorch"].line == 6 and "backend: pytorch" in (by_path["pytorch"].fix or "")

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from llenergymeasure.config._issues import issues_from_validation_error
 from llenergymeasure.config._yaml import YamlDocument, deep_merge, load_yaml_document
-from llenergymeasure.config.models import ExperimentConfig, StudyConfig
+from llenergymeasure.config.models import ExperimentConfig, StudyConfig, cross_field_problems
 from llenergymeasure.config.provenance import flatten, provenance_for, unflatten_overrides
 from llenergymeasure.config.study_design import (
     apply_experiment_overrides,
@@ -218,7 +218,24 @@ def _validate(model_cls: type[Any], data: dict[str, Any], locate: Any, source: s
         return model_cls.model_validate(data)
     except ValidationError as e:
         issues = issues_from_validation_error(e, model_cls=model_cls, data=data, locate=locate)
+        if model_cls is ExperimentConfig:
+            issues += _cross_field_issues(data, issues, locate)
         raise ConfigValidationError(_sorted(issues), source=source) from e
+
+
+def _cross_field_issues(
+    data: dict[str, Any], known: list[ConfigIssue], locate: Any
+) -> list[ConfigIssue]:
+    """Cross-field problems not already reported (pydantic skips them when fields fail)."""
+    seen = {(i.path, i.message) for i in known}
+    seen_paths = {i.path for i in known}
+    out: list[ConfigIssue] = []
+    for path, message in cross_field_problems(data):
+        if (path, message) in seen or path in seen_paths:
+            continue
+        head, _, fix = message.partition(": ")
+        out.append(_placed(ConfigIssue(path, head, fix or None), locate))
+    return out
 
 
 def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:

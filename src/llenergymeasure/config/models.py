@@ -181,30 +181,9 @@ class ExperimentConfig(_Model):
 
     @model_validator(mode="after")
     def _backend_rules(self) -> ExperimentConfig:
-        for section in ssot.BACKENDS:
-            if section != self.backend and getattr(self, section) is not None:
-                raise ValueError(
-                    f"a '{section}:' section was given but backend is {self.backend!r}: "
-                    f"remove the section or set backend: {section}"
-                )
-        supported = ssot.supported_precisions(self.backend)
-        if self.precision not in supported:
-            raise ValueError(
-                f"precision {self.precision!r} is not supported by the {self.backend} backend: "
-                f"use one of {', '.join(supported)}"
-            )
-        strategies = ssot.supported_decoding(self.backend)
-        if self.decoder.strategy not in strategies:
-            raise ValueError(
-                f"decoder.strategy {self.decoder.strategy!r} is not supported by "
-                f"{self.backend}: use one of {', '.join(strategies)}"
-            )
-        if self.pytorch is not None:
-            q = {"int8": self.pytorch.load_in_4bit, "int4": self.pytorch.load_in_8bit}
-            if q.get(self.precision):
-                raise ValueError(
-                    f"precision {self.precision} conflicts with the pytorch load_in_* flag"
-                )
+        problems = cross_field_problems(self.model_dump(exclude_none=True))
+        if problems:
+            raise ValueError(problems[0][1])
         return self
 
     @property
@@ -225,6 +204,62 @@ class ExperimentConfig(_Model):
         return {"pytorch": PyTorchConfig, "vllm": VLLMConfig, "tensorrt": TensorRTConfig}[
             self.backend
         ]()
+
+
+def cross_field_problems(data: Any) -> list[tuple[str, str]]:
+    """Rules across fields of an experiment, as (field path, message) pairs.
+
+    Pure and tolerant of raw, unvalidated input, so the loader can report these together
+    with field-level errors (pydantic runs model validators only once fields are valid).
+    Messages start with the field they concern.
+    """
+    if not isinstance(data, dict):
+        return []
+    backend = data.get("backend", "pytorch")
+    if backend not in ssot.BACKENDS:
+        return []
+    problems: list[tuple[str, str]] = []
+    for section in ssot.BACKENDS:
+        if section != backend and data.get(section) is not None:
+            problems.append(
+                (
+                    section,
+                    f"a '{section}:' section was given but backend is {backend!r}: "
+                    f"remove the section or set backend: {section}",
+                )
+            )
+    precision = data.get("precision", "bf16")
+    supported = ssot.supported_precisions(backend)
+    if precision in ssot.PRECISIONS and precision not in supported:
+        problems.append(
+            (
+                "precision",
+                f"precision {precision!r} is not supported by the {backend} backend: "
+                f"use one of {', '.join(supported)}",
+            )
+        )
+    decoder = data.get("decoder")
+    strategy = decoder.get("strategy", "greedy") if isinstance(decoder, dict) else "greedy"
+    strategies = ssot.supported_decoding(backend)
+    if strategy in ssot.DECODING_STRATEGIES and strategy not in strategies:
+        problems.append(
+            (
+                "decoder.strategy",
+                f"decoder.strategy {strategy!r} is not supported by "
+                f"{backend}: use one of {', '.join(strategies)}",
+            )
+        )
+    pytorch_section = data.get("pytorch")
+    if backend == "pytorch" and isinstance(pytorch_section, dict):
+        conflict = {"int8": "load_in_4bit", "int4": "load_in_8bit"}.get(precision)
+        if conflict and pytorch_section.get(conflict):
+            problems.append(
+                (
+                    "precision",
+                    f"precision {precision} conflicts with the pytorch load_in_* flag",
+                )
+            )
+    return problems
 
 
 class ExecutionConfig(_Model):
