@@ -84,3 +84,12 @@ def test_probing_meters_imports_no_torch() -> None:
         [sys.executable, "-c", code], env={"PYTHONPATH": src}, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_cpu_run_on_a_gpu_machine_says_it_ran_on_the_cpu() -> None:
+    """No GPU in use because the workload ran on the CPU: say so, not 'no GPU visible'."""
+    with FakeNVML(fake_gpus(2)).installed():
+        gpus, why = probe_gpus([], environ={})
+        all_gpus, none = probe_gpus(None, environ={})
+    assert gpus == [] and why is not None and "ran on the CPU" in why
+    assert len(all_gpus) == 2 and none is None

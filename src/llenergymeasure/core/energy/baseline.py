@@ -30,7 +30,7 @@ class BaselineSettings:
     """Whether and how to measure the idle baseline."""
 
     enabled: bool = True
-    duration_s: float = 30.0
+    duration_s: float = 5.0  # same default as ExperimentConfig.baseline.duration_s
     cache_ttl_s: float = 3600.0
     cache_path: Path | None = None  # None = <user cache dir>/idle_baseline.json
 

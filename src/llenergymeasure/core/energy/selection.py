@@ -73,6 +73,8 @@ def probe_gpus(
     finally:
         nvml.shutdown()
     if not devices:
+        if gpu_indices is not None and len(gpu_indices) == 0:
+            return [], "the workload ran on the CPU, so no GPU is in use"
         env = os.environ if environ is None else environ
         return [], f"no GPU visible (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r})"
     return devices, None
