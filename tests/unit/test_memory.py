@@ -112,3 +112,16 @@ def test_local_config_json_directory(tmp_path: Path) -> None:
     # 2 layers × (attn 64·(64+2·32)+64·64 + mlp 3·64·128 + norms 128) + final norm 64 + embed/head 2·100·64
     n = 2 * (64 * 128 + 64 * 64 + 3 * 64 * 128 + 128) + 64 + 2 * 100 * 64
     assert est.weights_gb == pytest.approx(n * 4 / 1e9)
+
+
+def test_load_in_4bit_counts_weights_as_int4() -> None:
+    """bf16 activations with bitsandbytes NF4 weights: weights sized as int4, KV as bf16."""
+    bf16 = estimate_memory(ExperimentConfig(model="llama-3.2-1b", precision="bf16"))
+    nf4 = estimate_memory(
+        ExperimentConfig(model="llama-3.2-1b", precision="bf16", pytorch={"load_in_4bit": True})
+    )
+    int4 = estimate_memory(ExperimentConfig(model="llama-3.2-1b", precision="int4"))
+    assert nf4.weights_gb == int4.weights_gb
+    assert nf4.weights_gb is not None and bf16.weights_gb is not None
+    assert nf4.weights_gb < bf16.weights_gb
+    assert nf4.kv_cache_gb == bf16.kv_cache_gb

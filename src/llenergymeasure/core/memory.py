@@ -83,7 +83,8 @@ def _unavailable(note: str) -> MemoryEstimate:
 def _estimate(cfg: ExperimentConfig, arch: Any) -> MemoryEstimate:
     """The three terms for a known architecture."""
     notes: list[str] = []
-    weights_b = weights_bytes(arch, cfg.precision)
+    weight_precision = weights_precision(cfg)
+    weights_b = weights_bytes(arch, weight_precision)
     in_flight = sequences_in_flight(cfg, notes)
     seq_len = sequence_len_tokens(cfg)
     kv_b = kv_cache_bytes(arch, seq_len, in_flight, kv_bytes_per_element(cfg))
@@ -92,8 +93,10 @@ def _estimate(cfg: ExperimentConfig, arch: Any) -> MemoryEstimate:
     n_gpus = model_parallel_gpus(cfg)
     sharded_gb = weights_gb * (1 + OVERHEAD_FRACTION_OF_WEIGHTS) + kv_gb
     per_gpu = sharded_gb / n_gpus + CUDA_CONTEXT_GB  # every GPU holds its own CUDA context
-    if cfg.precision in QUANTISED:
-        notes.append("blocks quantised; embeddings and lm_head counted at 16-bit")
+    if weight_precision in QUANTISED:
+        notes.append(
+            f"blocks quantised ({weight_precision}); embeddings and lm_head counted at 16-bit"
+        )
     if cfg.backend == "vllm":
         notes.append(
             "vLLM pre-allocates gpu_memory_utilization (default 0.9) of GPU memory for its "
@@ -120,6 +123,16 @@ def weights_bytes(arch: Any, precision: str) -> float:
         return float(arch.n_params * per_param)
     blocks = arch.n_params_non_embedding
     return float(blocks * per_param + (arch.n_params - blocks) * UNQUANTISED_BYTES)
+
+
+def weights_precision(cfg: ExperimentConfig) -> str:
+    """Storage precision of the weights: pytorch's load_in_4bit/8bit override `precision`."""
+    section = cfg.pytorch if cfg.backend == "pytorch" else None
+    if section is not None and section.load_in_4bit:
+        return "int4"
+    if section is not None and section.load_in_8bit:
+        return "int8"
+    return cfg.precision
 
 
 def kv_bytes_per_element(cfg: ExperimentConfig) -> float:
