@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llenergymeasure.core.memory import weights_bytes
+from llenergymeasure.core.memory import weights_bytes, weights_precision
 from llenergymeasure.core.metrics import bytes_to_mb, kv_cache_bytes
 from llenergymeasure.domain.energy import EnergyReport, QualityFlag
 from llenergymeasure.domain.metrics import MemoryMetrics
@@ -102,7 +102,7 @@ def memory_metrics(
     """Peak memory as measured by the backend; weights and KV cache analytic (from shapes)."""
     model_mb = kv_mb = None
     if arch is not None:
-        model_mb = bytes_to_mb(weights_bytes(arch, config.precision))
+        model_mb = bytes_to_mb(weights_bytes(arch, weights_precision(config)))
         batch = max((b.size for b in prepared.batches), default=0)
         seq = max((b.padded_length for b in prepared.batches), default=0) + prepared.max_new_tokens
         elem = 4.0 if config.precision == "fp32" else 2.0
