@@ -9,10 +9,10 @@
    Both read a counter that steps every ~100 ms, so a single short window can differ by one
    step if a step lands between the two reads (a few ms apart); repeats show how often.
 2. Overhead: output tokens/s of batch-1 and batch-64 ``model.generate`` (Llama-3.2-1B shape,
-   random weights, bf16, 64 in / 64 out, min_new_tokens = max_new_tokens) with an
-   EnergySession (meter + sampler process) running, divided by the same loop with nothing
-   running; pairs alternate order (on/off, off/on, ...); the median ratio is reported
-   (target >= 0.99).
+   random weights, bf16, 64 in / 64 out, min_new_tokens = max_new_tokens), eager and static
+   cache, with an EnergySession (meter + sampler process) running, divided by the same calls
+   with nothing running; blocks of ~1 s of calls in pairs of alternating order; the median
+   ratio with its bootstrap 95% CI is reported (target >= 0.99). See energy_overhead.py.
 3. The environment snapshot and the telemetry timeline (Parquet) of the accuracy run.
 
 torch is imported only inside functions, and the entry point is guarded by ``__main__``,
@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import energy_overhead  # type: ignore[import-not-found]  # benchmarks/ sibling
 
 from llenergymeasure.core.energy import BaselineSettings, EnergySession
 from llenergymeasure.core.environment import collect_environment
@@ -60,7 +62,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sections", default="accuracy,overhead", help="which sections to run")
     p.add_argument("--in-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--calls", type=int, default=None, help="generate calls per timed run")
+    p.add_argument("--modes", default="eager,static", help="cache modes for the overhead test")
+    p.add_argument("--model", default="llama-3.2-1b", help="catalogue model of the overhead test")
+    p.add_argument(
+        "--min-block-s", type=float, default=None, help="overhead: seconds of timed calls per block"
+    )
     p.add_argument("--llama-load", action="store_true", help="also measure windows under generate")
     p.add_argument("--baseline-s", type=float, default=None, help="idle baseline duration")
     p.add_argument("--sample-interval-ms", type=float, default=100.0)
@@ -68,8 +74,9 @@ def parse_args() -> argparse.Namespace:
     quick = args.quick
     args.windows = [float(w) for w in (args.windows or ("1,3" if quick else "1,5,30")).split(",")]
     args.repeats = args.repeats or (2 if quick else 3)
-    args.pairs = args.pairs or (3 if quick else 12)
-    args.calls = args.calls or 2
+    args.pairs = args.pairs or (3 if quick else 16)
+    args.min_block_s = args.min_block_s or (0.5 if quick else 1.0)
+    args.modes = args.modes.split(",")
     args.sections = sorted(set(args.sections.split(",")))
     args.baseline_s = args.baseline_s if args.baseline_s is not None else (3.0 if quick else 10.0)
     args.batches = [int(b) for b in args.batches.split(",")]
@@ -232,82 +239,9 @@ def accuracy(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
 
 
 # --- 2. overhead -------------------------------------------------------------------------
-def timed_run(
-    model: Any, args: argparse.Namespace, batch: int, metered: bool
-) -> tuple[float, float | None]:
-    """Output tokens/s of ``args.calls`` generate calls, with or without an EnergySession.
-
-    The timed span is the generate loop only: with the session on, the window is open and the
-    sampler process polls throughout it. The window edges (counter reads, sample flush) are a
-    one-off cost per measurement window, not per token: they are timed separately and returned
-    as the second element (seconds; None when unmetered).
-    """
-    session = None
-    if metered:
-        session = EnergySession("nvml", gpu_indices=[0], sample_interval_ms=args.sample_interval_ms)
-        session.start()
-    try:
-        # Same ritual in both arms: one untimed call right before timing, so neither arm
-        # starts from an idle (down-clocked) GPU after the session's start-up pause.
-        generate_once(model, batch, args.in_tokens, args.new_tokens)
-        sync()
-        edges_s = 0.0
-        if session:
-            e0 = time.perf_counter()
-            session.begin_window("overhead", sync=sync)
-            edges_s += time.perf_counter() - e0
-        t0 = time.perf_counter()
-        tokens = sum(
-            generate_once(model, batch, args.in_tokens, args.new_tokens) for _ in range(args.calls)
-        )
-        sync()
-        elapsed_s = time.perf_counter() - t0
-        if session:
-            e1 = time.perf_counter()
-            session.end_window("overhead", sync=sync)
-            edges_s += time.perf_counter() - e1
-        return tokens / elapsed_s, (edges_s if session else None)
-    finally:
-        if session:
-            session.stop()
-
-
 def overhead(args: argparse.Namespace) -> dict[str, Any]:
-    """Section 2: metered / unmetered throughput over alternating pairs, per batch size."""
-    model = build_llama()
-    results: dict[str, Any] = {}
-    for batch in args.batches:
-        for _ in range(2):  # warm-up (allocator, kernels)
-            generate_once(model, batch, args.in_tokens, args.new_tokens)
-        pairs = []
-        for i in range(args.pairs):
-            order = (False, True) if i % 2 == 0 else (True, False)
-            runs = {metered: timed_run(model, args, batch, metered) for metered in order}
-            tps = {metered: run[0] for metered, run in runs.items()}
-            edges_ms = 1000.0 * (runs[True][1] or 0.0)
-            pairs.append(
-                {
-                    "on_tok_s": tps[True],
-                    "off_tok_s": tps[False],
-                    "ratio": tps[True] / tps[False],
-                    "window_edges_ms": edges_ms,
-                }
-            )
-            print(
-                f"  batch {batch:3d} pair {i}: on {tps[True]:8.1f} tok/s  off {tps[False]:8.1f} tok/s  "
-                f"ratio {pairs[-1]['ratio']:.4f}  window edges {edges_ms:.1f} ms",
-                flush=True,
-            )
-        ratios = [p["ratio"] for p in pairs]
-        results[f"batch_{batch}"] = {
-            "pairs": pairs,
-            "median_ratio": statistics.median(ratios),
-            "min_ratio": min(ratios),
-            "max_ratio": max(ratios),
-            "median_window_edges_ms": statistics.median(p["window_edges_ms"] for p in pairs),
-            "target_met": statistics.median(ratios) >= 0.99,
-        }
-    return results
+    """Section 2: session on / off throughput in alternating blocks (see energy_overhead.py)."""
+    return energy_overhead.run(args)
 
 
 # --- 3. report ---------------------------------------------------------------------------
@@ -332,15 +266,7 @@ def summary_table(acc: dict[str, Any] | None, ovh: dict[str, Any]) -> str:
         lines.append(
             f"{load:<20} {w:5.1f} s   {med:10.4f}   {100 * worst:10.2f} %   {pol:+10.2f} %"
         )
-    lines += [
-        "",
-        "overhead (meter+sampler on / off)  median ratio  min     max     target >= 0.99  edges ms",
-    ]
-    for name, r in ovh.items():
-        lines.append(
-            f"{name:<34} {r['median_ratio']:10.4f}  {r['min_ratio']:.4f}  {r['max_ratio']:.4f}  "
-            f"{'met' if r['target_met'] else 'NOT met':<14}  {r['median_window_edges_ms']:.1f}"
-        )
+    lines += ["", *energy_overhead.table(ovh)]
     return "\n".join(lines)
 
 
@@ -349,7 +275,7 @@ def main() -> None:
     import torch
 
     args = parse_args()
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and args.sections != ["overhead"]:
         raise SystemExit("No CUDA device: this benchmark needs an NVIDIA GPU.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()

@@ -3,13 +3,14 @@
 For a random-weight Llama-3.2-1B shape (bf16, greedy, fixed output length) and each
 (cache mode, batch size) setting it measures, in one process:
 
-1. Throughput ratio: output tokens/s of ``PyTorchBackend.run_inference`` (streamer
-   timestamps included) divided by a plain ``model.generate`` loop over the same device
+1. Throughput ratio: output tokens/s of ``PyTorchBackend.run_inference`` (per-step
+   timestamps included: CUDA events recorded from a stopping criterion) divided by a plain ``model.generate`` loop over the same device
    tensors with the same settings, on the same model object. The two alternate (order flipped
    every repetition), ``--reps`` times; the median ratio is reported. Target: >= 0.98.
 2. Latency agreement: TTFT and mean ITL from the tool's per-token timestamps versus CUDA
-   events recorded by a LogitsProcessor at every decode step of the *same* generate call
-   (read after a final synchronise). Target: within 5%.
+   events recorded independently by a LogitsProcessor at every decode step of the *same*
+   generate call, timed from an event recorded just before ``run_inference`` (read after a
+   final synchronise). Target: within 5%.
 
 Static cache compiles the decode step (27-46 s on an H100): every setting is warmed up
 twice (tool and reference) before timing. Default run: 64 in / 64 out, batch 1/8/64,

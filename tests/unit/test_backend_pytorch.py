@@ -68,7 +68,7 @@ def test_batches_and_token_counts_exclude_padding() -> None:
 def test_fixed_output_length_and_per_request_timings() -> None:
     _, output = _run(_config(pytorch={"batch_size": 2}))
     assert output.output_tokens == MAX_NEW * len(TEXTS)
-    assert output.timing_method == "streamer" and output.device == "cpu"
+    assert output.timing_method == "host_clock" and output.device == "cpu"
     for timing in output.timings:
         assert timing.output_tokens == len(timing.token_times_s) == MAX_NEW
         assert timing.request_start_s <= timing.token_times_s[0]
@@ -151,7 +151,7 @@ def test_beam_search_reports_e2e_only_with_a_reason() -> None:
     assert sum(output.batch_durations_s) <= output.duration_s
 
 
-def test_beam_search_warms_up_without_a_streamer() -> None:
+def test_beam_search_warms_up_without_a_step_recorder() -> None:
     backend = PyTorchBackend()
     backend.initialize(_config(decoder={"strategy": "beam_search", "num_beams": 2}), _prompts())
     try:
@@ -239,3 +239,27 @@ def test_dynamic_cache_warms_up_on_the_first_batch_only() -> None:
     prepared = backend.tokenize(_prompts())
     assert len(prepared.distinct_shape_batches()) == 3  # every batch has its own length
     assert backend.warmup_batches(prepared) == prepared.batches[:1]
+
+
+def test_request_ending_at_eos_gets_tokens_and_times_up_to_its_eos() -> None:
+    """EOS allowed: a request that emits EOS at step 3 has 3 tokens (EOS included) and 3
+    token times, while the others in its batch keep their full length."""
+    config = _config(decoder={"ignore_eos": False}, pytorch={"batch_size": 5})
+    prompts = _prompts()
+    backend = PyTorchBackend()
+    backend.initialize(config, prompts)
+    try:
+        gen = backend._require_generation_config()
+        gen.eos_token_id = None  # first run: learn what the random model emits
+        prepared = backend.tokenize(prompts)
+        free = backend.run_inference(prepared).output_token_ids
+        eos = free[0][2]
+        expected = [row.index(eos) + 1 if eos in row else len(row) for row in free]
+        assert expected[0] <= 3
+        gen.eos_token_id = eos
+        output = backend.run_inference(prepared)
+    finally:
+        backend.cleanup()
+    assert [t.output_tokens for t in output.timings] == expected
+    assert [len(t.token_times_s) for t in output.timings] == expected
+    assert [len(ids) for ids in output.output_token_ids] == expected

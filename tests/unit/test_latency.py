@@ -1,4 +1,4 @@
-"""Per-step timestamps from the transformers streamer seam (real tiny model on CPU)."""
+"""Per-step timestamps from the stopping-criteria seam (real tiny model on CPU)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import itertools
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
-from transformers.generation.streamers import BaseStreamer
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    MaxLengthCriteria,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
-from llenergymeasure.core.latency import StepTimestamper, make_streamer
+from llenergymeasure.core.latency import StepRecorder, make_step_recorder
 from llenergymeasure.core.latency_clock import TokenClock
 from llenergymeasure.core.models.catalogue import get_architecture
 
@@ -35,66 +40,79 @@ def _inputs() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": (ids != 0).long()}
 
 
-def _generate(model: AutoModelForCausalLM, streamer: StepTimestamper, **kw: object) -> torch.Tensor:
+def _generate(model: AutoModelForCausalLM, recorder: StepRecorder, **kw: object) -> torch.Tensor:
+    criteria = StoppingCriteriaList([*kw.pop("stopping_criteria", []), recorder])  # type: ignore[misc]
     with torch.inference_mode():
         out: torch.Tensor = model.generate(
             **_inputs(),
             max_new_tokens=MAX_NEW,
             do_sample=False,
             pad_token_id=0,
-            streamer=streamer,
+            stopping_criteria=criteria,
             **kw,
         )
     return out
 
 
-def test_streamer_is_a_transformers_streamer() -> None:
-    assert isinstance(make_streamer(TokenClock()), BaseStreamer)
+def test_recorder_is_a_transformers_stopping_criterion() -> None:
+    recorder = make_step_recorder(TokenClock())
+    assert isinstance(recorder, StoppingCriteria)
+    assert recorder.timing_method == "host_clock" and not recorder.uses_cuda_events
+    assert make_step_recorder(TokenClock(), "cuda:0").timing_method == "cuda_events"
 
 
 def test_fixed_length_gives_one_monotone_time_per_token(tiny_model: AutoModelForCausalLM) -> None:
     clock = TokenClock()
-    streamer = make_streamer(clock)  # no EOS ids: fixed output length
-    start = streamer.begin_batch(["a", "b"], [3, 5])
-    _generate(tiny_model, streamer, min_new_tokens=MAX_NEW, eos_token_id=2)
+    recorder = make_step_recorder(clock)
+    start = recorder.begin_batch(["a", "b"], [3, 5])
+    out = _generate(tiny_model, recorder, min_new_tokens=MAX_NEW, eos_token_id=2)
+    before_end = clock.now()
+    recorder.end_batch([MAX_NEW, MAX_NEW])
     timings = clock.finish()
+    assert out.shape[1] - 5 == MAX_NEW == recorder.steps  # one call per generated token
     assert [t.output_tokens for t in timings] == [MAX_NEW, MAX_NEW]
     assert [t.input_tokens for t in timings] == [3, 5]
     for t in timings:
         assert t.request_start_s == start
+        assert start < t.token_times_s[0]
         assert t.token_times_s == sorted(t.token_times_s)
-        assert t.token_times_s[0] > start
-    assert streamer.steps == MAX_NEW  # the prompt put() is not counted as a token
+        assert t.token_times_s[-1] <= before_end
 
 
-def test_request_retires_after_its_eos(tiny_model: AutoModelForCausalLM) -> None:
-    # Learn which token request "a" emits at its third step, then declare it the EOS.
-    free = _generate(tiny_model, make_streamer(TokenClock()), eos_token_id=None)
-    eos = int(free[0, 5 + 2])
-    clock = TokenClock()
-    streamer = make_streamer(clock, eos_token_ids=[eos])
-    streamer.begin_batch(["a", "b"], [3, 5])
-    out = _generate(tiny_model, streamer, eos_token_id=eos)
-    timing_a, timing_b = clock.finish()
-    first_eos_a = out[0, 5:].tolist().index(eos)
-    assert timing_a.output_tokens == first_eos_a + 1 <= 3
-    expected_b = out[1, 5:].tolist()
-    expected_b_len = expected_b.index(eos) + 1 if eos in expected_b else len(expected_b)
-    assert timing_b.output_tokens == expected_b_len
+def test_recorder_never_stops_generation_but_other_criteria_still_do(
+    tiny_model: AutoModelForCausalLM,
+) -> None:
+    recorder = make_step_recorder(TokenClock())
+    recorder.begin_batch(["a", "b"], [3, 5])
+    out = _generate(tiny_model, recorder, stopping_criteria=[MaxLengthCriteria(5 + 2)])
+    assert out.shape[1] == 5 + 2 and recorder.steps == 2
 
 
-def test_timestamper_with_a_scripted_clock() -> None:
+def test_request_that_stopped_early_gets_its_first_steps_only() -> None:
     ticks = itertools.count(start=10.0, step=0.5)
     clock = TokenClock(clock=lambda: next(ticks))
-    streamer = StepTimestamper(clock, eos_token_ids=[2])
-    streamer.begin_batch(["x", "y"], [4, 4], start_s=0.0)
-    streamer.put(torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8]]))  # the prompt
-    streamer.put(torch.tensor([9, 2]))  # y emits EOS at its first step
-    streamer.put(torch.tensor([9, 0]))  # y is padding now
-    streamer.end()
+    recorder = StepRecorder(clock)
+    assert recorder.begin_batch(["x", "y"], [4, 4]) == 10.0
+    ids = torch.zeros((2, 5), dtype=torch.long)
+    for _ in range(3):
+        not_done = recorder(ids, None)
+        assert not_done.tolist() == [False, False]
+    recorder.end_batch([3, 1])  # y emitted EOS at its first step
     x, y = clock.finish()
-    assert x.token_times_s == [10.0, 10.5]
-    assert y.token_times_s == [10.0] and y.output_tokens == 1
+    assert x.token_times_s == [10.5, 11.0, 11.5]
+    assert y.token_times_s == [10.5] and y.output_tokens == 1
+    with pytest.raises(ValueError, match="after it finished"):
+        clock.add_tokens("y", [12.0])
+
+
+def test_end_batch_rejects_counts_that_do_not_fit() -> None:
+    recorder = StepRecorder(TokenClock())
+    recorder.begin_batch(["x"], [4])
+    recorder(torch.zeros((1, 5), dtype=torch.long), None)
+    with pytest.raises(ValueError, match="only 1 steps ran"):
+        recorder.end_batch([2])
+    with pytest.raises(ValueError, match="one token count per request"):
+        recorder.end_batch([1, 1])
 
 
 def test_add_tokens_checks_order_and_finished() -> None:

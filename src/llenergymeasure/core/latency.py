@@ -1,120 +1,177 @@
-"""Per-token timestamps while ``transformers`` generates (the streamer seam).
+"""Per-token timestamps while ``transformers`` generates (the stopping-criteria seam).
 
-How it works. ``generate()`` hands the prompt to ``streamer.put(input_ids.cpu())`` once, then
-after every decode step hands the new token of every sequence to ``streamer.put(tokens.cpu())``
-(transformers' ``StopCheck``). The ``.cpu()`` copy waits for the device, so when ``put`` runs
-the token exists on the host: that is the moment we read ``time.perf_counter()``. The first
-``put`` after the prompt carries the prefill's token (time to first token).
+How it works. ``generate()`` calls its stopping criteria once per decode step, right after the
+step's token has been appended to ``input_ids`` (the first call carries the prefill's token,
+i.e. time to first token). :class:`StepRecorder` is one such criterion that never stops
+anything; it only notes *when* each step finished:
 
-Cost. On CUDA, ``generate`` already synchronises once per step to test whether every sequence
-has finished (``unfinished_sequences.max() == 0``), so the streamer adds no extra device
-synchronisation: only a ``batch``-element D2H copy and a few microseconds of Python per step.
-On Apple MPS transformers defers its stop check by one step and streams tokens one step late;
-timestamps there are late by one step (not a supported measurement platform).
+- **CUDA** (``timing_method="cuda_events"``): it records a CUDA event on the device's current
+  stream, which is asynchronous (no host wait, no device-to-host copy). The event completes when
+  the GPU has produced the step's token. After the batch the events are resolved against a start
+  event recorded together with a host-clock reading (the device is idle at that moment), so each
+  step gets a host-clock time with the GPU's own resolution.
+- **CPU** (``timing_method="host_clock"``): computation is synchronous, so reading the host
+  clock in the criterion is the token's arrival time. Other devices (Apple MPS) are synchronised
+  before the clock is read (correct, but slower; not a supported measurement platform).
 
-A request stops being active after the step in which it emitted an EOS id (only when EOS is
-allowed, i.e. ``decoder.ignore_eos`` is off); later steps carry padding for it, not tokens.
+Cost. Per step: one event record (or clock read) and transformers' own ``is_done | criterion``
+(one tiny kernel), all queued while the GPU is still busy with the step. Nothing is copied to the
+host. An earlier streamer-based design (``tokens.cpu()`` every step) cost ~2 % of static-cache
+batch-64 throughput on an H100; see docs/measurement.md.
 
-Beam search cannot stream in transformers (``generate`` rejects a streamer with beams), so
-for beams only end-to-end time per batch is known: see :data:`BEAM_SEARCH_NO_TTFT_REASON`.
+Token counts. A request that emitted an EOS (only when EOS is allowed, i.e. ``decoder.ignore_eos``
+is off) gets padding in later steps, not tokens. Counts per request come from the returned
+sequences after the batch (cut after the first EOS, EOS included), and each request's tokens are
+the first ``count`` step times: per-step work does not grow with the batch size.
+
+Beam search does not decode one token per request per step (the final beams are chosen at the
+end), so there is no per-token arrival time: see :data:`BEAM_SEARCH_NO_TTFT_REASON`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 from llenergymeasure.core.latency_clock import TokenClock
 
 BEAM_SEARCH_NO_TTFT_REASON = (
-    "beam search: transformers cannot stream tokens with num_beams > 1, and the final beams "
-    "are chosen only at the end, so there is no per-token arrival time; TTFT/ITL/TPOT not "
-    "measured, only end-to-end time per batch"
+    "beam search: the final beams are chosen only at the end of generate, so there is no "
+    "per-token arrival time; TTFT/ITL/TPOT not measured, only end-to-end time per batch"
 )
 
 
-def _streamer_base() -> type:
-    """transformers' BaseStreamer (imported lazily so this module loads without torch)."""
-    from transformers.generation.streamers import BaseStreamer
+class StepRecorder:
+    """Records the time of every decode step of ``generate`` (a never-stopping criterion).
 
-    return BaseStreamer  # type: ignore[no-any-return]
-
-
-class StepTimestamper:
-    """Streamer that records the time of each decode step and when each request finished.
-
-    One instance serves many batches: call :meth:`begin_batch` before each ``generate``.
-    ``eos_token_ids`` empty means EOS cannot end a request (fixed output length).
-
-    ``put`` does O(1) work per step (one clock read, one append) whatever the batch size,
-    because it runs between decode steps while the device waits; per-request token times are
-    expanded from the step times once, in :meth:`end`, after the batch has finished.
+    One instance serves many batches: call :meth:`begin_batch` before each ``generate`` and
+    :meth:`end_batch` after it, with the number of tokens each request got.
     """
 
-    def __init__(self, clock: TokenClock, eos_token_ids: Iterable[int] = ()) -> None:
+    def __init__(self, clock: TokenClock, device: str = "cpu") -> None:
         self.clock = clock
-        self.eos_token_ids = frozenset(int(i) for i in eos_token_ids)
-        self._request_ids: list[Hashable] = []
-        self._tokens_at_finish: dict[int, int] = {}  # slot -> tokens it got (EOS included)
-        self._step_times: list[float] = []
-        self._prompt_seen = False
+        self.device = device
+        self.uses_cuda_events = device.startswith("cuda")
         self.steps = 0
+        self._request_ids: list[Hashable] = []
+        self._host_times: list[float] = []
+        self._events: list[Any] = []  # torch.cuda.Event, reused across batches
+        self._n_events = 0
+        self._start_event: Any = None
+        self._start_s = 0.0
+        self._not_done: Any = None  # cached all-False bool tensor returned every step
 
-    def begin_batch(
-        self,
-        request_ids: Sequence[Hashable],
-        input_tokens: Sequence[int],
-        start_s: float | None = None,
-    ) -> float:
-        """Start the batch's requests on the clock (default: now); returns the start time."""
-        t = self.clock.now() if start_s is None else start_s
+    @property
+    def timing_method(self) -> Literal["cuda_events", "host_clock"]:
+        """What the recorded times come from (stored in the result)."""
+        return "cuda_events" if self.uses_cuda_events else "host_clock"
+
+    def begin_batch(self, request_ids: Sequence[Hashable], input_tokens: Sequence[int]) -> float:
+        """Start the batch's requests on the clock now; returns that start time (s)."""
+        if self.uses_cuda_events:
+            t = self._anchor_cuda()
+        else:
+            self._sync_other_device()
+            t = self.clock.now()
         self.clock.start_batch(list(request_ids), t, input_tokens=list(input_tokens))
         self._request_ids = list(request_ids)
-        self._tokens_at_finish = {}
-        self._step_times = []
-        self._prompt_seen = False
+        self._host_times = []
+        self._n_events = 0
+        self._start_s = t
         return t
 
-    def put(self, value: Any) -> None:
-        """Called by generate: first with the prompt, then with one token per sequence."""
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self._step_times.append(self.clock.now())
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        """Called by generate after every step: note the time, never stop."""
+        if self.uses_cuda_events:
+            self._record_event()
+        else:
+            self._sync_other_device()
+            self._host_times.append(self.clock.now())
         self.steps += 1
-        if self.eos_token_ids:
-            self._retire_finished(value.reshape(-1).tolist())
+        return self._all_false(input_ids)
 
-    def _retire_finished(self, tokens: list[int]) -> None:
-        """Note, for requests that just emitted an EOS id, how many tokens they got."""
-        n_steps = len(self._step_times)
-        for slot, token in enumerate(tokens):
-            if token in self.eos_token_ids and slot not in self._tokens_at_finish:
-                self._tokens_at_finish[slot] = n_steps
-
-    def end(self) -> None:
-        """Called by generate when the batch is done: hand per-request times to the clock."""
-        times = self._step_times
-        for slot, rid in enumerate(self._request_ids):
-            n_tokens = self._tokens_at_finish.get(slot, len(times))
+    def end_batch(self, tokens_per_request: Sequence[int]) -> None:
+        """After generate: give each request the times of its first ``count`` steps."""
+        times = self._step_times()
+        if len(tokens_per_request) != len(self._request_ids):
+            raise ValueError("end_batch needs one token count per request of the batch")
+        for rid, n_tokens in zip(self._request_ids, tokens_per_request, strict=True):
+            if n_tokens > len(times):
+                raise ValueError(
+                    f"request {rid!r} has {n_tokens} tokens but only {len(times)} steps ran"
+                )
             self.clock.add_tokens(rid, times[:n_tokens])
-            if slot in self._tokens_at_finish:
-                self.clock.finish_request(rid)
+            self.clock.finish_request(rid)
         self._request_ids = []
-        self._step_times = []
+
+    # ---- CUDA events ----------------------------------------------------------------------
+    def _anchor_cuda(self) -> float:
+        """Idle the device, read the host clock and record the start event right after it."""
+        import torch
+
+        torch.cuda.synchronize(self.device)
+        if self._start_event is None:
+            self._start_event = torch.cuda.Event(enable_timing=True)
+        t = self.clock.now()
+        self._start_event.record(torch.cuda.current_stream(self.device))
+        return t
+
+    def _record_event(self) -> None:
+        import torch
+
+        if self._n_events == len(self._events):
+            self._events.append(torch.cuda.Event(enable_timing=True))
+        self._events[self._n_events].record(torch.cuda.current_stream(self.device))
+        self._n_events += 1
+
+    def _step_times(self) -> list[float]:
+        """Host-clock time of each step of the batch just generated."""
+        if not self.uses_cuda_events:
+            return list(self._host_times)
+        if self._n_events == 0:
+            return []
+        events = self._events[: self._n_events]
+        events[-1].synchronize()
+        start = self._start_event
+        return [self._start_s + start.elapsed_time(ev) / 1000.0 for ev in events]
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _all_false(self, input_ids: Any) -> Any:
+        not_done = self._not_done
+        batch, device = input_ids.shape[0], input_ids.device
+        if not_done is None or not_done.shape[0] != batch or not_done.device != device:
+            import torch
+
+            not_done = torch.zeros(batch, dtype=torch.bool, device=device)
+            self._not_done = not_done
+        return not_done
+
+    def _sync_other_device(self) -> None:
+        """Asynchronous non-CUDA devices (MPS) must finish before the host clock is read."""
+        if self.device.startswith("mps"):
+            import torch
+
+            torch.mps.synchronize()
+
+
+def _criteria_base() -> type:
+    """transformers' StoppingCriteria (imported lazily so this module loads without torch)."""
+    from transformers import StoppingCriteria
+
+    return StoppingCriteria  # type: ignore[no-any-return]
 
 
 @cache
-def _streamer_class() -> type:
-    """StepTimestamper mixed with BaseStreamer, built once on first use."""
-    return type("TransformersStepTimestamper", (StepTimestamper, _streamer_base()), {})
+def _recorder_class() -> type:
+    """StepRecorder mixed with StoppingCriteria, built once on first use."""
+    return type("TransformersStepRecorder", (StepRecorder, _criteria_base()), {})
 
 
-def make_streamer(clock: TokenClock, eos_token_ids: Iterable[int] = ()) -> StepTimestamper:
-    """A :class:`StepTimestamper` that is also a ``transformers`` ``BaseStreamer``.
+def make_step_recorder(clock: TokenClock, device: str = "cpu") -> StepRecorder:
+    """A :class:`StepRecorder` that is also a ``transformers`` ``StoppingCriteria``.
 
     The subclass is built lazily so that importing this module needs no transformers.
     """
-    streamer: StepTimestamper = _streamer_class()(clock, eos_token_ids)
-    return streamer
+    recorder: StepRecorder = _recorder_class()(clock, device)
+    return recorder

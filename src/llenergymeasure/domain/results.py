@@ -74,7 +74,13 @@ class RawProcessResult(_Model):
     window_start_unix_s: float
     window_end_unix_s: float
     duration_s: float = Field(gt=0.0, description="this process's window (monotonic clock)")
-    timing_method: str = "streamer"
+    timing_method: str = Field(
+        "host_clock",
+        description=(
+            "where token times come from: cuda_events (per decode step, GPU), host_clock "
+            "(per step, CPU), engine_metrics (vLLM), e2e_only (no per-token times)"
+        ),
+    )
     ttft_not_measured_reason: str | None = None
     timings: list[RequestTimingRecord] = Field(default_factory=list)
     batch_durations_s: list[float] = Field(

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 LaunchMode = Literal["direct", "accelerate"]
 CudaManagement = Literal["orchestrator", "backend"]
-TimingMethod = Literal["streamer", "e2e_only", "engine_metrics"]
+TimingMethod = Literal["cuda_events", "host_clock", "e2e_only", "engine_metrics"]
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.core.latency import StepRecorder
+    from llenergymeasure.core.latency_clock import TokenClock
     from llenergymeasure.core.metrics import RequestTiming
     from llenergymeasure.datasets.types import Prompt
 
@@ -164,50 +166,52 @@ class PyTorchBackend:
         return prepared.batches[:1]
 
     def warmup_step(self, prepared: PreparedBatches) -> float:
-        """Generate the :meth:`warmup_batches` once, timestamps included (not with beam
-        search, which takes no streamer); latency in s."""
+        """Generate the :meth:`warmup_batches` once, step recorder included (not with beam
+        search, which is timed end to end); latency in s."""
         from llenergymeasure.core.latency_clock import TokenClock
 
         beams = self._require_config().decoder.strategy == "beam_search"
         start = time.perf_counter()
         for i, batch in enumerate(self.warmup_batches(prepared)):
-            if beams:  # generate() refuses a streamer with beam search (as in run_inference)
+            if beams:
                 self._generate(batch, None)
                 continue
-            streamer = self._streamer(TokenClock())
-            ids = [f"warmup-{i}-{j}" for j in range(batch.size)]
-            streamer.begin_batch(ids, batch.input_tokens)
-            self._generate(batch, streamer)
+            recorder = self._step_recorder(TokenClock())
+            recorder.begin_batch([f"warmup-{i}-{j}" for j in range(batch.size)], batch.input_tokens)
+            new_tokens = self._new_tokens(batch, self._generate(batch, recorder))
+            recorder.end_batch([len(t) for t in new_tokens])
         self.synchronize()
         return time.perf_counter() - start
 
     def run_inference(self, prepared: PreparedBatches) -> InferenceOutput:
-        """Generate every batch; per-step timestamps via the streamer (the measured part)."""
+        """Generate every batch; per-step timestamps via the step recorder (the measured part)."""
         from llenergymeasure.core.latency_clock import TokenClock
 
         self._reset_peak_memory()
         clock = TokenClock()
         beams = self._require_config().decoder.strategy == "beam_search"
-        streamer = None if beams else self._streamer(clock)
+        recorder = None if beams else self._step_recorder(clock)
         start = time.perf_counter()
         outputs: list[list[int]] = []
         timings: list[RequestTiming] = []
         batch_durations: list[float] = []
         for batch in prepared.batches:
-            batch_start = time.perf_counter()
-            if streamer is not None:
-                streamer.begin_batch(batch.request_ids, batch.input_tokens, batch_start)
-                outputs.extend(self._new_tokens(batch, self._generate(batch, streamer)))
+            if recorder is not None:
+                batch_start = recorder.begin_batch(batch.request_ids, batch.input_tokens)
+                new_tokens = self._new_tokens(batch, self._generate(batch, recorder))
+                recorder.end_batch([len(t) for t in new_tokens])
+                outputs.extend(new_tokens)
             else:
+                batch_start = time.perf_counter()
                 timings.extend(self._run_untimed_batch(batch, outputs))
             batch_durations.append(time.perf_counter() - batch_start)
         duration = time.perf_counter() - start
-        timings = clock.finish() if streamer is not None else timings
+        timings = clock.finish() if recorder is not None else timings
         return InferenceOutput(
             timings=timings,
             n_batches=len(prepared.batches),
             device=self._device,
-            timing_method="e2e_only" if beams else "streamer",
+            timing_method="e2e_only" if recorder is None else recorder.timing_method,
             duration_s=duration,
             peak_memory_bytes=self._peak_memory(),
             padded_input_tokens=prepared.padded_input_tokens,
@@ -217,7 +221,7 @@ class PyTorchBackend:
         )
 
     def _run_untimed_batch(self, batch: PreparedBatch, outputs: list[list[int]]) -> list[Any]:
-        """Beam search: no streamer; counts come from the returned sequences."""
+        """Beam search: end-to-end time only; counts come from the returned sequences."""
         from llenergymeasure.core.metrics import RequestTiming
 
         start = time.perf_counter()
@@ -228,12 +232,18 @@ class PyTorchBackend:
             for n_in, toks in zip(batch.input_tokens, new_tokens, strict=True)
         ]
 
-    def _generate(self, batch: PreparedBatch, streamer: Any) -> torch.Tensor:
-        """One ``generate`` call with the prepared generation config and passthrough kwargs."""
+    def _generate(self, batch: PreparedBatch, recorder: StepRecorder | None) -> torch.Tensor:
+        """One ``generate`` call with the prepared generation config and passthrough kwargs;
+        the step recorder joins any stopping criteria passed through."""
         import torch
+        from transformers import StoppingCriteriaList
 
         tensors: _Tensors = batch.payload
         extra = dict(self._require_config().passthrough_kwargs or {})
+        if recorder is not None:
+            extra["stopping_criteria"] = StoppingCriteriaList(
+                [*(extra.get("stopping_criteria") or []), recorder]
+            )
         with torch.inference_mode():
             try:
                 generate: Any = self._require_model().generate
@@ -241,7 +251,6 @@ class PyTorchBackend:
                     input_ids=tensors.input_ids,
                     attention_mask=tensors.attention_mask,
                     generation_config=self._require_generation_config(),
-                    streamer=streamer,
                     **extra,
                 )
             except torch.cuda.OutOfMemoryError as e:
@@ -259,13 +268,11 @@ class PyTorchBackend:
             return [list(row) for row in generated]
         return [_cut_after_eos(row, eos) for row in generated]
 
-    def _streamer(self, clock: Any) -> Any:
-        """A timestamping streamer that retires requests at EOS unless EOS is ignored."""
-        from llenergymeasure.core.latency import make_streamer
+    def _step_recorder(self, clock: TokenClock) -> StepRecorder:
+        """Per-step timestamps: CUDA events on a GPU, the host clock on CPU."""
+        from llenergymeasure.core.latency import make_step_recorder
 
-        ignore = self._require_config().decoder.ignore_eos
-        eos = () if ignore else _eos_ids(self._require_generation_config())
-        return make_streamer(clock, eos)
+        return make_step_recorder(clock, self._device)
 
     # ---- device ----------------------------------------------------------------------------
     def synchronize(self) -> None:

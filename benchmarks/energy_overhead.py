@@ -1,0 +1,297 @@
+"""Meter overhead on real ``generate`` loops: throughput with the energy session on / off.
+
+Used by ``gpu_energy.py`` (section 2). For each (cache mode, batch size) of a random-weight
+Llama-3.2-1B shape (bf16, 64 in / 64 out, fixed output length), the model is loaded through the
+tool's own pytorch backend, and a plain ``model.generate`` call over one prepared batch is timed
+in blocks:
+
+- **on** block: an ``EnergySession`` (NVML meter + telemetry sampler process at 100 ms) is
+  started, a window is opened, K timed calls run, the window is closed, the session stopped;
+- **off** block: the same K timed calls with nothing running.
+
+Both arms make one untimed call right before timing (neither starts from an idle GPU). Blocks
+come in pairs whose order alternates (on/off, off/on, ...), so a slow drift of the machine's
+speed cancels; each pair gives a ratio (on tokens/s / off tokens/s). Reported per setting: the
+median ratio with a bootstrap 95% CI of that median, the pooled ratio of median per-call
+throughputs, and what explains the noise: the main thread's CPU time per call (eager decoding
+is CPU-bound) and the steal time the hypervisor took during each block.
+
+torch is imported inside functions: the sampler process is started with ``spawn``, which
+re-imports the main script (and so this module) in its process.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from llenergymeasure.core.energy import EnergySession
+
+TARGET = 0.99
+
+
+@dataclass
+class Block:
+    """K timed calls of one arm."""
+
+    metered: bool
+    call_tok_s: list[float] = field(default_factory=list)
+    call_cpu_frac: list[float] = field(default_factory=list)  # main-thread CPU s / wall s
+    tokens: int = 0
+    wall_s: float = 0.0
+    steal_s: float = 0.0
+    window_edges_ms: float | None = None
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.wall_s
+
+
+@dataclass
+class Workload:
+    """One setting's model and its generate call."""
+
+    mode: str
+    batch: int
+    model: Any
+    input_ids: Any
+    attention_mask: Any
+    generation_config: Any
+    new_tokens: int
+    backend: Any
+
+    def call(self) -> int:
+        """One greedy generate of the batch; returns output tokens."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=self.input_ids,
+                attention_mask=self.attention_mask,
+                generation_config=self.generation_config,
+            )
+        return int((out.shape[1] - self.input_ids.shape[1]) * self.batch)
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def steal_s() -> float:
+    """Cumulative steal time of all CPUs (s), from /proc/stat; 0 where unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def build_workload(
+    mode: str, batch: int, in_tokens: int, new_tokens: int, model: str = "llama-3.2-1b"
+) -> Workload:
+    """Load the model shape via the pytorch backend (CUDA when there is one, for a CPU smoke
+    run otherwise); one batch of synthetic prompts."""
+    import torch
+    from transformers import GenerationConfig
+
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.core.backends.pytorch import PyTorchBackend
+    from llenergymeasure.datasets.loader import load_prompts
+
+    pytorch: dict[str, Any] = {"batch_size": batch}
+    if mode == "static":
+        pytorch["cache_implementation"] = "static"
+    config = ExperimentConfig(
+        model=model,
+        weights="random",
+        precision="bf16" if torch.cuda.is_available() else "fp32",
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        max_input_tokens=in_tokens,
+        max_output_tokens=new_tokens,
+        pytorch=pytorch,
+    )
+    prompts = list(
+        load_prompts({"n": batch, "input_len": in_tokens, "output_len": new_tokens, "seed": 0})
+    )
+    backend = PyTorchBackend()
+    backend.initialize(config, prompts)
+    first = backend.tokenize(prompts).batches[0]
+    tok = backend._require_tokenizer()
+    gen_kwargs: dict[str, Any] = {
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,
+        "do_sample": False,
+        "pad_token_id": tok.pad_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
+    if mode == "static":
+        gen_kwargs["cache_implementation"] = "static"
+    return Workload(
+        mode=mode,
+        batch=batch,
+        model=backend._require_model(),
+        input_ids=first.payload.input_ids,
+        attention_mask=first.payload.attention_mask,
+        generation_config=GenerationConfig(**gen_kwargs),
+        new_tokens=new_tokens,
+        backend=backend,
+    )
+
+
+def run_block(work: Workload, metered: bool, calls: int, interval_ms: float) -> Block:
+    """One arm: (session on) one untimed call, then ``calls`` individually timed calls."""
+    block = Block(metered=metered)
+    session = None
+    if metered:
+        session = new_session(interval_ms)
+        session.start()
+    try:
+        work.call()
+        sync()
+        if session:
+            e0 = time.perf_counter()
+            session.begin_window("overhead", sync=sync)
+            edges = time.perf_counter() - e0
+        steal0 = steal_s()
+        for _ in range(calls):
+            c0, w0 = time.thread_time(), time.perf_counter()
+            tokens = work.call()
+            sync()
+            wall = time.perf_counter() - w0
+            block.call_tok_s.append(tokens / wall)
+            block.call_cpu_frac.append((time.thread_time() - c0) / wall)
+            block.tokens += tokens
+            block.wall_s += wall
+        block.steal_s = steal_s() - steal0
+        if session:
+            e1 = time.perf_counter()
+            session.end_window("overhead", sync=sync)
+            block.window_edges_ms = 1000.0 * (edges + time.perf_counter() - e1)
+    finally:
+        if session:
+            session.stop()
+    return block
+
+
+def new_session(interval_ms: float) -> EnergySession:
+    """NVML meter + sampler on GPU 0; on a machine without CUDA (smoke run) whatever is there."""
+    import torch
+
+    if torch.cuda.is_available():
+        return EnergySession("nvml", gpu_indices=[0], sample_interval_ms=interval_ms)
+    return EnergySession("auto", sample_interval_ms=interval_ms)
+
+
+def median_ci(values: list[float], confidence: float = 0.95, n: int = 4000) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the median (seeded)."""
+    import numpy as np
+
+    arr = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(0)
+    meds = np.median(arr[rng.integers(0, arr.size, size=(n, arr.size))], axis=1)
+    alpha = 1.0 - confidence
+    low, high = np.percentile(meds, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
+
+
+def calls_per_block(work: Workload, min_block_s: float) -> tuple[int, float]:
+    """Warm up (static cache compiles here), then size K so that a block lasts min_block_s."""
+    for _ in range(3):
+        work.call()
+    sync()
+    t0 = time.perf_counter()
+    work.call()
+    sync()
+    one = time.perf_counter() - t0
+    return max(1, round(min_block_s / one)), one
+
+
+def measure_setting(
+    mode: str, batch: int, pairs: int, min_block_s: float, args: Any
+) -> dict[str, Any]:
+    """All pairs of one setting, with their summary."""
+    t0 = time.perf_counter()
+    work = build_workload(mode, batch, args.in_tokens, args.new_tokens, args.model)
+    k, one_call_s = calls_per_block(work, min_block_s)
+    warm_s = time.perf_counter() - t0
+    rows = []
+    for i in range(pairs):
+        order = (True, False) if i % 2 == 0 else (False, True)
+        blocks = {m: run_block(work, m, k, args.sample_interval_ms) for m in order}
+        on, off = blocks[True], blocks[False]
+        rows.append({"ratio": on.tok_s / off.tok_s, "on": asdict(on), "off": asdict(off)})
+        print(
+            f"  {mode:6} b{batch:<3} pair {i:2d}: on {on.tok_s:9.1f}  off {off.tok_s:9.1f} tok/s"
+            f"  ratio {rows[-1]['ratio']:.4f}  steal {on.steal_s + off.steal_s:.2f} s",
+            flush=True,
+        )
+    work.backend.cleanup()
+    return summarise(mode, batch, k, one_call_s, warm_s, rows)
+
+
+def summarise(
+    mode: str, batch: int, k: int, one_call_s: float, warm_s: float, rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Median ratio + CI, pooled per-call ratio, noise diagnostics."""
+    ratios = [r["ratio"] for r in rows]
+    on_calls = [x for r in rows for x in r["on"]["call_tok_s"]]
+    off_calls = [x for r in rows for x in r["off"]["call_tok_s"]]
+    low, high = median_ci(ratios)
+    median = statistics.median(ratios)
+    off_blocks = [r["off"]["tokens"] / r["off"]["wall_s"] for r in rows]
+    return {
+        "mode": mode,
+        "batch": batch,
+        "calls_per_block": k,
+        "one_call_s": one_call_s,
+        "warmup_s": warm_s,
+        "pairs": rows,
+        "median_ratio": median,
+        "median_ratio_ci95": [low, high],
+        "pooled_call_ratio": statistics.median(on_calls) / statistics.median(off_calls),
+        "min_ratio": min(ratios),
+        "max_ratio": max(ratios),
+        "off_block_cv": statistics.pstdev(off_blocks) / statistics.fmean(off_blocks),
+        "main_thread_cpu_frac": statistics.median(
+            x for r in rows for arm in ("on", "off") for x in r[arm]["call_cpu_frac"]
+        ),
+        "steal_s_total": sum(r["on"]["steal_s"] + r["off"]["steal_s"] for r in rows),
+        "median_window_edges_ms": statistics.median(
+            r["on"]["window_edges_ms"] for r in rows if r["on"]["window_edges_ms"] is not None
+        ),
+        "target_met": median >= TARGET,
+    }
+
+
+def run(args: Any) -> dict[str, Any]:
+    """Every (mode, batch) setting; keyed ``<mode>_b<batch>``."""
+    out: dict[str, Any] = {}
+    for mode in args.modes:
+        for batch in args.batches:
+            out[f"{mode}_b{batch}"] = measure_setting(
+                mode, batch, args.pairs, args.min_block_s, args
+            )
+    return out
+
+
+def table(results: dict[str, Any]) -> list[str]:
+    """Lines of the summary table."""
+    lines = [
+        "overhead (session on / off)  median  95% CI          pooled  off CV  cpu  target>=0.99  edges ms"
+    ]
+    for name, r in results.items():
+        lo, hi = r["median_ratio_ci95"]
+        lines.append(
+            f"{name:<28} {r['median_ratio']:.4f}  [{lo:.4f},{hi:.4f}]  "
+            f"{r['pooled_call_ratio']:.4f}  {100 * r['off_block_cv']:4.1f}%  "
+            f"{r['main_thread_cpu_frac']:.2f}  {'met' if r['target_met'] else 'NOT met':<12}  "
+            f"{r['median_window_edges_ms']:.1f}"
+        )
+    return lines
