@@ -38,10 +38,13 @@ def energy_rows(data: Any) -> list[Row]:
     if data.get("accuracy"):
         rows += _accuracy_rows(data["accuracy"]["windows"])
     for name, r in data["overhead"].items():
+        if name == "cpu_settings":
+            continue
+        lo, hi = r.get("median_ratio_ci95", (float("nan"), float("nan")))
         rows.append(
             (
-                f"overhead {name} (on/off, median)",
-                f"{r['median_ratio']:.4f}",
+                f"overhead {name} (on/off, median [95% CI])",
+                f"{r['median_ratio']:.4f} [{lo:.3f},{hi:.3f}]",
                 ">= 0.99",
                 _status(r["median_ratio"] >= 0.99),
             )

@@ -145,13 +145,20 @@ def build_workload(
     )
 
 
-def run_block(work: Workload, metered: bool, calls: int, interval_ms: float) -> Block:
-    """One arm: (session on) one untimed call, then ``calls`` individually timed calls."""
+def run_block(
+    work: Workload, metered: bool, calls: int, interval_ms: float, pin_cpu: int | None = None
+) -> Block:
+    """One arm: (session on) one untimed call, then ``calls`` individually timed calls.
+
+    With ``pin_cpu`` the main thread runs on that CPU and the sampler process (which would
+    inherit the mask) is started on all the others.
+    """
     block = Block(metered=metered)
     session = None
     if metered:
         session = new_session(interval_ms)
-        session.start()
+        with _affinity_without(pin_cpu):
+            session.start()
     try:
         work.call()
         sync()
@@ -178,6 +185,37 @@ def run_block(work: Workload, metered: bool, calls: int, interval_ms: float) -> 
         if session:
             session.stop()
     return block
+
+
+class _affinity_without:
+    """Context: the calling thread may run on every CPU but ``cpu`` (no-op for None)."""
+
+    def __init__(self, cpu: int | None) -> None:
+        self.cpu = cpu
+
+    def __enter__(self) -> None:
+        if self.cpu is not None:
+            self.saved = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) - {self.cpu})
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cpu is not None:
+            os.sched_setaffinity(0, self.saved)
+
+
+def apply_cpu_settings(args: Any) -> dict[str, Any]:
+    """--torch-threads and --pin-cpu (main thread to one CPU); returns what was set."""
+    import torch
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    if args.pin_cpu is not None:
+        os.sched_setaffinity(0, {args.pin_cpu})
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "main_thread_affinity": sorted(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def new_session(interval_ms: float) -> EnergySession:
@@ -224,7 +262,7 @@ def measure_setting(
     rows = []
     for i in range(pairs):
         order = (True, False) if i % 2 == 0 else (False, True)
-        blocks = {m: run_block(work, m, k, args.sample_interval_ms) for m in order}
+        blocks = {m: run_block(work, m, k, args.sample_interval_ms, args.pin_cpu) for m in order}
         on, off = blocks[True], blocks[False]
         rows.append({"ratio": on.tok_s / off.tok_s, "on": asdict(on), "off": asdict(off)})
         print(
@@ -272,7 +310,7 @@ def summarise(
 
 def run(args: Any) -> dict[str, Any]:
     """Every (mode, batch) setting; keyed ``<mode>_b<batch>``."""
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"cpu_settings": apply_cpu_settings(args)}
     for mode in args.modes:
         for batch in args.batches:
             out[f"{mode}_b{batch}"] = measure_setting(
@@ -287,6 +325,8 @@ def table(results: dict[str, Any]) -> list[str]:
         "overhead (session on / off)  median  95% CI          pooled  off CV  cpu  target>=0.99  edges ms"
     ]
     for name, r in results.items():
+        if name == "cpu_settings":
+            continue
         lo, hi = r["median_ratio_ci95"]
         lines.append(
             f"{name:<28} {r['median_ratio']:.4f}  [{lo:.4f},{hi:.4f}]  "

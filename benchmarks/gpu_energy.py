@@ -64,6 +64,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--modes", default="eager,static", help="cache modes for the overhead test")
     p.add_argument("--model", default="llama-3.2-1b", help="catalogue model of the overhead test")
+    p.add_argument("--torch-threads", type=int, default=None, help="overhead: torch CPU threads")
+    p.add_argument(
+        "--pin-cpu", type=int, default=None, help="overhead: pin the main thread to this CPU"
+    )
     p.add_argument(
         "--min-block-s", type=float, default=None, help="overhead: seconds of timed calls per block"
     )
