@@ -28,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench_stats import median_ci
+
 from llenergymeasure.core.energy import EnergySession
 
 TARGET = 0.99
@@ -44,6 +46,7 @@ class Block:
     wall_s: float = 0.0
     steal_s: float = 0.0
     window_edges_ms: float | None = None
+    sampler_cpu_frac: float | None = None  # sampler process CPU s / timed wall s (10 ms ticks)
 
     @property
     def tok_s(self) -> float:
@@ -91,6 +94,19 @@ def steal_s() -> float:
         return int(fields[8]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def sampler_cpu_s(session: EnergySession | None) -> float | None:
+    """CPU time (user + system) the sampler process has used so far, from /proc."""
+    process = getattr(session.sampler, "_process", None) if session else None
+    if process is None or process.pid is None:
+        return None
+    try:
+        with open(f"/proc/{process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def build_workload(
@@ -166,7 +182,7 @@ def run_block(
             e0 = time.perf_counter()
             session.begin_window("overhead", sync=sync)
             edges = time.perf_counter() - e0
-        steal0 = steal_s()
+        steal0, sampler0 = steal_s(), sampler_cpu_s(session)
         for _ in range(calls):
             c0, w0 = time.thread_time(), time.perf_counter()
             tokens = work.call()
@@ -177,6 +193,9 @@ def run_block(
             block.tokens += tokens
             block.wall_s += wall
         block.steal_s = steal_s() - steal0
+        sampler1 = sampler_cpu_s(session)
+        if sampler0 is not None and sampler1 is not None:
+            block.sampler_cpu_frac = (sampler1 - sampler0) / block.wall_s
         if session:
             e1 = time.perf_counter()
             session.end_window("overhead", sync=sync)
@@ -225,18 +244,6 @@ def new_session(interval_ms: float) -> EnergySession:
     if torch.cuda.is_available():
         return EnergySession("nvml", gpu_indices=[0], sample_interval_ms=interval_ms)
     return EnergySession("auto", sample_interval_ms=interval_ms)
-
-
-def median_ci(values: list[float], confidence: float = 0.95, n: int = 4000) -> tuple[float, float]:
-    """Percentile-bootstrap CI of the median (seeded)."""
-    import numpy as np
-
-    arr = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(0)
-    meds = np.median(arr[rng.integers(0, arr.size, size=(n, arr.size))], axis=1)
-    alpha = 1.0 - confidence
-    low, high = np.percentile(meds, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(low), float(high)
 
 
 def calls_per_block(work: Workload, min_block_s: float) -> tuple[int, float]:
@@ -300,12 +307,20 @@ def summarise(
         "main_thread_cpu_frac": statistics.median(
             x for r in rows for arm in ("on", "off") for x in r[arm]["call_cpu_frac"]
         ),
+        "sampler_cpu_frac": _pooled_sampler_cpu(rows),
         "steal_s_total": sum(r["on"]["steal_s"] + r["off"]["steal_s"] for r in rows),
         "median_window_edges_ms": statistics.median(
             r["on"]["window_edges_ms"] for r in rows if r["on"]["window_edges_ms"] is not None
         ),
         "target_met": median >= TARGET,
     }
+
+
+def _pooled_sampler_cpu(rows: list[dict[str, Any]]) -> float | None:
+    """Sampler CPU s / timed wall s over every on block (ticks are 10 ms: pool them)."""
+    on = [r["on"] for r in rows if r["on"]["sampler_cpu_frac"] is not None]
+    wall = sum(b["wall_s"] for b in on)
+    return sum(b["sampler_cpu_frac"] * b["wall_s"] for b in on) / wall if on else None
 
 
 def run(args: Any) -> dict[str, Any]:
@@ -323,6 +338,7 @@ def table(results: dict[str, Any]) -> list[str]:
     """Lines of the summary table."""
     lines = [
         "overhead (session on / off)  median  95% CI          pooled  off CV  cpu  target>=0.99  edges ms"
+        "  sampler cpu"
     ]
     for name, r in results.items():
         if name == "cpu_settings":
@@ -332,6 +348,7 @@ def table(results: dict[str, Any]) -> list[str]:
             f"{name:<28} {r['median_ratio']:.4f}  [{lo:.4f},{hi:.4f}]  "
             f"{r['pooled_call_ratio']:.4f}  {100 * r['off_block_cv']:4.1f}%  "
             f"{r['main_thread_cpu_frac']:.2f}  {'met' if r['target_met'] else 'NOT met':<12}  "
-            f"{r['median_window_edges_ms']:.1f}"
+            f"{r['median_window_edges_ms']:8.1f}  "
+            + (f"{100 * r['sampler_cpu_frac']:.2f}%" if r["sampler_cpu_frac"] is not None else "-")
         )
     return lines
