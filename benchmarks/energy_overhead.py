@@ -22,6 +22,7 @@ re-imports the main script (and so this module) in its process.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -31,6 +32,7 @@ from typing import Any
 from bench_stats import median_ci
 
 from llenergymeasure.core.energy import EnergySession
+from llenergymeasure.core.energy.sampler import NvmlSampleSource, ReadFn
 
 TARGET = 0.99
 
@@ -162,7 +164,12 @@ def build_workload(
 
 
 def run_block(
-    work: Workload, metered: bool, calls: int, interval_ms: float, pin_cpu: int | None = None
+    work: Workload,
+    metered: bool,
+    calls: int,
+    interval_ms: float,
+    pin_cpu: int | None = None,
+    fields: tuple[str, ...] | None = None,
 ) -> Block:
     """One arm: (session on) one untimed call, then ``calls`` individually timed calls.
 
@@ -172,7 +179,7 @@ def run_block(
     block = Block(metered=metered)
     session = None
     if metered:
-        session = new_session(interval_ms)
+        session = new_session(interval_ms, fields)
         with _affinity_without(pin_cpu):
             session.start()
     try:
@@ -237,13 +244,49 @@ def apply_cpu_settings(args: Any) -> dict[str, Any]:
     }
 
 
-def new_session(interval_ms: float) -> EnergySession:
-    """NVML meter + sampler on GPU 0; on a machine without CUDA (smoke run) whatever is there."""
+@dataclasses.dataclass(frozen=True)
+class FieldsSource(NvmlSampleSource):
+    """The tool's NVML sample source restricted to some fields (diagnostic variant)."""
+
+    fields: tuple[str, ...] = ("power_w",)
+
+    def open(self) -> ReadFn:
+        read = super().open()
+        reader = read.__self__  # type: ignore[attr-defined]
+        reader.FIELDS = {  # fields not asked for read as None, like unsupported ones
+            k: (f if k in self.fields else _not_read) for k, f in type(reader).FIELDS.items()
+        }
+        return read
+
+
+def _not_read(_handle: Any) -> None:
+    return None
+
+
+class FieldsSession(EnergySession):
+    """EnergySession whose sampler reads only ``fields``."""
+
+    def __init__(self, fields: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fields = fields
+
+    def _sample_source(self, plan: Any) -> FieldsSource:
+        base = super()._sample_source(plan)
+        return FieldsSource(base.nvml_indices, base.fake, self.fields)
+
+
+def new_session(interval_ms: float, fields: tuple[str, ...] | None = None) -> EnergySession:
+    """NVML meter + sampler on GPU 0 (optionally sampling only ``fields``); on a machine
+    without CUDA (smoke run) whatever is there."""
     import torch
 
-    if torch.cuda.is_available():
-        return EnergySession("nvml", gpu_indices=[0], sample_interval_ms=interval_ms)
-    return EnergySession("auto", sample_interval_ms=interval_ms)
+    if not torch.cuda.is_available():
+        return EnergySession("auto", sample_interval_ms=interval_ms)
+    if fields:
+        return FieldsSession(
+            fields, energy_backend="nvml", gpu_indices=[0], sample_interval_ms=interval_ms
+        )
+    return EnergySession("nvml", gpu_indices=[0], sample_interval_ms=interval_ms)
 
 
 def calls_per_block(work: Workload, min_block_s: float) -> tuple[int, float]:

@@ -64,6 +64,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--modes", default="eager,static", help="cache modes for the overhead test")
     p.add_argument("--model", default="llama-3.2-1b", help="catalogue model of the overhead test")
+    p.add_argument(
+        "--sampler-fields", default=None, help="overhead: sample only these fields (diagnostic)"
+    )
     p.add_argument("--torch-threads", type=int, default=None, help="overhead: torch CPU threads")
     p.add_argument(
         "--pin-cpu", type=int, default=None, help="overhead: pin the main thread to this CPU"
@@ -81,6 +84,7 @@ def parse_args() -> argparse.Namespace:
     args.pairs = args.pairs or (3 if quick else 16)
     args.min_block_s = args.min_block_s or (0.5 if quick else 1.0)
     args.modes = args.modes.split(",")
+    args.sampler_fields = tuple(args.sampler_fields.split(",")) if args.sampler_fields else None
     args.sections = sorted(set(args.sections.split(",")))
     args.baseline_s = args.baseline_s if args.baseline_s is not None else (3.0 if quick else 10.0)
     args.batches = [int(b) for b in args.batches.split(",")]
