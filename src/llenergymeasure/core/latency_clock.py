@@ -78,7 +78,7 @@ class TokenClock:
     def add_tokens(self, request_id: Hashable, times_s: Sequence[float]) -> None:
         """Record several output tokens of one request at once (same checks as ``on_step``).
 
-        Lets a streamer keep one timestamp per decode step while generating and expand it to
+        Lets a step recorder keep one timestamp per decode step while generating and expand it to
         per-request token times after the batch, so per-step work does not grow with batch size.
         """
         req = self._get(request_id)
