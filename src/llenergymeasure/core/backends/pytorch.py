@@ -176,10 +176,8 @@ class PyTorchBackend:
             if beams:
                 self._generate(batch, None)
                 continue
-            recorder = self._step_recorder(TokenClock())
-            recorder.begin_batch([f"warmup-{i}-{j}" for j in range(batch.size)], batch.input_tokens)
-            new_tokens = self._new_tokens(batch, self._generate(batch, recorder))
-            recorder.end_batch([len(t) for t in new_tokens])
+            ids = [f"warmup-{i}-{j}" for j in range(batch.size)]
+            self._recorded_batch(batch, self._step_recorder(TokenClock()), ids)
         self.synchronize()
         return time.perf_counter() - start
 
@@ -197,9 +195,7 @@ class PyTorchBackend:
         batch_durations: list[float] = []
         for batch in prepared.batches:
             if recorder is not None:
-                batch_start = recorder.begin_batch(batch.request_ids, batch.input_tokens)
-                new_tokens = self._new_tokens(batch, self._generate(batch, recorder))
-                recorder.end_batch([len(t) for t in new_tokens])
+                batch_start, new_tokens = self._recorded_batch(batch, recorder, batch.request_ids)
                 outputs.extend(new_tokens)
             else:
                 batch_start = time.perf_counter()
@@ -219,6 +215,15 @@ class PyTorchBackend:
             output_token_ids=outputs,
             batch_durations_s=batch_durations,
         )
+
+    def _recorded_batch(
+        self, batch: PreparedBatch, recorder: StepRecorder, request_ids: list[str]
+    ) -> tuple[float, list[list[int]]]:
+        """One generate with per-step times; returns the batch's start time and new tokens."""
+        start = recorder.begin_batch(request_ids, batch.input_tokens)
+        new_tokens = self._new_tokens(batch, self._generate(batch, recorder))
+        recorder.end_batch([len(t) for t in new_tokens])
+        return start, new_tokens
 
     def _run_untimed_batch(self, batch: PreparedBatch, outputs: list[list[int]]) -> list[Any]:
         """Beam search: end-to-end time only; counts come from the returned sequences."""
