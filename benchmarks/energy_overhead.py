@@ -48,6 +48,7 @@ class Block:
     wall_s: float = 0.0
     steal_s: float = 0.0
     window_edges_ms: float | None = None
+    session_start_stop_s: float | None = None  # untimed: sampler spawn + NVML init, and stop
     sampler_cpu_frac: float | None = None  # sampler process CPU s / timed wall s (10 ms ticks)
 
     @property
@@ -178,10 +179,12 @@ def run_block(
     """
     block = Block(metered=metered)
     session = None
+    t_start = time.perf_counter()
     if metered:
         session = new_session(interval_ms, fields)
         with _affinity_without(pin_cpu):
             session.start()
+        block.session_start_stop_s = time.perf_counter() - t_start
     try:
         work.call()
         sync()
@@ -209,7 +212,11 @@ def run_block(
             block.window_edges_ms = 1000.0 * (edges + time.perf_counter() - e1)
     finally:
         if session:
+            t_stop = time.perf_counter()
             session.stop()
+            block.session_start_stop_s = (block.session_start_stop_s or 0.0) + (
+                time.perf_counter() - t_stop
+            )
     return block
 
 
@@ -304,13 +311,18 @@ def calls_per_block(work: Workload, min_block_s: float) -> tuple[int, float]:
 def measure_setting(
     mode: str, batch: int, pairs: int, min_block_s: float, args: Any
 ) -> dict[str, Any]:
-    """All pairs of one setting, with their summary."""
+    """All pairs of one setting, with their summary: at least ``pairs`` pairs, and more while
+    fewer than ``args.setting_s`` seconds have passed since the first one started (the
+    statistical power depends on the number of timed calls, not on how they are grouped)."""
     t0 = time.perf_counter()
     work = build_workload(mode, batch, args.in_tokens, args.new_tokens, args.model)
     k, one_call_s = calls_per_block(work, min_block_s)
     warm_s = time.perf_counter() - t0
-    rows = []
-    for i in range(pairs):
+    rows: list[dict[str, Any]] = []
+    t_pairs = time.perf_counter()
+    setting_s = getattr(args, "setting_s", 0.0) or 0.0
+    i = -1
+    while (i := i + 1) < pairs or time.perf_counter() - t_pairs < setting_s:
         order = (True, False) if i % 2 == 0 else (False, True)
         blocks = {m: run_block(work, m, k, args.sample_interval_ms, args.pin_cpu) for m in order}
         on, off = blocks[True], blocks[False]
@@ -321,7 +333,9 @@ def measure_setting(
             flush=True,
         )
     work.backend.cleanup()
-    return summarise(mode, batch, k, one_call_s, warm_s, rows)
+    summary = summarise(mode, batch, k, one_call_s, warm_s, rows)
+    summary["pairs_s"] = time.perf_counter() - t_pairs
+    return summary
 
 
 def summarise(
@@ -355,6 +369,9 @@ def summarise(
         "median_window_edges_ms": statistics.median(
             r["on"]["window_edges_ms"] for r in rows if r["on"]["window_edges_ms"] is not None
         ),
+        "median_session_start_stop_s": statistics.median(
+            r["on"]["session_start_stop_s"] or 0.0 for r in rows
+        ),
         "target_met": median >= TARGET,
     }
 
@@ -380,7 +397,7 @@ def run(args: Any) -> dict[str, Any]:
 def table(results: dict[str, Any]) -> list[str]:
     """Lines of the summary table."""
     lines = [
-        "overhead (session on / off)  median  95% CI          pooled  off CV  cpu  target>=0.99  edges ms"
+        "overhead (session on / off)  pairs  median  95% CI          pooled  off CV  cpu  target>=0.99  edges ms"
         "  sampler cpu"
     ]
     for name, r in results.items():
@@ -388,7 +405,7 @@ def table(results: dict[str, Any]) -> list[str]:
             continue
         lo, hi = r["median_ratio_ci95"]
         lines.append(
-            f"{name:<28} {r['median_ratio']:.4f}  [{lo:.4f},{hi:.4f}]  "
+            f"{name:<28} {len(r['pairs']):5d}  {r['median_ratio']:.4f}  [{lo:.4f},{hi:.4f}]  "
             f"{r['pooled_call_ratio']:.4f}  {100 * r['off_block_cv']:4.1f}%  "
             f"{r['main_thread_cpu_frac']:.2f}  {'met' if r['target_met'] else 'NOT met':<12}  "
             f"{r['median_window_edges_ms']:8.1f}  "

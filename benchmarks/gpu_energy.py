@@ -74,6 +74,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--min-block-s", type=float, default=None, help="overhead: seconds of timed calls per block"
     )
+    p.add_argument(
+        "--setting-s",
+        type=float,
+        default=None,
+        help="overhead: keep adding pairs until this many seconds have passed (per setting)",
+    )
     p.add_argument("--llama-load", action="store_true", help="also measure windows under generate")
     p.add_argument("--baseline-s", type=float, default=None, help="idle baseline duration")
     p.add_argument("--sample-interval-ms", type=float, default=100.0)
@@ -83,6 +89,7 @@ def parse_args() -> argparse.Namespace:
     args.repeats = args.repeats or (2 if quick else 3)
     args.pairs = args.pairs or (3 if quick else 16)
     args.min_block_s = args.min_block_s or (0.5 if quick else 1.0)
+    args.setting_s = args.setting_s or 0.0
     args.modes = args.modes.split(",")
     args.sampler_fields = tuple(args.sampler_fields.split(",")) if args.sampler_fields else None
     args.sections = sorted(set(args.sections.split(",")))
