@@ -172,16 +172,30 @@ def measure_window(
     duration_s: float,
     state: dict[str, Any],
 ) -> dict[str, Any]:
-    """One window: meter vs raw counter read right inside the meter's edges."""
+    """One window: the meter vs the raw counter, read with pynvml right outside and right
+    inside each of the meter's edges.
+
+    The meter's own reads happen somewhere between our "outside" and "inside" reads (a few
+    ms apart). When the counter did not step in between (``outside == inside`` at both
+    edges) the meter must equal the inner delta exactly; when it did, the meter's delta must
+    lie between the inner and the outer delta (``in_bracket``), and the ratio to the inner
+    delta can differ from 1 by one counter step (~100 ms of energy).
+    """
     import pynvml
 
+    def raw_mj() -> int:
+        return int(pynvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+
+    a_out = raw_mj()
     session.begin_window(name, sync=sync)
-    raw0 = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    a_in = raw_mj()
     load(duration_s, state)
     sync()
-    raw1 = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    b_in = raw_mj()
     report = session.end_window(name)
-    raw_j = (raw1 - raw0) / 1000.0
+    b_out = raw_mj()
+    raw_j = (b_in - a_in) / 1000.0
+    outer_j = (b_out - a_out) / 1000.0
     meter_j = report.gpu_energy_j
     return {
         "window": name,
@@ -189,6 +203,9 @@ def measure_window(
         "duration_s": report.duration_s,
         "meter_j": meter_j,
         "raw_counter_j": raw_j,
+        "raw_counter_outer_j": outer_j,
+        "counter_stepped_between_reads": a_out != a_in or b_out != b_in,
+        "in_bracket": meter_j is not None and raw_j - 1e-6 <= meter_j <= outer_j + 1e-6,
         "ratio": (meter_j / raw_j) if meter_j and raw_j else None,
         "polled_j": report.polled_gpu_energy_j,
         "polled_vs_counter_pct": report.counter_vs_polled_pct,
@@ -237,6 +254,8 @@ def accuracy(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                     print(
                         f"  {load_name:>18} {w:5.1f} s  meter {row['meter_j']:9.2f} J  raw "
                         f"{row['raw_counter_j']:9.2f} J  ratio {row['ratio'] or float('nan'):.4f}  "
+                        f"{'stepped' if row['counter_stepped_between_reads'] else 'exact  '}  "
+                        f"in bracket {row['in_bracket']}  "
                         f"polled {row['polled_vs_counter_pct'] or float('nan'):+6.2f} %",
                         flush=True,
                     )
@@ -261,28 +280,40 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- 3. report ---------------------------------------------------------------------------
 def summary_table(acc: dict[str, Any] | None, ovh: dict[str, Any]) -> str:
-    """Short text table of both sections."""
+    """Short text table of both sections.
+
+    "no step": windows where the counter did not step between the meter's reads and ours,
+    and the largest |meter / raw - 1| among them (must be 0); "in bracket": windows whose
+    meter delta lies between the inner and outer raw deltas; "all": largest |ratio - 1|.
+    """
     lines = [
         "",
-        "load                 window   median ratio  max |ratio-1|  median polled-vs-counter",
-        "-" * 82,
+        "load                 window  windows  no step  max|r-1| no step  in bracket  "
+        "max|r-1| all  median polled-vs-counter",
+        "-" * 112,
     ]
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in acc["windows"] if acc else []:
         groups.setdefault((r["load"], r["target_s"]), []).append(r)
     for (load, w), rows in groups.items():
-        ratios = [r["ratio"] for r in rows if r["ratio"]]
+        exact = [r for r in rows if not r["counter_stepped_between_reads"]]
         polled = [
             r["polled_vs_counter_pct"] for r in rows if r["polled_vs_counter_pct"] is not None
         ]
-        med = statistics.median(ratios) if ratios else float("nan")
-        worst = max((abs(x - 1) for x in ratios), default=float("nan"))
         pol = statistics.median(polled) if polled else float("nan")
+        inside = sum(bool(r["in_bracket"]) for r in rows)
         lines.append(
-            f"{load:<20} {w:5.1f} s   {med:10.4f}   {100 * worst:10.2f} %   {pol:+10.2f} %"
+            f"{load:<20} {w:5.1f} s  {len(rows):7d}  {len(exact):7d}  "
+            f"{100 * _worst(exact):13.3f} %  {inside:6d}/{len(rows):<3d}  "
+            f"{100 * _worst(rows):10.2f} %  {pol:+10.2f} %"
         )
     lines += ["", *energy_overhead.table(ovh)]
     return "\n".join(lines)
+
+
+def _worst(rows: list[dict[str, Any]]) -> float:
+    """Largest |meter / raw - 1| (nan for none)."""
+    return max((abs(r["ratio"] - 1) for r in rows if r["ratio"]), default=float("nan"))
 
 
 def main() -> None:

@@ -12,9 +12,11 @@ For each (mode, batch) the model is loaded through the tool's pytorch backend (a
 greedy ``generate`` calls run for ``--seconds`` with a stopping criterion that notes the host
 time after every step (it never stops generation). For every sample timestamp (``t_s`` of
 the timeline, stamped right before the reads) the decode rate over the 20 ms after it is
-compared with the rate over 50-70 ms after it (half an interval away, same call). The ratio
-of the two mean rates, with a bootstrap 95 % CI (ticks resampled), is 1 if a tick costs
-nothing; a tick costing x ms lowers it by up to x / 20 ms, and throughput by x / 100 ms.
+compared with the mean rate over the 20 ms windows starting 50 ms before and 50 ms after it
+(half an interval away, same call). The ratio of the mean rates, with a bootstrap 95 % CI
+(ticks resampled), is 1 if a tick costs nothing; a tick costing x ms lowers it by up to
+x / 20 ms, and throughput by x / 100 ms. The same analysis at times 25 ms after each sample
+(a placebo: none of its windows contains a sample) shows the method's own bias.
 
     PYTHONPATH=src python benchmarks/sampler_tick_cost.py --out tick_cost.json
 """
@@ -52,15 +54,17 @@ class HostSteps:
         return self._never
 
 
-def run_setting(mode: str, batch: int, seconds: float, args: Any) -> dict[str, Any]:
-    """Steps and ticks of one setting, classified."""
+def run_setting(
+    mode: str, batch: int, seconds: float, args: Any, fields: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """Steps and ticks of one setting (sampler reading only ``fields`` if given), classified."""
     from transformers import StoppingCriteriaList
 
     work = build_workload(mode, batch, args.in_tokens, args.new_tokens, args.model)
     calls_per_block(work, 1.0)  # warm-up (static cache compiles here)
     recorder = HostSteps()
     criteria = StoppingCriteriaList([recorder])
-    session = new_session(args.sample_interval_ms)
+    session = new_session(args.sample_interval_ms, fields)
     session.start()
     try:
         work.call()
@@ -83,7 +87,9 @@ def run_setting(mode: str, batch: int, seconds: float, args: Any) -> dict[str, A
     finally:
         session.stop()
         work.backend.cleanup()
-    return classify(mode, batch, recorder.calls, ticks)
+    result = classify(mode, batch, recorder.calls, ticks)
+    result["sampler_fields"] = list(fields) if fields else "all"
+    return result
 
 
 class _inference_mode:
@@ -105,36 +111,48 @@ def classify(
     near_s: float = 0.02,
     far_offset_s: float = 0.05,
 ) -> dict[str, Any]:
-    """Decode progress right after each tick vs half an interval later, paired per tick.
+    """Decode progress right after each tick vs half an interval before and after it.
 
     Progress P(t) is the number of decode steps done by time t, interpolated linearly between
     step times (steps 2..N of a call; the prefill is left out). For a tick at tau the rate
-    over [tau, tau + near_s] is compared with the rate over [tau + far_offset_s, ... + near_s]
-    of the same call. Windows fixed in time avoid the length bias of asking "did this step
-    contain a tick?" (longer steps are more likely to contain one, whatever a tick costs).
+    over [tau, tau + near_s] is compared with the mean rate over the same-length windows
+    ``far_offset_s`` before and after it, in the same call. Windows fixed in time avoid the
+    length bias of asking "did this step contain a tick?" (longer steps are more likely to
+    contain one, whatever a tick costs); controls on both sides cancel a trend along the call.
+    A placebo (every tick moved by 25 ms: none of its three windows contains a sample) must
+    give 1.
     """
+    result: dict[str, Any] = {"mode": mode, "batch": batch, "calls": len(calls)}
+    shift = far_offset_s / 2  # placebo windows and their controls all miss [tau, tau + near_s]
+    for name, taus in (("", ticks), ("placebo_", [t + shift for t in ticks])):
+        near, far = _windows(calls, taus, near_s, far_offset_s)
+        result[f"{name}ticks_used"] = len(near)
+        result[f"{name}near_over_far_rate"] = sum(near) / sum(far) if far else None
+        result[f"{name}near_over_far_rate_ci95"] = list(_ratio_ci(near, far))
+        if not name:
+            result["mean_step_ms"] = 1000.0 / statistics.fmean(far) if far else None
+    result.update(near_s=near_s, far_offset_s=far_offset_s)
+    return result
+
+
+def _windows(
+    calls: list[list[float]], taus: list[float], near_s: float, far_offset_s: float
+) -> tuple[list[float], list[float]]:
+    """Per usable tick: rate just after it, and the mean rate of the two control windows."""
     near: list[float] = []
     far: list[float] = []
     for times in calls:
         decode = times[2:]  # [0]=call start, [1]=after the prefill step
         if len(decode) < 2:
             continue
-        lo = bisect.bisect_left(ticks, decode[0])
-        hi = bisect.bisect_right(ticks, decode[-1] - far_offset_s - near_s)
-        for tau in ticks[lo:hi]:
+        lo = bisect.bisect_left(taus, decode[0] + far_offset_s)
+        hi = bisect.bisect_right(taus, decode[-1] - far_offset_s - near_s)
+        for tau in taus[lo:hi]:
             near.append(_rate(decode, tau, tau + near_s))
-            far.append(_rate(decode, tau + far_offset_s, tau + far_offset_s + near_s))
-    return {
-        "mode": mode,
-        "batch": batch,
-        "calls": len(calls),
-        "ticks_used": len(near),
-        "mean_step_ms": 1000.0 / statistics.fmean(far) if far else None,
-        "near_over_far_rate": sum(near) / sum(far) if far else None,
-        "near_over_far_rate_ci95": list(_ratio_ci(near, far)),
-        "near_s": near_s,
-        "far_offset_s": far_offset_s,
-    }
+            before = _rate(decode, tau - far_offset_s, tau - far_offset_s + near_s)
+            after = _rate(decode, tau + far_offset_s, tau + far_offset_s + near_s)
+            far.append((before + after) / 2)
+    return near, far
 
 
 def _rate(times: list[float], t0: float, t1: float) -> float:
@@ -167,7 +185,11 @@ def main() -> None:
     """Every setting; JSON to --out; a table last."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--settings", default="eager:1,eager:64,static:64", help="mode:batch,...")
+    p.add_argument(
+        "--settings",
+        default="eager:1,eager:64,static:64",
+        help="mode:batch[:field:field...],... (fields: the sampler reads only these)",
+    )
     p.add_argument("--seconds", type=float, default=40.0, help="generate time per setting")
     p.add_argument("--model", default="llama-3.2-1b")
     p.add_argument("--in-tokens", type=int, default=64)
@@ -176,16 +198,26 @@ def main() -> None:
     args = p.parse_args()
     rows = []
     for item in args.settings.split(","):
-        mode, batch = item.split(":")
-        rows.append(run_setting(mode, int(batch), args.seconds, args))
+        mode, batch, *fields = item.split(":")
+        rows.append(run_setting(mode, int(batch), args.seconds, args, tuple(fields) or None))
         print(json.dumps(rows[-1]), flush=True)
     args.out.write_text(json.dumps({"args": vars(args), "settings": rows}, indent=1, default=str))
-    print("\nsetting      ticks  mean step ms  rate 0-20 ms after a tick / 50-70 ms after [95% CI]")
+    print(
+        "\nsetting                ticks  step ms  rate 0-20 ms after a tick / +-50 ms [95% CI]"
+        "   placebo (no sample) [95% CI]"
+    )
     for r in rows:
         lo, hi = r["near_over_far_rate_ci95"]
+        plo, phi = r["placebo_near_over_far_rate_ci95"]
+        fields = (
+            r["sampler_fields"]
+            if isinstance(r["sampler_fields"], str)
+            else "+".join(r["sampler_fields"])
+        )
         print(
-            f"{r['mode']}_b{r['batch']:<6} {r['ticks_used']:6d}  {r['mean_step_ms']:10.3f}"
-            f"    {r['near_over_far_rate']:.4f} [{lo:.4f},{hi:.4f}]"
+            f"{r['mode']}_b{r['batch']:<4} {fields:<12} {r['ticks_used']:5d}  {r['mean_step_ms']:7.3f}"
+            f"  {r['near_over_far_rate']:.4f} [{lo:.4f},{hi:.4f}]"
+            f"                 {r['placebo_near_over_far_rate']:.4f} [{plo:.4f},{phi:.4f}]"
         )
 
 
