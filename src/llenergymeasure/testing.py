@@ -18,7 +18,8 @@ Script vocabulary (``FakeDevice``):
   - energy counter = integral of that power, updated in steps every ``counter_period_s``
     (like the real counter's ~100 ms steps); ``reset_at_s`` restarts it from 0 at those times;
     ``wrap_at_mj`` wraps it; ``counter_supported=False`` raises NVML_ERROR_NOT_SUPPORTED.
-  - temperature, SM clock, throttle bitmask: schedules like ``power_w``.
+  - temperature, SM clock, throttle bitmask, ``compute_processes`` (how many processes hold
+    a CUDA context on the GPU; default 0): schedules like ``power_w``.
   - ``errors``: NVML function name -> ``FakeError(code, calls)``; raised on those call
     numbers (1-based, per device and function), or on every call if ``calls`` is None.
 """
@@ -129,6 +130,7 @@ class FakeDevice:
     power_limit_w: float = 700.0
     mig_enabled: bool = False
     persistence_mode: bool = True
+    compute_processes: Schedule = 0.0
     errors: dict[str, FakeError] = dataclasses.field(default_factory=dict)
 
     def energy_mj(self, elapsed_s: float) -> int:
@@ -345,10 +347,22 @@ class FakeNVML:
         assert d is not None
         return int(d.power_limit_w * 1000)
 
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[_Process]:
+        d = self._enter("nvmlDeviceGetComputeRunningProcesses", handle)
+        assert d is not None
+        n = int(value_at(d.compute_processes, self.elapsed_s()))
+        return [_Process(pid=10_000 + i, usedGpuMemory=2**30) for i in range(n)]
+
 
 @dataclasses.dataclass
 class _Value:
     uiVal: int
+
+
+@dataclasses.dataclass
+class _Process:
+    pid: int
+    usedGpuMemory: int
 
 
 def fake_gpus(n: int, **kwargs: Any) -> list[FakeDevice]:

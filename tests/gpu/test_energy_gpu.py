@@ -22,6 +22,62 @@ if not _GPUS:
     pytest.skip(f"needs an NVIDIA GPU with NVML: {_WHY}", allow_module_level=True)
 
 
+_BASELINE_STATE_SCRIPT = """
+import json, sys, tempfile, time
+from pathlib import Path
+from llenergymeasure.core.energy import BaselineSettings, EnergySession
+
+cache = Path(tempfile.mkdtemp()) / "baseline.json"
+
+def baseline():
+    settings = BaselineSettings(duration_s=2.0, cache_path=cache, cache_ttl_s=3600.0)
+    with EnergySession("nvml", gpu_indices=[0], baseline=settings) as session:
+        return session.measure_baseline().model_dump(mode="json")
+
+before = baseline()
+import torch
+a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+for _ in range(50):
+    a @ a
+torch.cuda.synchronize()
+after = baseline()
+print(json.dumps({"before": before, "after": after}))
+"""
+
+
+def test_idle_baseline_records_the_context_state() -> None:
+    """A fresh process: the baseline before any CUDA context and the one after it opened one
+    are cached under different keys, and NVML counts the new context.
+
+    Placed first in this module so that pytest's own process has no context yet; if some
+    process does hold one, both baselines are "|context" and the second is the cached first.
+    """
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _BASELINE_STATE_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    before, after = result["before"], result["after"]
+    assert after["key"].endswith("|context")
+    if before["compute_processes"] == 0:
+        assert before["key"].endswith("|no-context")
+        assert not after["cached"]  # measured afresh, not the no-context value reused
+        assert after["compute_processes"] >= 1
+        assert after["idle_power_w"] > before["idle_power_w"]  # full clocks with a context
+    else:  # another process holds a context: same state, so the cached value is reused
+        assert before["key"] == after["key"] and after["cached"]
+    for b in (before, after):
+        assert b["sm_clock_mhz"] > 0 and b["temperature_c"] > 0
+        assert b["power_trend_pct"] is not None and b["settled"] is not None
+
+
 @pytest.fixture(scope="module")
 def torch_cuda() -> Any:
     """torch with CUDA, or skip."""

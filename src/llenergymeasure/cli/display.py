@@ -95,9 +95,13 @@ def _baseline_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
     baseline = result.energy.baseline if result.energy else None
     if baseline is None:
         return []
-    cached = " (cached)" if baseline.baseline.cached else ""
+    notes = [
+        *(["cached"] if baseline.baseline.cached else []),
+        *(["unsettled"] if baseline.baseline.settled is False else []),
+    ]
+    suffix = f" ({', '.join(notes)})" if notes else ""
     return [
-        ("idle power", f"{baseline.idle_power_w:.1f} W{cached}"),
+        ("idle power", f"{baseline.idle_power_w:.1f} W{suffix}"),
         ("energy above idle", f"{baseline.energy_above_idle_j:,.2f} J"),
     ]
 

@@ -86,17 +86,27 @@ class NotMeasured(_Model):
 class IdleBaseline(_Model):
     """Idle power of the GPUs in use, measured with nothing running.
 
-    Caveat: idle power drifts with temperature and with what else runs on the host; a cached
-    value (``cached=True``) may be up to ``cache_ttl_s`` old.
+    Caveat: idle power drifts with temperature, clocks and with what else runs on the host; a
+    cached value (``cached=True``) may be up to ``cache_ttl_s`` old. A GPU on which some
+    process holds a CUDA context stays at full clock and idles far higher than one with none,
+    so ``compute_processes`` is recorded and is part of ``key``. The state fields come from
+    the telemetry sampler over the baseline window (None without one, and in baselines cached
+    by older versions): ``settled`` is False when power drifted more than
+    ``quality.BASELINE_SETTLED_PCT`` between the first and last third of the window.
     """
 
-    key: str  # sorted GPU UUIDs joined by ","
+    key: str  # sorted GPU UUIDs joined by ",", then "|context", "|no-context" or "|unknown"
     idle_power_w: float
     idle_power_w_by_device: dict[str, float]
     duration_s: float
     method: Method
     measured_at_unix_s: float
     cached: bool = False
+    compute_processes: int | None = None  # on the GPUs in use, just before the window
+    sm_clock_mhz: float | None = None  # mean over the window and the GPUs
+    temperature_c: float | None = None  # mean over the window and the GPUs
+    power_trend_pct: float | None = None  # 100 x (last third - first third) / first third
+    settled: bool | None = None  # abs(power_trend_pct) <= BASELINE_SETTLED_PCT
 
 
 class BaselineAdjustment(_Model):

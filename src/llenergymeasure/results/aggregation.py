@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from llenergymeasure.core.energy.quality import merge_flags_by_code
 from llenergymeasure.core.metrics import TransformerShape
@@ -260,6 +261,7 @@ def _merge_baselines(items: Sequence[BaselineAdjustment | None]) -> BaselineAdju
         method=first.method,
         measured_at_unix_s=min(b.baseline.measured_at_unix_s for b in parts),
         cached=any(b.baseline.cached for b in parts),
+        **_merge_idle_state([b.baseline for b in parts]),
     )
     return BaselineAdjustment(
         baseline=baseline,
@@ -270,3 +272,30 @@ def _merge_baselines(items: Sequence[BaselineAdjustment | None]) -> BaselineAdju
         clamped=any(b.clamped for b in parts),
         note="summed over processes",
     )
+
+
+def _merge_idle_state(baselines: Sequence[IdleBaseline]) -> dict[str, Any]:
+    """Context/clock state of per-process baselines: processes summed, clock and temperature
+    averaged, power trend weighted by idle power; settled only if every part settled (any
+    unknown part makes the count, trend and ``settled`` unknown)."""
+    counts = [b.compute_processes for b in baselines]
+    trends = [(b.power_trend_pct, b.idle_power_w) for b in baselines]
+    settled = [b.settled for b in baselines]
+    weight_w = sum(w for _, w in trends)
+    known_trends = [(t, w) for t, w in trends if t is not None]
+    return {
+        "compute_processes": None if None in counts else sum(c for c in counts if c is not None),
+        "sm_clock_mhz": _mean_known([b.sm_clock_mhz for b in baselines]),
+        "temperature_c": _mean_known([b.temperature_c for b in baselines]),
+        "power_trend_pct": (
+            sum(t * w for t, w in known_trends) / weight_w
+            if len(known_trends) == len(trends) and weight_w > 0
+            else None
+        ),
+        "settled": None if None in settled else all(settled),
+    }
+
+
+def _mean_known(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None

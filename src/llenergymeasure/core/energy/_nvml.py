@@ -208,6 +208,10 @@ class Nvml:
         """Enforced power limit, W."""
         return float(self._call("nvmlDeviceGetEnforcedPowerLimit", handle)) / 1000.0
 
+    def compute_process_count(self, handle: Any) -> int:
+        """Processes holding a CUDA compute context on the GPU (any process, any user)."""
+        return len(self._call("nvmlDeviceGetComputeRunningProcesses", handle))
+
 
 def _is_nvml_error(e: BaseException) -> bool:
     """True for pynvml's NVMLError family (also what FakeNVML raises)."""

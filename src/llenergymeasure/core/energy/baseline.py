@@ -3,7 +3,21 @@
 How: the session opens a window over ``duration_s`` seconds of doing nothing (the parent
 sleeps; the sampler keeps sampling) and divides the GPU energy (counter, or polled where there
 is no counter) by the duration, per GPU. The result is cached on disk (platformdirs user cache
-dir, or a given path) keyed by the sorted UUIDs of the GPUs in use, for ``cache_ttl_s``.
+dir, or a given path) keyed by the sorted UUIDs of the GPUs in use and whether a CUDA compute
+context was open on them (``baseline_key``), for ``cache_ttl_s``.
+
+Context and clock state: "idle" is not one state. On an H100 with no CUDA context open the
+GPU drops to 345 MHz SM clock and draws ~73 W; as soon as any process holds a context (torch
+creates it at its first CUDA allocation) the GPU runs at full clock (1980 MHz, P0) and draws
+~124 W within 2 s; right after heavy work ~131 W, falling slowly to ~124 W over 90 s as it
+cools (49 -> 39 C), although sample-to-sample noise is only ~0.03 W.
+The experiment runner takes its baseline with the model loaded (context open, "ready idle"),
+a library user calling ``measure_baseline()`` before loading anything gets the no-context
+state: a 70 % difference, hence the context state in the cache key. The baseline also records
+``compute_processes`` and, from the telemetry sampler, the mean SM clock and temperature and
+the power trend over the window (``idle_state``): a trend beyond
+``quality.BASELINE_SETTLED_PCT`` means ``settled=False``, and every report adjusted with that
+baseline carries the ``baseline_unsettled`` flag.
 
 Caveats, stated in results: idle power depends on temperature (a GPU that just ran hot idles
 higher), on clocks and persistence mode, and on other processes using the GPU; a cached value
@@ -18,11 +32,16 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from llenergymeasure.core.energy.quality import BASELINE_SETTLED_PCT
+from llenergymeasure.core.energy.timeline import Timeline
 from llenergymeasure.domain.energy import BaselineAdjustment, IdleBaseline, QualityFlag
 
 CACHE_FILE = "idle_baseline.json"
+#: Fewer power samples than this per GPU in the window: no trend (its thirds are too thin).
+MIN_TREND_SAMPLES = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +61,60 @@ def default_cache_path() -> Path:
     return Path(platformdirs.user_cache_dir("llenergymeasure")) / CACHE_FILE
 
 
-def baseline_key(uuids: list[str]) -> str:
-    """Cache key of a set of GPUs: their sorted UUIDs."""
-    return ",".join(sorted(uuids))
+def baseline_key(uuids: Sequence[str], context_open: bool | None) -> str:
+    """Cache key: the sorted GPU UUIDs, then ``|context``, ``|no-context`` or ``|unknown``.
+
+    ``context_open``: whether any process held a CUDA compute context on those GPUs when the
+    baseline was (to be) measured; None when NVML could not say.
+    """
+    state = "unknown" if context_open is None else "context" if context_open else "no-context"
+    return ",".join(sorted(uuids)) + "|" + state
+
+
+@dataclasses.dataclass(frozen=True)
+class IdleState:
+    """What the telemetry sampler saw during the baseline window (None: not known)."""
+
+    sm_clock_mhz: float | None = None
+    temperature_c: float | None = None
+    power_trend_pct: float | None = None
+
+    @property
+    def settled(self) -> bool | None:
+        """Power stayed within ``BASELINE_SETTLED_PCT`` over the window (None: trend unknown)."""
+        if self.power_trend_pct is None:
+            return None
+        return abs(self.power_trend_pct) <= BASELINE_SETTLED_PCT
+
+
+def idle_state(timeline: Timeline, t0_s: float, t1_s: float, devices: Sequence[str]) -> IdleState:
+    """Mean SM clock and temperature over [t0, t1] and the power trend of ``devices``."""
+    rows = [r for r in timeline.window_rows(t0_s, t1_s) if r["device"] in devices]
+    clocks = [float(r["sm_clock_mhz"]) for r in rows if r.get("sm_clock_mhz") is not None]
+    temps = [float(r["temperature_c"]) for r in rows if r.get("temperature_c") is not None]
+    return IdleState(_mean(clocks), _mean(temps), power_trend_pct(timeline, t0_s, t1_s, devices))
+
+
+def power_trend_pct(
+    timeline: Timeline, t0_s: float, t1_s: float, devices: Sequence[str]
+) -> float | None:
+    """100 x (last third - first third) / first third of the window's mean power, summed over
+    ``devices``; None without devices or with fewer than MIN_TREND_SAMPLES samples of one."""
+    first_w = last_w = 0.0
+    for device in devices:
+        watts = [p for t, p in timeline.series(device, "power_w") if t0_s <= t <= t1_s]
+        if len(watts) < MIN_TREND_SAMPLES:
+            return None
+        third = len(watts) // 3
+        first_w += sum(watts[:third]) / third
+        last_w += sum(watts[-third:]) / third
+    if not devices or first_w <= 0:
+        return None
+    return 100.0 * (last_w - first_w) / first_w
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 class BaselineCache:

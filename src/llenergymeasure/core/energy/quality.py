@@ -2,7 +2,7 @@
 
 Codes: ``short_window``, ``low_sample_count``, ``throttling``, ``thermal_drift``,
 ``persistence_mode_off``, ``counter_missing``, ``estimate_used``, ``mig``, ``counter_reset``,
-``baseline_clamped``, ``not_measured``.
+``baseline_clamped``, ``baseline_unsettled``, ``not_measured``.
 
 Thresholds are module constants so that they are documented in one place.
 """
@@ -20,6 +20,9 @@ RECOMMENDED_WINDOW_S = 10.0
 MIN_SAMPLES = 10
 THERMAL_DRIFT_CLOCK_PCT = 5.0
 THERMAL_DRIFT_TEMP_C = 10.0
+# Idle power may change by at most this much (%, first vs last third of the baseline window)
+# for the baseline to count as settled; NVML idle noise is ~0.03 W (~0.03 %) on an H100.
+BASELINE_SETTLED_PCT = 1.0
 
 
 def short_window_flags(duration_s: float, update_periods_s: Sequence[float]) -> list[QualityFlag]:
@@ -104,6 +107,19 @@ def thermal_flags(thermal: ThermalSummary, slowdown_reasons: frozenset[str]) -> 
             )
         )
     return flags
+
+
+def baseline_unsettled_flag(power_trend_pct: float) -> QualityFlag:
+    """The idle baseline's power drifted during its window: above-idle energy is uncertain."""
+    return QualityFlag(
+        code="baseline_unsettled",
+        message=(
+            f"Idle power changed by {power_trend_pct:+.1f} % during the baseline window (GPU "
+            "still cooling or changing clocks after earlier work), so energy above idle is "
+            f"uncertain by about {abs(power_trend_pct):.1f} % of the idle energy; gross energy "
+            "is unaffected."
+        ),
+    )
 
 
 def persistence_flag(device_key: str) -> QualityFlag:

@@ -20,16 +20,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.core.energy._nvml import SLOWDOWN_REASONS, nvml
+from llenergymeasure.core.energy._nvml import SLOWDOWN_REASONS, NvmlError, nvml
 from llenergymeasure.core.energy.baseline import (
     BaselineCache,
     BaselineSettings,
+    IdleState,
     adjust_for_idle,
     baseline_key,
+    idle_state,
 )
 from llenergymeasure.core.energy.nvml import NvmlMeter
 from llenergymeasure.core.energy.protocol import WindowReading
 from llenergymeasure.core.energy.quality import (
+    baseline_unsettled_flag,
     low_sample_flag,
     not_measured_flag,
     persistence_flag,
@@ -186,6 +189,13 @@ class EnergySession:
     def end_window(self, name: str, sync: Callable[[], None] | None = None) -> EnergyReport:
         """Close window ``name`` on every meter and assemble the EnergyReport."""
         plan = self._require_plan()
+        t0, t1, readings = self._close_window(name, plan, sync)
+        return self._report(name, t0, t1, readings, plan)
+
+    def _close_window(
+        self, name: str, plan: MeterPlan, sync: Callable[[], None] | None
+    ) -> tuple[float, float, list[WindowReading]]:
+        """End window ``name`` on every meter: its edges (t0, t1) and the meters' readings."""
         if sync is not None:
             sync()
         readings = [meter.end_window(name) for meter in plan.meters]
@@ -195,33 +205,70 @@ class EnergySession:
             t0, t1 = plan.nvml_meter.edges_s.pop(name)
         if self.sampler is not None:
             self.sampler.flush()
-        return self._report(name, t0, t1, readings, plan)
+        return t0, t1, readings
 
     # --- baseline --------------------------------------------------------------------
     def measure_baseline(self) -> IdleBaseline | None:
-        """Idle GPU power (cached per GPU set for the TTL); None if disabled or no GPU meter."""
+        """Idle GPU power (cached per GPU set and context state for the TTL).
+
+        None if disabled or no GPU meter. The compute processes on the GPUs are counted just
+        before measuring: a baseline taken with no CUDA context open is never reused for one
+        with a context open (or the other way round); see ``core/energy/baseline.py``.
+        """
         settings = self.baseline_settings
         plan = self._require_plan()
         gpu_meters = [m for m in plan.meters if m.name in ("nvml", "zeus")]
         if settings is None or not settings.enabled or not gpu_meters or not plan.gpus:
             return None
         cache = BaselineCache(settings.cache_path, settings.cache_ttl_s)
-        key = baseline_key([d.uuid for d in plan.gpus])
-        self.baseline = cache.get(key) or self._measure_idle(key, settings.duration_s)
+        processes = self._compute_processes(plan)
+        context_open = None if processes is None else processes > 0
+        key = baseline_key([d.uuid for d in plan.gpus], context_open)
+        self.baseline = cache.get(key) or self._measure_idle(key, settings.duration_s, processes)
         if not self.baseline.cached:
             cache.put(self.baseline)
         return self.baseline
 
-    def _measure_idle(self, key: str, duration_s: float) -> IdleBaseline:
+    @staticmethod
+    def _compute_processes(plan: MeterPlan) -> int | None:
+        """Processes holding a compute context on the GPUs in use; None if NVML cannot say.
+
+        NVML initialisation is reference counted, so the balanced init/shutdown here is safe
+        whether the NVML meter or Zeus owns NVML.
+        """
+        try:
+            nvml.init()
+        except (NvmlError, ImportError):
+            return None
+        try:
+            total = 0
+            for dev in plan.gpus:
+                handle = nvml.optional(nvml.handle_by_index, dev.nvml_index)
+                count = (
+                    None if handle is None else nvml.optional(nvml.compute_process_count, handle)
+                )
+                if count is None:
+                    return None
+                total += count
+            return total
+        finally:
+            nvml.shutdown()
+
+    def _measure_idle(self, key: str, duration_s: float, processes: int | None) -> IdleBaseline:
         """Sleep through a window with nothing running and divide GPU energy by its duration."""
+        plan = self._require_plan()
         self.begin_window(BASELINE_WINDOW)
         self.sleep(duration_s)
-        report = self.end_window(BASELINE_WINDOW)
+        t0, t1, readings = self._close_window(BASELINE_WINDOW, plan, None)
+        report = self._report(BASELINE_WINDOW, t0, t1, readings, plan)
         gpu = [m for m in report.measurements if m.scope == "gpu"]
         if not gpu or report.duration_s <= 0:
             raise MeterError(f"Idle baseline could not be measured: {report.not_measured}")
         by_device = {k: v / report.duration_s for m in gpu for k, v in m.energy_j_by_device.items()}
         methods = {m.method for m in gpu}
+        state = IdleState()
+        if self.sampler is not None:
+            state = idle_state(self.sampler.timeline, t0, t1, [d.key for d in plan.gpus])
         return IdleBaseline(
             key=key,
             idle_power_w=sum(by_device.values()),
@@ -229,6 +276,11 @@ class EnergySession:
             duration_s=report.duration_s,
             method="counter" if methods == {"counter"} else "polled",
             measured_at_unix_s=time.time(),
+            compute_processes=processes,
+            sm_clock_mhz=state.sm_clock_mhz,
+            temperature_c=state.temperature_c,
+            power_trend_pct=state.power_trend_pct,
+            settled=state.settled,
         )
 
     # --- report ----------------------------------------------------------------------
@@ -266,6 +318,9 @@ class EnergySession:
                 report.gpu_energy_j, report.duration_s, self.baseline
             )
             flags += [flag] if flag else []
+            trend = self.baseline.power_trend_pct
+            if self.baseline.settled is False and trend is not None:
+                flags.append(baseline_unsettled_flag(trend))
         report.warnings = _dedupe(flags)
         return report
 
