@@ -23,6 +23,7 @@ re-imports the main script (and so this module) in its process.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import statistics
 import time
@@ -49,6 +50,8 @@ class Block:
     steal_s: float = 0.0
     window_edges_ms: float | None = None
     session_start_stop_s: float | None = None  # untimed: sampler spawn + NVML init, and stop
+    gc_s: float = 0.0  # time in Python's garbage collector during the timed calls
+    gc_full: int = 0  # generation-2 collections during the timed calls
     sampler_cpu_frac: float | None = None  # sampler process CPU s / timed wall s (10 ms ticks)
 
     @property
@@ -193,6 +196,7 @@ def run_block(
             session.begin_window("overhead", sync=sync)
             edges = time.perf_counter() - e0
         steal0, sampler0 = steal_s(), sampler_cpu_s(session)
+        GC_CLOCK.reset()
         for _ in range(calls):
             c0, w0 = time.thread_time(), time.perf_counter()
             tokens = work.call()
@@ -203,6 +207,7 @@ def run_block(
             block.tokens += tokens
             block.wall_s += wall
         block.steal_s = steal_s() - steal0
+        block.gc_s, block.gc_full = GC_CLOCK.total_s, GC_CLOCK.full
         sampler1 = sampler_cpu_s(session)
         if sampler0 is not None and sampler1 is not None:
             block.sampler_cpu_frac = (sampler1 - sampler0) / block.wall_s
@@ -218,6 +223,30 @@ def run_block(
                 time.perf_counter() - t_stop
             )
     return block
+
+
+class _GcClock:
+    """Time spent in Python's garbage collector (gc.callbacks), and full collections."""
+
+    def __init__(self) -> None:
+        self.total_s = 0.0
+        self.full = 0
+        self._t0: float | None = None
+        gc.callbacks.append(self._callback)
+
+    def reset(self) -> None:
+        self.total_s, self.full = 0.0, 0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        elif self._t0 is not None:
+            self.total_s += time.perf_counter() - self._t0
+            self.full += info.get("generation") == 2
+            self._t0 = None
+
+
+GC_CLOCK = _GcClock()
 
 
 class _affinity_without:
@@ -369,6 +398,14 @@ def summarise(
         "median_window_edges_ms": statistics.median(
             r["on"]["window_edges_ms"] for r in rows if r["on"]["window_edges_ms"] is not None
         ),
+        "gc_s_on_off": [
+            sum(r["on"].get("gc_s", 0.0) for r in rows),
+            sum(r["off"].get("gc_s", 0.0) for r in rows),
+        ],
+        "gc_full_on_off": [
+            sum(r["on"].get("gc_full", 0) for r in rows),
+            sum(r["off"].get("gc_full", 0) for r in rows),
+        ],
         "median_session_start_stop_s": statistics.median(
             r["on"]["session_start_stop_s"] or 0.0 for r in rows
         ),
@@ -398,7 +435,7 @@ def table(results: dict[str, Any]) -> list[str]:
     """Lines of the summary table."""
     lines = [
         "overhead (session on / off)  pairs  median  95% CI          pooled  off CV  cpu  target>=0.99  edges ms"
-        "  sampler cpu"
+        "  sampler cpu  gc ms on/off"
     ]
     for name, r in results.items():
         if name == "cpu_settings":
@@ -410,5 +447,6 @@ def table(results: dict[str, Any]) -> list[str]:
             f"{r['main_thread_cpu_frac']:.2f}  {'met' if r['target_met'] else 'NOT met':<12}  "
             f"{r['median_window_edges_ms']:8.1f}  "
             + (f"{100 * r['sampler_cpu_frac']:.2f}%" if r["sampler_cpu_frac"] is not None else "-")
+            + "        {:.0f}/{:.0f}".format(*(1000 * x for x in r.get("gc_s_on_off", (0, 0))))
         )
     return lines
