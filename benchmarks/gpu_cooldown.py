@@ -16,18 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def matmul_for(duration_s: float) -> None:
-    """bf16 8192^3 products until ``duration_s`` has passed."""
-    import torch
-
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    deadline = time.monotonic() + duration_s
-    while time.monotonic() < deadline:
-        for _ in range(10):
-            a @ b
-        torch.cuda.synchronize()
+from gpu_energy import matmul_load  # type: ignore[import-not-found]  # benchmarks/ sibling
 
 
 def watch(handle: Any, watch_s: float, interval_s: float) -> list[dict[str, float]]:
@@ -63,7 +52,7 @@ def main() -> None:
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
     before = watch(handle, 3.0, 0.1)
-    matmul_for(args.load_s)
+    matmul_load(args.load_s, {})
     torch.cuda.empty_cache()
     rows = watch(handle, args.watch_s, 0.1)
     pynvml.nvmlShutdown()
