@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import itertools
 import os
 import statistics
 import time
@@ -350,8 +351,9 @@ def measure_setting(
     rows: list[dict[str, Any]] = []
     t_pairs = time.perf_counter()
     setting_s = getattr(args, "setting_s", 0.0) or 0.0
-    i = -1
-    while (i := i + 1) < pairs or time.perf_counter() - t_pairs < setting_s:
+    for i in itertools.count():
+        if i >= pairs and time.perf_counter() - t_pairs >= setting_s:
+            break
         order = (True, False) if i % 2 == 0 else (False, True)
         blocks = {m: run_block(work, m, k, args.sample_interval_ms, args.pin_cpu) for m in order}
         on, off = blocks[True], blocks[False]
