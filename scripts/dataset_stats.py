@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
+from llenergymeasure.catalogue.tokenizer import load_offline_tokenizer
 from llenergymeasure.datasets.loader import load_builtin
 
 

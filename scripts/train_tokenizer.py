@@ -3,7 +3,7 @@
 
 Random-weight models (``weights: random``) need a tokenizer that works without the network.
 This script trains one with the Hugging Face ``tokenizers`` library on the built-in prompt
-set and writes ``src/llenergymeasure/core/models/tokenizer/llem-bpe.json``.
+set and writes ``src/llenergymeasure/catalogue/llem-bpe.json``.
 
 The prompt set alone (about 350 kB of templated text) supports only ~3300 BPE entries, and a
 tokenizer that knows only its words would shred any other text into bytes. So the corpus is
@@ -35,7 +35,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from llenergymeasure.core.models.catalogue import (  # noqa: E402
+from llenergymeasure.catalogue.architectures import (  # noqa: E402
     OFFLINE_BOS_ID,
     OFFLINE_TOKENIZER_VOCAB_SIZE,
 )
@@ -43,7 +43,7 @@ from llenergymeasure.core.models.catalogue import (  # noqa: E402
 PROMPT_WEIGHT = 3  # the prompts count three times against the stdlib text
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"]
 DEFAULT_PROMPTS = ROOT / "src/llenergymeasure/datasets/builtin/prompts.jsonl"
-DEFAULT_OUT = ROOT / "src/llenergymeasure/core/models/tokenizer/llem-bpe.json"
+DEFAULT_OUT = ROOT / "src/llenergymeasure/catalogue/llem-bpe.json"
 
 
 def read_corpus(path: Path) -> list[str]:

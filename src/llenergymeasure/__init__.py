@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__: str = "2.0.0"
+from llenergymeasure._version import __version__
 
 __all__ = [
     "ExperimentConfig",

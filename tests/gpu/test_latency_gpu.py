@@ -14,9 +14,9 @@ if not torch.cuda.is_available():
 
 from transformers import AutoConfig, AutoModelForCausalLM, StoppingCriteriaList  # noqa: E402
 
+from llenergymeasure.catalogue.architectures import get_architecture  # noqa: E402
 from llenergymeasure.core.latency import make_step_recorder  # noqa: E402
 from llenergymeasure.core.latency_clock import TokenClock  # noqa: E402
-from llenergymeasure.core.models.catalogue import get_architecture  # noqa: E402
 
 MAX_NEW = 16
 

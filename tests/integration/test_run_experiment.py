@@ -143,8 +143,8 @@ def test_energy_from_the_counter_divided_by_output_tokens(tmp_path: Path) -> Non
 def test_pretrained_model_saved_locally_runs_by_path(tmp_path: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from llenergymeasure.core.models.catalogue import get_architecture
-    from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
+    from llenergymeasure.catalogue.architectures import get_architecture
+    from llenergymeasure.catalogue.tokenizer import load_offline_tokenizer
 
     spec = get_architecture("tiny-llama")
     model = AutoModelForCausalLM.from_config(

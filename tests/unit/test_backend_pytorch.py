@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from llenergymeasure.catalogue.tokenizer import load_offline_tokenizer
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.core.backends.pytorch import PyTorchBackend, build_generation_config
-from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
 from llenergymeasure.datasets.types import Prompt
 from llenergymeasure.exceptions import BackendError, ConfigError
 

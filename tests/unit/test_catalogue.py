@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llenergymeasure.core.models.catalogue import (
+from llenergymeasure.catalogue.architectures import (
     OFFLINE_TOKENIZER_VOCAB_SIZE,
     ArchitectureSpec,
     UnknownArchitectureError,
@@ -173,7 +173,7 @@ def test_unknown_family_is_labelled_estimate() -> None:
 
 def test_import_does_not_load_torch_or_transformers() -> None:
     code = (
-        "import sys, llenergymeasure.core.models.catalogue as c; c.get_architecture('gpt2');"
+        "import sys, llenergymeasure.catalogue.architectures as c; c.get_architecture('gpt2');"
         "print(sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules))"
     )
     src = str(Path(__file__).resolve().parents[2] / "src")

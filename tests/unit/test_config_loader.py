@@ -15,6 +15,7 @@ from llenergymeasure.config.loader import (
 )
 from llenergymeasure.config.user_config import UserConfig
 from llenergymeasure.exceptions import ConfigError, ConfigIssue, ConfigValidationError
+from llenergymeasure.study.grid import plan_loaded
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -156,7 +157,7 @@ def test_experiment_overrides_on_a_study_fix_swept_fields(tmp_path: Path) -> Non
     loaded = load_config(path, {"precision": "fp16"}, user_config=UserConfig())
     assert "precision" not in loaded.study.sweep and loaded.study.base["precision"] == "fp16"
     assert any("precision" in note for note in loaded.notes)
-    plan = loaded.plan()
+    plan = plan_loaded(loaded)
     assert {e.config.precision for e in plan.unique_configs} == {"fp16"}
     assert plan.unique_configs[0].provenance["precision"] == "cli"
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def tok() -> Any:
     pytest.importorskip("transformers")
-    from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
+    from llenergymeasure.catalogue.tokenizer import load_offline_tokenizer
 
     return load_offline_tokenizer()
 
@@ -228,7 +228,7 @@ def test_synthetic_input_len_below_special_tokens_is_rejected(tok: Any) -> None:
 
 def test_loader_import_does_not_load_torch_or_transformers() -> None:
     code = (
-        "import sys, llenergymeasure.datasets.loader, llenergymeasure.core.models.tokenizer;"
+        "import sys, llenergymeasure.datasets.loader, llenergymeasure.catalogue.tokenizer;"
         "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -243,8 +243,8 @@ def test_loader_import_does_not_load_torch_or_transformers() -> None:
 
 def test_config_synthetic_dataset_without_n_takes_experiment_n() -> None:
     """A YAML `dataset: {input_len, output_len}` reaches the loader as the pydantic model."""
+    from llenergymeasure.catalogue.tokenizer import load_offline_tokenizer
     from llenergymeasure.config.models import ExperimentConfig
-    from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
 
     cfg = ExperimentConfig(model="tiny-llama", n=3, dataset={"input_len": 8, "output_len": 4})
     tok = load_offline_tokenizer()

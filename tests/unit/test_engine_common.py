@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from llenergymeasure.catalogue.architectures import get_architecture
+from llenergymeasure.catalogue.tokenizer import load_offline_tokenizer
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.core.backends._engine_common import (
     engine_timing,
@@ -13,8 +15,6 @@ from llenergymeasure.core.backends._engine_common import (
     prepare_token_ids,
     random_model_dir,
 )
-from llenergymeasure.core.models.catalogue import get_architecture
-from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
 from llenergymeasure.datasets.types import Prompt
 from llenergymeasure.exceptions import ConfigError
 

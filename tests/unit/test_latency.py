@@ -14,9 +14,9 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from llenergymeasure.catalogue.architectures import get_architecture
 from llenergymeasure.core.latency import StepRecorder, make_step_recorder
 from llenergymeasure.core.latency_clock import TokenClock
-from llenergymeasure.core.models.catalogue import get_architecture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

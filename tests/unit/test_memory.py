@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from llenergymeasure.catalogue.architectures import get_architecture
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.core.memory import CUDA_CONTEXT_GB, estimate_memory
-from llenergymeasure.core.models.catalogue import get_architecture
 
 LLAMA_1B_PARAMS = 1_235_814_400  # Llama-3.2-1B, tied embeddings (model card: 1.24B)
 

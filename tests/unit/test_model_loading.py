@@ -11,15 +11,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from llenergymeasure.catalogue.architectures import get_architecture
+from llenergymeasure.catalogue.tokenizer import load_offline_tokenizer
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.core.models.catalogue import get_architecture
 from llenergymeasure.core.models.loading import (
     check_vocab,
     hub_reachable,
     load_model_and_tokenizer,
     torch_dtype_for,
 )
-from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
 from llenergymeasure.exceptions import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -87,7 +87,7 @@ def test_cpu_memory_checked_against_available_ram(monkeypatch: pytest.MonkeyPatc
 
 
 def test_local_model_directory_with_config_passes(tmp_path: Path) -> None:
-    from llenergymeasure.core.models.catalogue import get_architecture
+    from llenergymeasure.catalogue.architectures import get_architecture
 
     config = dict(get_architecture("tiny-llama").config)
     (tmp_path / "config.json").write_text(json.dumps(config))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from llenergymeasure.core.models.catalogue import (
+from llenergymeasure.catalogue.architectures import (
     OFFLINE_BOS_ID,
     OFFLINE_EOS_ID,
     OFFLINE_PAD_ID,
@@ -15,7 +15,7 @@ from llenergymeasure.core.models.catalogue import (
     OFFLINE_UNK_ID,
     get_architecture,
 )
-from llenergymeasure.core.models.tokenizer import load_offline_tokenizer, offline_tokenizer_path
+from llenergymeasure.catalogue.tokenizer import load_offline_tokenizer, offline_tokenizer_path
 
 pytest.importorskip("transformers")
 
@@ -60,7 +60,7 @@ def test_batch_pads_on_the_left(tok: Any) -> None:
 
 
 def test_ids_fit_every_catalogue_model(tok: Any) -> None:
-    from llenergymeasure.core.models.catalogue import list_architectures
+    from llenergymeasure.catalogue.architectures import list_architectures
 
     assert max(tok.get_vocab().values()) < min(
         get_architecture(n).vocab for n in list_architectures()

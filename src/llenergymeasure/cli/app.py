@@ -12,56 +12,13 @@ library lazily, inside their functions.
 from __future__ import annotations
 
 import sys
-import traceback
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
-from llenergymeasure import __version__
-from llenergymeasure.exceptions import ConfigError, LLEMError
-
-EXIT_OK = 0
-EXIT_RUNTIME = 1
-EXIT_CONFIG = 2
-EXIT_INTERRUPTED = 130
-
-_STATE: dict[str, int] = {"verbosity": 0}
-
-
-def set_verbosity(quiet: bool = False, verbose: int = 0) -> int:
-    """Record the verbosity a command asked for (-1 quiet, 0 normal, >0 verbose) and
-    return it; a global ``-v`` given before the command is kept."""
-    level = -1 if quiet else max(verbose, _STATE["verbosity"])
-    _STATE["verbosity"] = level
-    return level
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """The exit code an exception maps to (see the module docstring)."""
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
-    if isinstance(exc, LLEMError):
-        return EXIT_CONFIG if isinstance(exc, ConfigError) else int(exc.exit_code or 1)
-    return EXIT_RUNTIME
-
-
-def error_message(exc: BaseException) -> str:
-    """The one message a user sees for an exception."""
-    if isinstance(exc, KeyboardInterrupt):
-        return "Interrupted."
-    if isinstance(exc, LLEMError):
-        return f"Error: {exc}"
-    detail = f"{type(exc).__name__}: {exc}"
-    return f"Unexpected error: {detail}\n(run again with -v for the traceback)"
-
-
-def report_error(exc: BaseException) -> int:
-    """Print the message (and the traceback when verbose) on stderr; return the exit code."""
-    if _STATE["verbosity"] > 0:
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    typer.echo(error_message(exc), err=True)
-    return exit_code_for(exc)
+from llenergymeasure._version import __version__
+from llenergymeasure.cli._common import EXIT_OK, STATE, report_error
 
 
 class LlemGroup(TyperGroup):
@@ -123,7 +80,7 @@ def _root(
     ] = False,
 ) -> None:
     """llem: LLM inference energy measurement."""
-    _STATE["verbosity"] = -1 if quiet else verbose
+    STATE["verbosity"] = -1 if quiet else verbose
 
 
 def _register_commands() -> None:
@@ -148,7 +105,7 @@ _register_commands()
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``llem`` and ``python -m llenergymeasure``); exits the process."""
-    _STATE["verbosity"] = 0
+    STATE["verbosity"] = 0
     try:
         app(args=argv, prog_name="llem")
     except KeyboardInterrupt as exc:  # outside a command, e.g. while parsing

@@ -192,7 +192,7 @@ def _range_issue(path: str, kind: str, value: Any, ctx: Mapping[str, Any]) -> Co
 def _missing_fix(segments: list[str]) -> str:
     """How to supply a missing required field."""
     if segments == ["model"]:
-        from llenergymeasure.core.models.catalogue import list_architectures
+        from llenergymeasure.catalogue.architectures import list_architectures
 
         names = ", ".join(list_architectures()[:6])
         return f"add `model: <Hugging Face id, local path, or one of {names}, ...>`"

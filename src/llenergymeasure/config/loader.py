@@ -10,7 +10,6 @@ Usage::
 
     loaded = load_config("experiment.yaml", {"n": 20})
     loaded.kind, loaded.experiment, loaded.study, loaded.provenance["n"]   # -> "cli"
-    plan = loaded.plan()                       # study/grid.expand_study with the same layers
     cfg = experiment_from_kwargs(model="tiny-llama", n=20)
 """
 
@@ -19,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -34,9 +33,6 @@ from llenergymeasure.config.study_design import (
 )
 from llenergymeasure.config.user_config import UserConfig, load_user_config
 from llenergymeasure.exceptions import ConfigError, ConfigIssue, ConfigValidationError
-
-if TYPE_CHECKING:
-    from llenergymeasure.study.grid import StudyPlan
 
 STUDY_MARKERS = ("sweep", "experiments", "base", "study_name")
 CLI_SOURCE = "command line"
@@ -55,14 +51,6 @@ class LoadedConfig:
     notes: list[str] = field(default_factory=list)
     user_config: UserConfig | None = None
     cli_overrides: dict[str, Any] = field(default_factory=dict)  # experiment-level, nested
-
-    def plan(self) -> StudyPlan:
-        """Expand the study with the same user config and overrides (``study/grid.py``)."""
-        from llenergymeasure.study.grid import expand_study
-
-        return expand_study(
-            self.study, user_config=self.user_config, cli_overrides=self.cli_overrides
-        )
 
 
 def load_config(

@@ -13,10 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from llenergymeasure.config import ssot
 from llenergymeasure.config.backend_configs import PyTorchConfig, TensorRTConfig, VLLMConfig
-
-Backend = Literal["pytorch", "vllm", "tensorrt"]
-Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8", "int4"]
-EnergyBackendName = Literal["auto", "nvml", "zeus", "codecarbon", "rapl", "null"]
+from llenergymeasure.config.ssot import Backend, DecodingStrategy, EnergyBackendName, Precision
 
 MAX_N = 1_000_000  # prompts per experiment; more is almost certainly a typo
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -59,7 +56,7 @@ class SyntheticDatasetConfig(_Model):
 class DecoderConfig(_Model):
     """Decoding settings shared by all backends."""
 
-    strategy: Literal["greedy", "sample", "beam_search"] = "greedy"
+    strategy: DecodingStrategy = "greedy"
     temperature: float | None = Field(None, ge=0.0, le=10.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0)
@@ -191,7 +188,7 @@ class ExperimentConfig(_Model):
         """`weights` with the default resolved (random for catalogue names)."""
         if self.weights is not None:
             return self.weights
-        from llenergymeasure.core.models.catalogue import is_catalogue_name
+        from llenergymeasure.catalogue.architectures import is_catalogue_name
 
         return "random" if is_catalogue_name(self.model) else "pretrained"
 

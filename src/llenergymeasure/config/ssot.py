@@ -6,12 +6,19 @@ else may hard-code them.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal, get_args
 
-BACKENDS: Final[tuple[str, ...]] = ("pytorch", "vllm", "tensorrt")
-PRECISIONS: Final[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8", "fp8", "int4")
-DECODING_STRATEGIES: Final[tuple[str, ...]] = ("greedy", "sample", "beam_search")
-ENERGY_BACKENDS: Final[tuple[str, ...]] = ("auto", "nvml", "zeus", "codecarbon", "rapl", "null")
+# The names, once: each Literal is the type the config models use, each tuple (derived from
+# it) the runtime list that validators, docs and `llem config` iterate over.
+Backend = Literal["pytorch", "vllm", "tensorrt"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8", "int4"]
+DecodingStrategy = Literal["greedy", "sample", "beam_search"]
+EnergyBackendName = Literal["auto", "nvml", "zeus", "codecarbon", "rapl", "null"]
+
+BACKENDS: Final[tuple[str, ...]] = get_args(Backend)
+PRECISIONS: Final[tuple[str, ...]] = get_args(Precision)
+DECODING_STRATEGIES: Final[tuple[str, ...]] = get_args(DecodingStrategy)
+ENERGY_BACKENDS: Final[tuple[str, ...]] = get_args(EnergyBackendName)
 
 # precision -> how the backend realises it
 PRECISION_SUPPORT: Final[dict[str, dict[str, str]]] = {

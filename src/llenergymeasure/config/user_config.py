@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from llenergymeasure.config import ssot
 from llenergymeasure.config._yaml import read_yaml_mapping
-from llenergymeasure.config.models import EnergyBackendName
+from llenergymeasure.config.ssot import EnergyBackendName
 from llenergymeasure.exceptions import ConfigIssue, ConfigValidationError
 
 #: Default grid carbon intensity, gCO2e/kWh: roughly the world-average electricity mix

@@ -60,7 +60,7 @@ def estimate_memory(cfg: ExperimentConfig) -> MemoryEstimate:
     Usage: ``estimate_memory(cfg).total_gb``. Returns ``None`` figures with a note when the
     model's architecture is not available offline (a Hub id that is not in the catalogue).
     """
-    from llenergymeasure.core.models.catalogue import resolve_architecture
+    from llenergymeasure.catalogue.architectures import resolve_architecture
     from llenergymeasure.exceptions import ConfigError
 
     try:

@@ -184,7 +184,7 @@ def energy_ratios(energy_j: float | None, tokens: TokenCounts, basis: str) -> En
 class TransformerShape(Protocol):
     """What the FLOPs and KV-cache arithmetic needs from an architecture.
 
-    ``core.models.catalogue.ArchitectureSpec`` satisfies it. An object that also has
+    ``catalogue.architectures.ArchitectureSpec`` satisfies it. An object that also has
     ``n_params_lm_head`` gets the LM-head matmul counted (see :func:`estimate_flops`).
     """
 

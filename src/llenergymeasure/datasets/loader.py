@@ -71,7 +71,7 @@ def load_prompts(
 def _load_synthetic(spec: Any, n: int | None, tokenizer: Any) -> PromptList:
     """Synthetic prompts, with the offline tokenizer by default."""
     if tokenizer is None:
-        from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
+        from llenergymeasure.catalogue.tokenizer import load_offline_tokenizer
 
         tokenizer = load_offline_tokenizer()
     prompts = synthetic_prompts(spec, tokenizer, n)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure.domain.results import ExperimentResult
-from llenergymeasure.study.stats import CycleSummary
+from llenergymeasure.domain.stats import CycleSummary
 
 STUDY_SCHEMA_VERSION = "1.0"
 

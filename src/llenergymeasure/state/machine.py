@@ -8,11 +8,12 @@ time-stamped (UTC) so a result records when its measurement window opened.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict
 
+from llenergymeasure.clock import utc_now
 from llenergymeasure.exceptions import ExperimentError
 
 
@@ -43,11 +44,6 @@ class StateTransition(BaseModel):
     state: ExperimentState
     at: datetime
     failed: bool = False
-
-
-def utc_now() -> datetime:
-    """The current time in UTC (timezone-aware)."""
-    return datetime.now(timezone.utc)
 
 
 class ExperimentStateMachine:

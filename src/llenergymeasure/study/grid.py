@@ -27,7 +27,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -44,6 +44,9 @@ from llenergymeasure.config.study_design import (
 )
 from llenergymeasure.config.user_config import UserConfig
 from llenergymeasure.exceptions import ConfigIssue, ConfigValidationError
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.loader import LoadedConfig
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,13 @@ class _Candidate:
     raw: dict[str, Any]
     assignments: dict[str, Any]
     label: str
+
+
+def plan_loaded(loaded: LoadedConfig) -> StudyPlan:
+    """Expand a loaded configuration's study with the same user config and overrides."""
+    return expand_study(
+        loaded.study, user_config=loaded.user_config, cli_overrides=loaded.cli_overrides
+    )
 
 
 def expand_study(

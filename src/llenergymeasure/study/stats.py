@@ -14,41 +14,10 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-BOOTSTRAP_METHOD = "percentile bootstrap"
+from llenergymeasure.domain.stats import ConfidenceInterval, CycleSummary
+
 FEW_SAMPLES = 5  # below this many values the CI gets a caution note
-
-
-class ConfidenceInterval(BaseModel):
-    """A confidence interval for the mean of some values (same unit as the values)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    mean: float
-    low: float
-    high: float
-    n: int = Field(ge=1)
-    confidence: float = Field(gt=0.0, lt=1.0)
-    method: str = BOOTSTRAP_METHOD
-    n_resamples: int = Field(ge=1)
-    seed: int
-    note: str | None = None
-
-
-class CycleSummary(BaseModel):
-    """Spread of one metric across cycles, with a bootstrap CI of its mean."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    n: int = Field(ge=1, description="finite values used")
-    n_dropped: int = Field(ge=0, description="missing (None) or non-finite values left out")
-    mean: float
-    std: float | None = Field(description="sample standard deviation (ddof=1); None for n=1")
-    cv: float | None = Field(description="std / |mean|; None when undefined")
-    min: float
-    max: float
-    ci: ConfidenceInterval
 
 
 def bootstrap_ci(

@@ -43,7 +43,7 @@ def config(
     ] = False,
 ) -> None:
     """Print the environment report (or the config JSON schema) on stdout."""
-    from llenergymeasure.cli.app import set_verbosity
+    from llenergymeasure.cli._common import set_verbosity
     from llenergymeasure.logging import setup_logging
 
     setup_logging(set_verbosity(verbose=verbose))

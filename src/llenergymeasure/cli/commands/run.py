@@ -101,7 +101,7 @@ def run(
     ] = 0,
 ) -> None:
     """Run (or plan, with --dry-run) the experiment or study described by CONFIG/options."""
-    from llenergymeasure.cli.app import set_verbosity
+    from llenergymeasure.cli._common import set_verbosity
     from llenergymeasure.logging import setup_logging
 
     verbosity = set_verbosity(quiet, verbose)
@@ -185,8 +185,9 @@ def dry_run_text(loaded: LoadedConfig) -> str:
     """The plan of a dry run: experiments in run order with memory estimates, skipped points."""
     from llenergymeasure.cli.display import format_dry_run
     from llenergymeasure.core.memory import estimate_memory
+    from llenergymeasure.study.grid import plan_loaded
 
-    plan = loaded.plan()
+    plan = plan_loaded(loaded)
     cache: dict[str, Any] = {}
 
     def estimate(cfg: Any) -> Any:

@@ -41,7 +41,7 @@ def require_module(module: str, extra: str) -> None:
 
 def random_model_dir(config: ExperimentConfig) -> Path:
     """A temporary directory holding the architecture's config.json (for dummy weights)."""
-    from llenergymeasure.core.models.catalogue import resolve_architecture
+    from llenergymeasure.catalogue.architectures import resolve_architecture
 
     spec = resolve_architecture(config.model)
     if spec is None:
@@ -70,7 +70,7 @@ def _architecture_class(model_type: str) -> str:
 def load_tokenizer(config: ExperimentConfig, random_weights: bool) -> Any:
     """The offline tokenizer for random weights, else the model's own (left padding)."""
     if random_weights:
-        from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
+        from llenergymeasure.catalogue.tokenizer import load_offline_tokenizer
 
         return load_offline_tokenizer()
     from transformers import AutoTokenizer

@@ -116,7 +116,7 @@ def architecture_config(model: str) -> PretrainedConfig:
     """
     from transformers import AutoConfig
 
-    from llenergymeasure.core.models.catalogue import is_catalogued, resolve_architecture
+    from llenergymeasure.catalogue.architectures import is_catalogued, resolve_architecture
 
     if is_catalogued(model):
         spec = resolve_architecture(model)
@@ -143,7 +143,7 @@ def _load_random(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llenergymeasure.core.models.tokenizer import load_offline_tokenizer
+    from llenergymeasure.catalogue.tokenizer import load_offline_tokenizer
 
     hf_config = architecture_config(config.model)
     tokenizer = load_offline_tokenizer()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.core.models.catalogue_data import (
+from llenergymeasure.catalogue.data import (
     CATALOGUE_CONFIGS,
     OFFLINE_BOS_ID,
     OFFLINE_EOS_ID,

@@ -1,13 +1,13 @@
 """Data of the built-in architecture catalogue (shapes as in each model's config.json).
 
-Kept apart from ``catalogue.py`` (the logic) so each stays small; pure Python.
+Kept apart from ``architectures.py`` (the logic) so each stays small; pure Python.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-#: Vocabulary size of the offline tokenizer (``core/models/tokenizer/llem-bpe.json``).
+#: Vocabulary size of the offline tokenizer (``catalogue/llem-bpe.json``).
 #: Kept here as a constant so this module stays free of the ``tokenizers`` import;
 #: ``tests/unit/test_tokenizer.py`` checks that the shipped tokenizer matches it.
 OFFLINE_TOKENIZER_VOCAB_SIZE = 8000

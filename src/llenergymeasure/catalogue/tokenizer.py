@@ -2,7 +2,7 @@
 
 Random-weight models (``weights: random``) have no tokenizer of their own; they use this one.
 It was trained by ``scripts/train_tokenizer.py`` (vocabulary
-:data:`~llenergymeasure.core.models.catalogue.OFFLINE_TOKENIZER_VOCAB_SIZE`), prepends
+:data:`~llenergymeasure.catalogue.architectures.OFFLINE_TOKENIZER_VOCAB_SIZE`), prepends
 ``<|bos|>`` and pads on the left, as decoder-only batched generation needs.
 
 transformers is imported inside :func:`load_offline_tokenizer` only, so importing this module
@@ -26,7 +26,7 @@ MODEL_MAX_LENGTH = 2048
 
 def offline_tokenizer_path() -> Path:
     """Path of the shipped tokenizer JSON (package data)."""
-    ref = resources.files("llenergymeasure.core.models") / "tokenizer" / TOKENIZER_FILE
+    ref = resources.files("llenergymeasure.catalogue") / TOKENIZER_FILE
     return Path(str(ref))
 
 
