@@ -53,7 +53,39 @@ class RequestTimingRecord(_Model):
     output_tokens: int = Field(0, ge=0)
 
 
-class RawProcessResult(_Model):
+class ResultCore(_Model):
+    """The fields every result of an experiment carries: a per-process raw result, the
+    aggregated result and a failed run's result alike. A field added here is added to all
+    three; :func:`core_fields` copies them from whatever gathered them, by name."""
+
+    schema_version: str = SCHEMA_VERSION
+    experiment_id: str
+    name: str
+    config: dict[str, Any] = Field(description="effective ExperimentConfig (model_dump)")
+    provenance: dict[str, str] = Field(
+        default_factory=dict, description="field path -> default|user_config|file|cli"
+    )
+    config_hash: str
+    environment: EnvironmentSnapshot | None = None
+    energy: EnergyReport | None = None
+    energy_not_measured_reason: str | None = None
+    warmup: WarmupResult | None = None
+    dataset_info: dict[str, Any] | None = Field(
+        None, description="where the prompts came from: source, n, n_available, cycled, notes"
+    )
+    warnings: list[QualityFlag] = Field(default_factory=list)
+    started_at: datetime
+    ended_at: datetime | None = None
+
+
+def core_fields(source: object) -> dict[str, Any]:
+    """The :class:`ResultCore` fields that ``source`` has (a run record, a raw result), by
+    name; ``schema_version`` is left to the model being built."""
+    names = [n for n in ResultCore.model_fields if n != "schema_version"]
+    return {n: getattr(source, n) for n in names if hasattr(source, n)}
+
+
+class RawProcessResult(ResultCore):
     """The raw measurement of one process of an experiment, before aggregation.
 
     ``window_start_unix_s`` / ``window_end_unix_s`` are wall-clock times (``time.time``) so
@@ -61,15 +93,8 @@ class RawProcessResult(_Model):
     monotonic clock and are only ever compared within one request.
     """
 
-    schema_version: str = SCHEMA_VERSION
-    experiment_id: str
-    name: str
     process_index: int = Field(0, ge=0)
     n_processes: int = Field(1, ge=1)
-    config: dict[str, Any]
-    provenance: dict[str, str] = Field(default_factory=dict)
-    config_hash: str
-    environment: EnvironmentSnapshot | None = None
     device: str | None = None
     window_start_unix_s: float
     window_end_unix_s: float
@@ -87,19 +112,12 @@ class RawProcessResult(_Model):
         default_factory=list, description="e2e_only: wall time of each batch's generate call"
     )
     padded_input_tokens: int | None = None
-    energy: EnergyReport | None = None
-    energy_not_measured_reason: str | None = None
     memory: MemoryMetrics | None = None
-    warmup: WarmupResult | None = None
-    dataset_info: dict[str, Any] | None = None
-    warnings: list[QualityFlag] = Field(default_factory=list)
     carbon_intensity_gco2_kwh: float | None = None
     datacenter_pue: float | None = None
-    started_at: datetime
-    ended_at: datetime | None = None
 
 
-class ExperimentResult(_Model):
+class ExperimentResult(ResultCore):
     """Everything one experiment measured, with the config and environment it ran under.
 
     ``energy`` is None when no meter could measure (``energy_not_measured_reason`` says
@@ -107,25 +125,9 @@ class ExperimentResult(_Model):
     ``metrics`` is None only for a run that failed before its window closed.
     """
 
-    schema_version: str = SCHEMA_VERSION
     llem_version: str | None = None
-    experiment_id: str
-    name: str
-    config: dict[str, Any] = Field(description="effective ExperimentConfig (model_dump)")
-    provenance: dict[str, str] = Field(
-        default_factory=dict, description="field path -> default|user_config|file|cli"
-    )
-    config_hash: str
-    environment: EnvironmentSnapshot | None = None
-    energy: EnergyReport | None = None
-    energy_not_measured_reason: str | None = None
     metrics: InferenceMetrics | None = None
-    warmup: WarmupResult | None = None
-    dataset_info: dict[str, Any] | None = Field(
-        None, description="where the prompts came from: source, n, n_available, cycled, notes"
-    )
     co2: CO2Estimate | None = None
-    warnings: list[QualityFlag] = Field(default_factory=list)
     timeseries_path: str | None = Field(None, description="relative to the run directory")
     run_dir: str | None = Field(
         None, description="the run directory holding result.json (set when it is written)"
@@ -142,8 +144,6 @@ class ExperimentResult(_Model):
     process_results: list[str] = Field(
         default_factory=list, description="raw per-process result files (relative)"
     )
-    started_at: datetime
-    ended_at: datetime | None = None
     state: ExperimentState = ExperimentState.DONE
     state_transitions: list[StateTransition] = Field(default_factory=list)
     failed: bool = False

@@ -14,15 +14,15 @@ from llenergymeasure.core.memory import weights_bytes, weights_precision
 from llenergymeasure.core.metrics import bytes_to_mb, kv_cache_bytes
 from llenergymeasure.domain.energy import EnergyReport, QualityFlag
 from llenergymeasure.domain.metrics import MemoryMetrics
-from llenergymeasure.domain.results import RawProcessResult, WarmupResult
+from llenergymeasure.domain.results import RawProcessResult, WarmupResult, core_fields
 from llenergymeasure.results.derive import to_records
 
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from llenergymeasure.catalogue.architectures import ArchitectureSpec
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.core.backends.protocol import InferenceOutput, PreparedBatches
-    from llenergymeasure.core.models.catalogue import ArchitectureSpec
     from llenergymeasure.domain.environment import EnvironmentSnapshot
 
 
@@ -76,10 +76,15 @@ class Window:
 
 @dataclass
 class RunRecord:
-    """Everything the orchestrator gathered for one process, before aggregation."""
+    """Everything the orchestrator gathered for one process, before aggregation.
+
+    Its attributes named like :class:`~llenergymeasure.domain.results.ResultCore` fields are
+    copied into every result built from it (``core_fields``), failed or not.
+    """
 
     experiment_id: str
     name: str
+    config: dict[str, Any]
     config_hash: str
     provenance: dict[str, str]
     started_at: datetime
@@ -118,21 +123,14 @@ def memory_metrics(
 
 def raw_result(
     record: RunRecord,
-    config: ExperimentConfig,
     output: InferenceOutput,
     window: Window,
     memory: MemoryMetrics,
     ended_at: datetime,
 ) -> RawProcessResult:
     """The single-process raw result of this run."""
-    dumped: dict[str, Any] = config.model_dump(mode="json")
     return RawProcessResult(
-        experiment_id=record.experiment_id,
-        name=record.name,
-        config=dumped,
-        provenance=record.provenance,
-        config_hash=record.config_hash,
-        environment=record.environment,
+        **core_fields(record),
         device=output.device,
         window_start_unix_s=window.start_unix_s,
         window_end_unix_s=window.end_unix_s,
@@ -145,15 +143,9 @@ def raw_result(
         if output.timing_method == "e2e_only"
         else [],
         padded_input_tokens=output.padded_input_tokens,
-        energy=record.energy,
-        energy_not_measured_reason=record.energy_not_measured_reason,
         memory=memory,
-        warmup=record.warmup,
-        dataset_info=record.dataset_info,
-        warnings=record.warnings,
         carbon_intensity_gco2_kwh=record.carbon_intensity_gco2_kwh,
         datacenter_pue=record.datacenter_pue,
-        started_at=record.started_at,
         ended_at=ended_at,
     )
 

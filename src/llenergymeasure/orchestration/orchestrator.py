@@ -20,9 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llenergymeasure._version import __version__
+from llenergymeasure.clock import utc_now
 from llenergymeasure.config.hashing import config_hash
 from llenergymeasure.domain.energy import QualityFlag
-from llenergymeasure.domain.results import ExperimentResult
+from llenergymeasure.domain.results import ExperimentResult, core_fields
 from llenergymeasure.exceptions import (
     BackendNotInstalledError,
     ConfigError,
@@ -44,7 +46,7 @@ from llenergymeasure.progress import NullProgress, Progress
 from llenergymeasure.results.aggregation import aggregate_process_results
 from llenergymeasure.results.filenames import TIMESERIES_FILENAME, default_experiment_name
 from llenergymeasure.results.persistence import new_run_dir, write_result
-from llenergymeasure.state.machine import ExperimentStateMachine, utc_now
+from llenergymeasure.state.machine import ExperimentStateMachine
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -101,6 +103,7 @@ class ExperimentOrchestrator:
         self.record = RunRecord(
             experiment_id=uuid.uuid4().hex[:12],
             name=self.name,
+            config=self.config.model_dump(mode="json"),
             config_hash=config_hash(self.config),
             provenance=self.provenance,
             started_at=self.state.started_at,
@@ -205,7 +208,7 @@ class ExperimentOrchestrator:
         self._stage("computing metrics", "metrics")
         self.record.warnings += backend_flags(output.warnings)
         memory = memory_metrics(self.config, _arch(self.config.model), prepared, output)
-        raw = raw_result(self.record, self.config, output, window, memory, utc_now())
+        raw = raw_result(self.record, output, window, memory, utc_now())
         result = aggregate_process_results([raw])
         self.state.finish()
         return self._finalise(result, timeline)
@@ -216,7 +219,7 @@ class ExperimentOrchestrator:
         durations = dict(self.timer.durations_s)
         return result.model_copy(
             update={
-                "llem_version": _version(),
+                "llem_version": __version__,
                 "state": self.state.state,
                 "state_transitions": list(self.state.transitions),
                 "ended_at": self.state.transitions[-1].at,
@@ -268,17 +271,8 @@ class ExperimentOrchestrator:
             self.state.finish(failed=True, error=text)
         self.timer.stop()
         failed = ExperimentResult(
-            llem_version=_version(),
-            experiment_id=self.record.experiment_id,
-            name=self.name,
-            config=self.config.model_dump(mode="json"),
-            provenance=self.provenance,
-            config_hash=self.record.config_hash,
-            environment=self.record.environment,
-            warmup=self.record.warmup,
-            dataset_info=self.record.dataset_info,
-            warnings=self.record.warnings,
-            started_at=self.state.started_at,
+            **core_fields(self.record),
+            llem_version=__version__,
             ended_at=self.state.transitions[-1].at,
             state=self.state.state,
             state_transitions=list(self.state.transitions),
@@ -368,9 +362,3 @@ def _truncation_flag(count: int) -> QualityFlag:
         code="prompts_truncated",
         message=f"{count} prompt(s) were truncated to max_input_tokens",
     )
-
-
-def _version() -> str:
-    from llenergymeasure import __version__
-
-    return __version__

@@ -66,7 +66,7 @@ def looks_like_path(model: str) -> bool:
 
 def check_model(config: ExperimentConfig) -> list[str]:
     """The model can be found: catalogue name, local config.json, cached or reachable Hub id."""
-    from llenergymeasure.core.models.catalogue import is_catalogued, resolve_architecture
+    from llenergymeasure.catalogue.architectures import is_catalogued, resolve_architecture
 
     model = config.model
     try:

@@ -23,7 +23,7 @@ from llenergymeasure.domain.energy import (
     QualityFlag,
 )
 from llenergymeasure.domain.metrics import MemoryMetrics
-from llenergymeasure.domain.results import ExperimentResult, RawProcessResult
+from llenergymeasure.domain.results import ExperimentResult, RawProcessResult, core_fields
 from llenergymeasure.exceptions import ExperimentError
 from llenergymeasure.results.derive import build_metrics, estimate_co2, quality_flags, to_timings
 from llenergymeasure.results.filenames import process_result_filename
@@ -47,30 +47,26 @@ def aggregate_process_results(
     no_energy = None if energy else (first.energy_not_measured_reason or "no meter measured")
     metrics = build_metrics(timings, duration_s, energy, arch, _merge_memory(raws))
     # one flag per code; quality_flags lists the energy layer's flags before its own
-    flags = _dedupe(
+    flags = merge_flags_by_code(
         [w for r in raws for w in r.warnings]
         + quality_flags(metrics, energy, no_energy, first.ttft_not_measured_reason)
     )
     ends = [r.ended_at for r in raws if r.ended_at is not None]
+    merged = {
+        **core_fields(first),
+        "energy": energy,
+        "energy_not_measured_reason": no_energy,
+        "warnings": flags,
+        "started_at": min(r.started_at for r in raws),
+        "ended_at": max(ends) if ends else None,
+    }
     return ExperimentResult(
-        experiment_id=first.experiment_id,
-        name=first.name,
-        config=first.config,
-        provenance=first.provenance,
-        config_hash=first.config_hash,
-        environment=first.environment,
-        energy=energy,
-        energy_not_measured_reason=no_energy,
+        **merged,
         metrics=metrics,
-        warmup=first.warmup,
-        dataset_info=first.dataset_info,
         co2=estimate_co2(energy, first.carbon_intensity_gco2_kwh, first.datacenter_pue),
-        warnings=flags,
         timing_method=first.timing_method,
         batch_durations_s=[d for r in raws for d in r.batch_durations_s],
         n_processes=len(raws),
-        started_at=min(r.started_at for r in raws),
-        ended_at=max(ends) if ends else None,
         measurement_window_s=duration_s,
     )
 
@@ -115,7 +111,7 @@ def _window_s(raws: Sequence[RawProcessResult]) -> float:
 
 def resolve_arch_quietly(model: str) -> TransformerShape | None:
     """Catalogue/local-config shapes for FLOPs, or None (e.g. a Hub id)."""
-    from llenergymeasure.core.models.catalogue import resolve_architecture
+    from llenergymeasure.catalogue.architectures import resolve_architecture
 
     with contextlib.suppress(Exception):
         return resolve_architecture(model)
@@ -139,11 +135,6 @@ def _merge_memory(raws: Sequence[RawProcessResult]) -> MemoryMetrics | None:
         kv_cache_estimate_mb=peak("kv_cache_estimate_mb"),
         device=",".join(devices) or None,
     )
-
-
-def _dedupe(flags: list[QualityFlag]) -> list[QualityFlag]:
-    """One flag per code (see :func:`merge_flags_by_code`)."""
-    return merge_flags_by_code(flags)
 
 
 # ---- energy ---------------------------------------------------------------------------
@@ -184,7 +175,7 @@ def merge_energy_reports(reports: Sequence[EnergyReport], duration_s: float) -> 
         ),
         meter_selection=reports[0].meter_selection,
         gpu_update_period_ms_by_device=_union(r.gpu_update_period_ms_by_device for r in reports),
-        warnings=_dedupe([w for r in reports for w in r.warnings] + flags),
+        warnings=merge_flags_by_code([w for r in reports for w in r.warnings] + flags),
     )
 
 

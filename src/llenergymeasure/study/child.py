@@ -16,13 +16,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
-from llenergymeasure.study.worker import WorkerRequest
+from llenergymeasure.study.worker import (
+    DoneMessage,
+    FailedMessage,
+    FinalMessage,
+    ProgressMessage,
+    PromptsMessage,
+    ResultSummary,
+    StageMessage,
+    WorkerRequest,
+)
 
 WorkerTarget = Callable[[WorkerRequest, Connection], None]
-#: Receives the child's progress messages (``("progress", kind, *args)``).
-ProgressSink = Callable[[tuple[Any, ...]], None]
+#: Receives the child's progress messages.
+ProgressSink = Callable[[ProgressMessage], None]
 EXIT_GRACE_S = 60.0  # after reporting, how long a child may take to exit (CUDA teardown)
 TERMINATE_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
 
@@ -34,7 +42,7 @@ class Outcome:
     ok: bool
     wall_s: float
     result_path: Path | None = None
-    summary: dict[str, Any] | None = None
+    summary: ResultSummary | None = None
     reason: str | None = None  # one line, for failures
     detail: str | None = None  # traceback text or explanation, for failures
 
@@ -60,13 +68,14 @@ def run_child(
             _stop(process)
             return _timeout_outcome(timeout_s, time.monotonic() - t0)
         process.join(EXIT_GRACE_S)
-        return _outcome(message, process.exitcode, time.monotonic() - t0)
+        final = message if isinstance(message, (DoneMessage, FailedMessage)) else None
+        return _outcome(final, process.exitcode, time.monotonic() - t0)
     finally:
         _stop(process)
         receiver.close()
 
 
-def _await(conn: Connection, deadline: float, on_progress: ProgressSink) -> Any:
+def _await(conn: Connection, deadline: float, on_progress: ProgressSink) -> object:
     """Block until the child's final message, its exit (None) or the deadline."""
     while True:
         remaining = deadline - time.monotonic()
@@ -76,7 +85,7 @@ def _await(conn: Connection, deadline: float, on_progress: ProgressSink) -> Any:
             message = conn.recv()
         except (EOFError, OSError):
             return None  # the child exited without reporting
-        if isinstance(message, tuple) and message and message[0] == "progress":
+        if isinstance(message, (StageMessage, PromptsMessage)):
             on_progress(message)
             continue
         return message
@@ -97,12 +106,13 @@ def _stop(process: multiprocessing.process.BaseProcess) -> None:
         process.join()
 
 
-def _outcome(message: Any, exitcode: int | None, wall_s: float) -> Outcome:
+def _outcome(message: FinalMessage | None, exitcode: int | None, wall_s: float) -> Outcome:
     """Interpret the child's final message (or its absence) and exit code."""
-    if isinstance(message, tuple) and message and message[0] == "ok":
-        return Outcome(ok=True, wall_s=wall_s, result_path=Path(message[1]), summary=message[2])
-    if isinstance(message, tuple) and message and message[0] == "error":
-        return Outcome(ok=False, wall_s=wall_s, reason=str(message[1]), detail=str(message[2]))
+    if isinstance(message, DoneMessage):
+        path = Path(message.result_path)
+        return Outcome(ok=True, wall_s=wall_s, result_path=path, summary=message.summary)
+    if isinstance(message, FailedMessage):
+        return Outcome(ok=False, wall_s=wall_s, reason=message.reason, detail=message.traceback)
     reason = _exit_reason(exitcode)
     detail = (
         f"The experiment process {reason} without reporting a result or an error.\n"

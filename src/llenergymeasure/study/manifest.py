@@ -12,12 +12,14 @@ Resume rules (`check_same_design`): a study may be resumed only with the same de
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llenergymeasure.clock import utc_now
+from llenergymeasure.domain.study import StudyStatus
 from llenergymeasure.exceptions import StudyError
 from llenergymeasure.results.filenames import STUDY_MANIFEST_FILENAME
 from llenergymeasure.results.persistence import atomic_write_text
@@ -28,12 +30,7 @@ if TYPE_CHECKING:
 MANIFEST_SCHEMA_VERSION = "1.0"
 
 EntryStatus = Literal["pending", "running", "completed", "failed", "skipped"]
-ManifestStatus = Literal["running", "completed", "interrupted", "stopped", "failed"]
-
-
-def utc_now() -> datetime:
-    """Timezone-aware current UTC time."""
-    return datetime.now(timezone.utc)
+ManifestStatus = StudyStatus  # a study's manifest and its summary share the statuses
 
 
 class _Model(BaseModel):

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llenergymeasure.clock import utc_now
 from llenergymeasure.exceptions import StudyError
 from llenergymeasure.progress import ExperimentTick, NullProgress, Progress
 from llenergymeasure.results.filenames import STUDY_SUMMARY_FILENAME, safe_component
@@ -43,15 +44,20 @@ from llenergymeasure.results.persistence import atomic_write_text, new_run_dir, 
 from llenergymeasure.study.child import Outcome, WorkerTarget, run_child
 from llenergymeasure.study.manifest import (
     ManifestEntry,
+    ManifestStatus,
     StudyManifest,
     check_same_design,
     find_resumable,
     new_manifest,
     read_manifest,
-    utc_now,
     write_manifest,
 )
-from llenergymeasure.study.worker import WorkerRequest, experiment_worker
+from llenergymeasure.study.worker import (
+    ProgressMessage,
+    StageMessage,
+    WorkerRequest,
+    experiment_worker,
+)
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import StudyConfig
@@ -205,7 +211,9 @@ class StudyRunner:
                 return
         counts = manifest.counts()
         # "failed": ran to the end but some experiments failed; --resume retries them.
-        status = "completed" if counts["completed"] == len(manifest.entries) else "failed"
+        status: ManifestStatus = (
+            "completed" if counts["completed"] == len(manifest.entries) else "failed"
+        )
         self._finish(study_dir, manifest, status, None)
 
     def _run_entry(
@@ -256,11 +264,11 @@ class StudyRunner:
         entry.ended_at = utc_now()
         entry.duration_s = outcome.wall_s
         if outcome.ok and outcome.result_path is not None:
-            summary = outcome.summary or {}
             entry.status = "completed"
             entry.result_path = _relative(outcome.result_path, study_dir)
-            entry.measurement_s = summary.get("measurement_s")
-            entry.metrics = dict(summary.get("metrics") or {})
+            if outcome.summary is not None:
+                entry.measurement_s = outcome.summary.measurement_s
+                entry.metrics = dict(outcome.summary.metrics)
             return
         entry.status = "failed"
         entry.error = outcome.reason
@@ -268,12 +276,12 @@ class StudyRunner:
         path = _write_failure(study_dir, entry, outcome)
         entry.failure_path = _relative(path, study_dir)
 
-    def _forward(self, message: tuple[Any, ...]) -> None:
+    def _forward(self, message: ProgressMessage) -> None:
         """Pass a child's progress callback on to our Progress."""
-        if message[1] == "stage":
-            self.progress.stage(str(message[2]))
-        elif message[1] == "prompts":
-            self.progress.prompts_done(int(message[2]), int(message[3]))
+        if isinstance(message, StageMessage):
+            self.progress.stage(message.name)
+        else:
+            self.progress.prompts_done(message.done, message.total)
 
     # ---- gaps, ETA, end -------------------------------------------------------------------
     def _gap(self, previous: ManifestEntry, nxt: ManifestEntry) -> None:
@@ -298,7 +306,11 @@ class StudyRunner:
         return sum(self._durations_s) / len(self._durations_s) * remaining
 
     def _finish(
-        self, study_dir: Path, manifest: StudyManifest, status: Any, reason: str | None
+        self,
+        study_dir: Path,
+        manifest: StudyManifest,
+        status: ManifestStatus,
+        reason: str | None,
     ) -> None:
         """Set the study's final status and write the manifest."""
         manifest.status = status

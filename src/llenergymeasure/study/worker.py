@@ -1,11 +1,11 @@
 """The child side of a study experiment: runs in a fresh ``spawn`` subprocess.
 
-Protocol on the (one-way, child -> parent) pipe, every message a tuple:
+Protocol on the (one-way, child -> parent) pipe, every message a small frozen dataclass:
 
-    ("progress", "stage", name)          forwarded to the parent's Progress.stage
-    ("progress", "prompts", done, total) forwarded to Progress.prompts_done
-    ("ok", result_path, summary)         the experiment finished; summary: see `result_summary`
-    ("error", one_line, traceback_text)  it raised; the parent records the traceback
+    StageMessage(name)                   forwarded to the parent's Progress.stage
+    PromptsMessage(done, total)          forwarded to Progress.prompts_done
+    DoneMessage(result_path, summary)    the experiment finished; summary: `ResultSummary`
+    FailedMessage(reason, traceback)     it raised; the parent records the traceback
 
 A child that exits without sending "ok" or "error" crashed (os._exit, OOM kill, segfault):
 the parent reads the exit code. KeyboardInterrupt propagates (the parent is stopping the
@@ -47,24 +47,69 @@ class WorkerRequest:
     verbosity: int | None = None  # None: leave logging alone (library use)
 
 
+@dataclass(frozen=True)
+class StageMessage:
+    """A new stage of the experiment began."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class PromptsMessage:
+    """Measured prompts completed so far."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ResultSummary:
+    """The few numbers the parent records in the manifest without reading result.json."""
+
+    config_hash: str
+    measurement_s: float | None
+    failed: bool
+    metrics: dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class DoneMessage:
+    """The experiment finished and wrote ``result_path`` (absolute)."""
+
+    result_path: str
+    summary: ResultSummary
+
+
+@dataclass(frozen=True)
+class FailedMessage:
+    """The experiment raised: a one-line reason and the traceback text."""
+
+    reason: str
+    traceback: str
+
+
+ProgressMessage = StageMessage | PromptsMessage
+FinalMessage = DoneMessage | FailedMessage
+
+
 class PipeProgress:
     """A Progress that forwards per-experiment callbacks to the parent; never raises."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    def _send(self, *message: Any) -> None:
+    def _send(self, message: ProgressMessage) -> None:
         # If the parent is gone the result still lands on disk: nothing to do here.
         with contextlib.suppress(OSError, ValueError):
-            self._conn.send(("progress", *message))
+            self._conn.send(message)
 
     def stage(self, name: str) -> None:
         """Forward a stage change."""
-        self._send("stage", name)
+        self._send(StageMessage(name))
 
     def prompts_done(self, done: int, total: int) -> None:
         """Forward prompt progress."""
-        self._send("prompts", done, total)
+        self._send(PromptsMessage(done, total))
 
     def experiment_started(self, tick: ExperimentTick) -> None:
         """Not used inside one experiment."""
@@ -76,17 +121,16 @@ class PipeProgress:
         """Not forwarded (the parent reports study-level messages)."""
 
 
-def result_summary(result: ExperimentResult) -> dict[str, Any]:
-    """The few numbers the parent records in the manifest without reading result.json."""
+def result_summary(result: ExperimentResult) -> ResultSummary:
+    """The summary the parent records in the manifest for ``result``."""
     from llenergymeasure.domain.study import STUDY_METRICS
 
-    metrics = {name: getattr(result, name) for name in STUDY_METRICS}
-    return {
-        "config_hash": result.config_hash,
-        "measurement_s": result.measurement_window_s,
-        "failed": result.failed,
-        "metrics": metrics,
-    }
+    return ResultSummary(
+        config_hash=result.config_hash,
+        measurement_s=result.measurement_window_s,
+        failed=result.failed,
+        metrics={name: getattr(result, name) for name in STUDY_METRICS},
+    )
 
 
 def run_real_experiment(request: WorkerRequest, progress: Any) -> tuple[ExperimentResult, Path]:
@@ -106,11 +150,11 @@ def serve(request: WorkerRequest, conn: Connection, measure: Measure) -> None:
 
             setup_logging(request.verbosity)
         result, path = measure(request, PipeProgress(conn))
-        message: tuple[Any, ...] = ("ok", str(Path(path).resolve()), result_summary(result))
+        message: FinalMessage = DoneMessage(str(Path(path).resolve()), result_summary(result))
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # SystemExit too: the parent must learn why
-        message = ("error", _one_line(e), traceback.format_exc())
+        message = FailedMessage(_one_line(e), traceback.format_exc())
     try:
         conn.send(message)
     except (OSError, ValueError):
