@@ -37,10 +37,23 @@ def run_experiment(
     keys allowed: ``**{"pytorch.batch_size": 8}``). A study file is refused: use
     ``run_study``. Raises ConfigError (bad input), PreflightError, or ExperimentError.
     """
-    loaded = _load(config, overrides)
+    return run_loaded_experiment(
+        _load(config, overrides), results_dir=results_dir, progress=progress
+    )
+
+
+def run_loaded_experiment(
+    loaded: LoadedConfig,
+    *,
+    results_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> ExperimentResult:
+    """:func:`run_experiment` for a configuration the caller has already loaded (the CLI
+    loads once, prints its notes, then runs it)."""
     if loaded.kind != "experiment" or loaded.experiment is None:
+        where = loaded.source_path or "this configuration"
         raise ConfigError(
-            f"{config} is a study (sweep:/experiments:) -> use run_study() or `llem run`"
+            f"{where} is a study (sweep:/experiments:) -> use run_study() or `llem run`"
         )
     study = _run(
         loaded.study,
@@ -70,7 +83,26 @@ def run_study(
     thermal-recovery gaps. An experiment file (or None with keywords) runs as a
     one-experiment study.
     """
-    loaded = _load(config, overrides)
+    return run_loaded_study(
+        _load(config, overrides),
+        results_dir=results_dir,
+        progress=progress,
+        resume=resume,
+        resume_dir=resume_dir,
+        no_gaps=no_gaps,
+    )
+
+
+def run_loaded_study(
+    loaded: LoadedConfig,
+    *,
+    results_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    resume: bool = False,
+    resume_dir: str | Path | None = None,
+    no_gaps: bool = False,
+) -> StudyResult:
+    """:func:`run_study` for a configuration the caller has already loaded."""
     return _run(
         loaded.study,
         results_dir=results_dir,

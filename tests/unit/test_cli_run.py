@@ -270,9 +270,8 @@ def test_study_options_route_to_run_study(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_batch_size_maps_to_the_backend_field() -> None:
-    overrides = run_cmd.with_batch_size(None, {"model": "tiny-llama", "backend": "vllm"}, 16, None)
-    assert overrides["vllm.max_num_seqs"] == 16
-    loaded = run_cmd.load(None, overrides)
+    loaded = run_cmd.load(None, {"model": "tiny-llama", "backend": "vllm"}, 16)
+    assert loaded.cli_overrides["vllm"]["max_num_seqs"] == 16
     assert loaded.experiment is not None
     assert loaded.experiment.vllm is not None and loaded.experiment.vllm.max_num_seqs == 16
     assert loaded.provenance["vllm.max_num_seqs"] == "cli"

@@ -28,6 +28,7 @@ from llenergymeasure.config.models import ExperimentConfig, StudyConfig, cross_f
 from llenergymeasure.config.provenance import flatten, provenance_for, unflatten_overrides
 from llenergymeasure.config.study_design import (
     apply_experiment_overrides,
+    batch_size_overrides,
     check_study_structure,
     split_overrides,
 )
@@ -58,13 +59,16 @@ def load_config(
     overrides: dict[str, Any] | None = None,
     *,
     user_config: UserConfig | None = None,
+    batch_size: int | None = None,
 ) -> LoadedConfig:
     """Load an experiment or study YAML (or, with ``path=None``, overrides alone).
 
     Usage: ``load_config("study.yaml", {"execution.n_cycles": 3})`` or
     ``load_config(None, {"model": "tiny-llama", "n": 20})``. ``overrides`` keys may be
-    dotted; ``None`` values mean "not given". ``user_config`` defaults to
-    :func:`load_user_config`. Raises ConfigValidationError listing every problem.
+    dotted; ``None`` values mean "not given". ``batch_size`` (``--batch-size``) sets the
+    batching field of every backend the file uses (``ssot.BATCH_SIZE_FIELDS``).
+    ``user_config`` defaults to :func:`load_user_config`. Raises ConfigValidationError
+    listing every problem.
     """
     uc = user_config if user_config is not None else load_user_config()
     cli = unflatten_overrides(overrides)
@@ -74,6 +78,8 @@ def load_config(
         doc = YamlDocument({})
     else:
         doc = load_yaml_document(path)
+    if batch_size is not None:
+        cli = deep_merge(cli, batch_size_overrides(doc.data, cli, batch_size))
     if any(key in doc.data for key in STUDY_MARKERS):
         return _load_study(doc, cli, uc)
     return _load_experiment(doc, cli, uc)

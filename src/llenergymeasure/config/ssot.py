@@ -58,6 +58,13 @@ RANDOM_WEIGHTS_SUPPORT: Final[dict[str, str]] = {
     "tensorrt": "load_format='dummy'",
 }
 
+# `--batch-size` sets each backend's own batching field (a field of its config section).
+BATCH_SIZE_FIELDS: Final[dict[str, str]] = {
+    "pytorch": "batch_size",
+    "vllm": "max_num_seqs",
+    "tensorrt": "max_batch_size",
+}
+
 BACKEND_EXTRAS: Final[dict[str, str]] = {
     "pytorch": 'pip install "llenergymeasure[pytorch]"',
     "vllm": 'pip install "llenergymeasure[vllm]"',

@@ -49,6 +49,30 @@ def backend_scope(key: str) -> str | None:
     return first if first in ssot.BACKENDS else None
 
 
+def named_backends(data: Mapping[str, Any], cli: Mapping[str, Any]) -> set[str]:
+    """Backends a raw experiment or study document (plus nested overrides) will use."""
+    if cli.get("backend"):
+        return {str(cli["backend"])}
+    if not any(key in data for key in ("sweep", "experiments", "base", "study_name")):
+        return {str(data.get("backend", "pytorch"))}
+    base, sweep, entries = data.get("base"), data.get("sweep"), data.get("experiments")
+    default = str(base.get("backend", "pytorch")) if isinstance(base, Mapping) else "pytorch"
+    found = {default}
+    if isinstance(sweep, Mapping) and isinstance(sweep.get("backend"), list):
+        found |= {str(b) for b in sweep["backend"]}
+    if isinstance(entries, list):
+        found |= {str(e.get("backend", default)) for e in entries if isinstance(e, Mapping)}
+    return found
+
+
+def batch_size_overrides(
+    data: Mapping[str, Any], cli: Mapping[str, Any], batch_size: int
+) -> dict[str, Any]:
+    """``--batch-size`` as nested overrides of each used backend's batching field."""
+    fields = ssot.BATCH_SIZE_FIELDS
+    return {b: {fields[b]: batch_size} for b in sorted(named_backends(data, cli)) if b in fields}
+
+
 def check_study_structure(study: StudyConfig | Mapping[str, Any]) -> list[ConfigIssue]:
     """Unknown keys and wrong types in base, experiments and sweep (paths from the study root).
 

@@ -29,13 +29,6 @@ USAGE_FIX = (
     "`llem run --model tiny-llama -n 20`"
 )
 
-# --batch-size maps to each backend's own batching knob.
-BATCH_FIELD = {
-    "pytorch": "pytorch.batch_size",
-    "vllm": "vllm.max_num_seqs",
-    "tensorrt": "tensorrt.max_batch_size",
-}
-
 
 class Order(str, Enum):
     """Run order of a study's experiments across cycles."""
@@ -117,8 +110,7 @@ def run(
         cycles=cycles,
         order=order.value if order else None,
     )
-    overrides = with_batch_size(config, overrides, batch_size, backend)
-    loaded = load(config, overrides)
+    loaded = load(config, overrides, batch_size)
     for note in loaded.notes:
         typer.echo(f"note: {note}", err=True)
     if dry_run:
@@ -127,7 +119,7 @@ def run(
     as_study = loaded.kind == "study" or cycles is not None or order is not None
     if (resume or resume_dir) and not as_study:
         raise typer.BadParameter("--resume applies to studies only", param_hint="--resume")
-    request = RunRequest(config, overrides, output, quiet)
+    request = RunRequest(loaded, overrides, output, quiet)
     if as_study:
         _run_study(request, no_gaps, resume, resume_dir)
     else:
@@ -136,9 +128,10 @@ def run(
 
 @dataclass(frozen=True)
 class RunRequest:
-    """What the library is asked to run: the file (or None) and the option overrides."""
+    """What the library is asked to run: the configuration, loaded once (with the option
+    overrides, kept for display), where results go and how much to show."""
 
-    config: Path | None
+    loaded: LoadedConfig
     overrides: dict[str, Any]
     output: Path | None
     quiet: bool
@@ -150,35 +143,13 @@ def base_overrides(**options: Any) -> dict[str, Any]:
     return {mapping.get(k, k): v for k, v in options.items() if v is not None}
 
 
-def config_backends(loaded: LoadedConfig) -> set[str]:
-    """Backends a loaded experiment or study will use."""
-    if loaded.experiment is not None:
-        return {loaded.experiment.backend}
-    study = loaded.study
-    found = {str(study.base.get("backend", "pytorch"))}
-    found.update(str(b) for b in study.sweep.get("backend", []))
-    found.update(
-        str(e.get("backend", study.base.get("backend", "pytorch"))) for e in study.experiments
-    )
-    return found
-
-
-def load(config: Path | None, overrides: dict[str, Any]) -> LoadedConfig:
-    """Load and validate the configuration (raises ConfigError with every problem)."""
+def load(
+    config: Path | None, overrides: dict[str, Any], batch_size: int | None = None
+) -> LoadedConfig:
+    """Load and validate the configuration once (raises ConfigError with every problem)."""
     from llenergymeasure.config.loader import load_config
 
-    return load_config(config, overrides)
-
-
-def with_batch_size(
-    config: Path | None, overrides: dict[str, Any], batch_size: int | None, backend: str | None
-) -> dict[str, Any]:
-    """``overrides`` plus ``--batch-size`` on the batching field of each backend in use."""
-    if batch_size is None:
-        return overrides
-    backends = {backend} if backend else config_backends(load(config, overrides))
-    extra = {BATCH_FIELD[b]: batch_size for b in sorted(backends) if b in BATCH_FIELD}
-    return {**overrides, **extra}
+    return load_config(config, overrides, batch_size=batch_size)
 
 
 def dry_run_text(loaded: LoadedConfig) -> str:
@@ -203,17 +174,14 @@ def dry_run_text(loaded: LoadedConfig) -> str:
 
 def _run_experiment(request: RunRequest) -> None:
     """Run one experiment in this process and print its summary."""
-    from llenergymeasure._api import run_experiment
+    from llenergymeasure._api import run_loaded_experiment
     from llenergymeasure.cli.display import format_experiment
     from llenergymeasure.cli.progress_bars import CliProgress
 
     progress = CliProgress(quiet=request.quiet)
     try:
-        result = run_experiment(
-            request.config,
-            results_dir=request.output,
-            progress=progress,
-            **request.overrides,
+        result = run_loaded_experiment(
+            request.loaded, results_dir=request.output, progress=progress
         )
     finally:
         progress.close()
@@ -224,20 +192,19 @@ def _run_experiment(request: RunRequest) -> None:
 
 def _run_study(request: RunRequest, no_gaps: bool, resume: bool, resume_dir: Path | None) -> None:
     """Run a study (each experiment in its own subprocess) and print its summary table."""
-    from llenergymeasure._api import run_study
+    from llenergymeasure._api import run_loaded_study
     from llenergymeasure.cli.progress_bars import CliProgress
     from llenergymeasure.study.summary import format_study_table
 
     progress = CliProgress(quiet=request.quiet)
     try:
-        result = run_study(
-            request.config,  # type: ignore[arg-type]  # None + overrides: a one-config study
+        result = run_loaded_study(
+            request.loaded,
             results_dir=request.output,
             progress=progress,
             resume=resume or resume_dir is not None,
             resume_dir=resume_dir,
             no_gaps=no_gaps,
-            **request.overrides,
         )
     finally:
         progress.close()
