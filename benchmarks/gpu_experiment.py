@@ -7,7 +7,7 @@ compiled decode path), batch 1 / 8 / 64. Each experiment is a full ``run_experim
 pre-flight, model load, tokenisation and warm-up outside the window, idle baseline (cached
 after the first run), then the synchronised window with the NVML energy counter read at
 its edges. ``n`` per setting is chosen so that each window lasts about 8-12 s on an H100
-(from the throughputs in METHODOLOGY.md); ``--quick`` uses batch 1 and 64 and ~3 s windows.
+(from the throughputs in benchmarks/results/h100-2026-11-23/README.md); ``--quick`` uses batch 1 and 64 and ~3 s windows.
 
 Prints a table (mode, batch, n, tok/s, mJ/output token, mean W (GPU energy / window), TTFT ms, ITL ms, energy
 method, window s, counter-vs-polled %) and writes every row plus the result paths as JSON.
@@ -37,7 +37,7 @@ except ImportError:
 from llenergymeasure import run_experiment
 from llenergymeasure.domain.results import ExperimentResult
 
-#: Requests per (mode, batch) for ~8-12 s windows at 64/64 tokens on an H100 (METHODOLOGY.md:
+#: Requests per (mode, batch) for ~8-12 s windows at 64/64 tokens on an H100 (benchmarks/results/h100-2026-11-23:
 #: eager b1 ~49 tok/s, static b1 ~325, eager b64 ~2600, static b64 ~10300 at 128/128).
 FULL_N = {
     ("eager", 1): 8,

@@ -176,7 +176,7 @@ def _run(
         no_gaps=no_gaps,
         cli_overrides=cli_overrides,
     )
-    return runner.run()  # type: ignore[no-any-return]
+    return runner.run()
 
 
 def _run_single(

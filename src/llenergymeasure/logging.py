@@ -30,7 +30,7 @@ _FORMATS: dict[int, str] = {
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at emit time (test runners swap it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         """The current ``sys.stderr``."""
         return sys.stderr

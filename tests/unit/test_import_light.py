@@ -1,4 +1,4 @@
-"""`import llenergymeasure` and `llem --help` must not import torch or transformers (SPEC §1).
+"""`import llenergymeasure` and `llem --help` must not import torch or transformers (docs/ARCHITECTURE.md).
 
 Each check runs in a fresh interpreter: this test process may already have torch loaded.
 """

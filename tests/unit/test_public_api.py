@@ -1,4 +1,4 @@
-"""The public API is exactly what SPEC §1 documents, and every name resolves."""
+"""The public API is exactly what the README's Library section documents, and every name resolves."""
 
 from __future__ import annotations
 

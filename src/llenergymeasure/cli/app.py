@@ -1,6 +1,6 @@
 """The ``llem`` command line: a thin Typer shell over the library.
 
-Exit codes (SPEC §2): 0 ok; 1 runtime failure (an LLEMError that is not a config problem,
+Exit codes (README, Command line): 0 ok; 1 runtime failure (an LLEMError that is not a config problem,
 or an unexpected exception); 2 bad configuration or input (ConfigError,
 BackendNotInstalledError, usage errors); 130 interrupted. Errors print one clear message on
 stderr; the traceback only with ``-v``.

@@ -1,4 +1,4 @@
-"""Load experiment and study configurations from YAML, user config and overrides (SPEC §3).
+"""Load experiment and study configurations from YAML, user config and overrides (docs/configuration.md).
 
 Layers, lowest priority first: model defaults, user config (energy backend, carbon
 intensity, PUE, gap defaults), the YAML file (with its ``_extends`` chain), then overrides

@@ -120,7 +120,7 @@ class TelemetryConfig(_Model):
 
 
 class ExperimentConfig(_Model):
-    """One experiment: a model under one deployment configuration (SPEC §3)."""
+    """One experiment: a model under one deployment configuration (docs/configuration.md)."""
 
     name: str | None = Field(None, description="Experiment name (results directory prefix).")
     model: str = Field(
@@ -195,12 +195,20 @@ class ExperimentConfig(_Model):
     @property
     def backend_section(self) -> PyTorchConfig | VLLMConfig | TensorRTConfig:
         """The backend's section, or an all-default one."""
-        section = getattr(self, self.backend)
+        given: dict[str, PyTorchConfig | VLLMConfig | TensorRTConfig | None] = {
+            "pytorch": self.pytorch,
+            "vllm": self.vllm,
+            "tensorrt": self.tensorrt,
+        }
+        section = given[self.backend]
         if section is not None:
-            return section  # type: ignore[no-any-return]
-        return {"pytorch": PyTorchConfig, "vllm": VLLMConfig, "tensorrt": TensorRTConfig}[
-            self.backend
-        ]()
+            return section
+        defaults: dict[str, type[PyTorchConfig | VLLMConfig | TensorRTConfig]] = {
+            "pytorch": PyTorchConfig,
+            "vllm": VLLMConfig,
+            "tensorrt": TensorRTConfig,
+        }
+        return defaults[self.backend]()
 
 
 def cross_field_problems(data: Any) -> list[tuple[str, str]]:
@@ -272,7 +280,7 @@ class ExecutionConfig(_Model):
 
 
 class StudyConfig(_Model):
-    """A sweep of experiments over repeated cycles (SPEC §3, §6).
+    """A sweep of experiments over repeated cycles (docs/configuration.md, Study).
 
     ``base`` holds fields shared by every experiment; ``sweep`` maps dotted field paths to
     lists (a key prefixed ``<backend>.`` applies only to that backend); ``experiments``

@@ -4,7 +4,7 @@ A study's ``base:``, ``experiments:`` entries and ``sweep:`` values are free-for
 :class:`StudyConfig`; these checks catch typos and wrong types in them at load time (with
 file and line) so they do not silently turn every grid point invalid. Cross-field rules
 (precision vs backend, a section for another backend) are *not* checked here: such points
-are skipped at expansion with their reason (SPEC §3).
+are skipped at expansion with their reason (docs/configuration.md, Study).
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ class ExecutionSettings(_Section):
 
 
 class UserConfig(_Section):
-    """Per-machine settings (SPEC §3). Never holds secrets: use an env-file for tokens."""
+    """Per-machine settings (docs/configuration.md, User config). Never holds secrets: use an env-file for tokens."""
 
     output: OutputSettings = Field(default_factory=OutputSettings)
     runners: dict[str, str] = Field(

@@ -28,7 +28,7 @@ class _Model(BaseModel):
 
 
 class WarmupResult(_Model):
-    """What the warm-up did before the window (SPEC §4 "Warmup")."""
+    """What the warm-up did before the window (docs/measurement.md §7)."""
 
     mode: Literal["fixed", "cv", "disabled"]
     runs: int = Field(ge=0, description="warm-up generations run")

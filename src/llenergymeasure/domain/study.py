@@ -118,7 +118,7 @@ class StudyTiming(_Model):
 
 
 class StudyResult(_Model):
-    """Everything a study found (SPEC §6). Written as ``study_summary.json``."""
+    """Everything a study found (docs/measurement.md §12). Written as ``study_summary.json``."""
 
     schema_version: str = STUDY_SCHEMA_VERSION
     study_name: str

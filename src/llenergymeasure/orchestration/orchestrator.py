@@ -1,6 +1,6 @@
 """ExperimentOrchestrator: the life of one experiment (INTERNAL, no SemVer guarantee).
 
-Sequence (SPEC §4 "Window")::
+Sequence (docs/measurement.md §1, docs/ARCHITECTURE.md)::
 
     pre-flight -> environment snapshot -> load prompts -> backend.initialize (model+tokenizer)
     -> backend.tokenize -> energy session start + idle baseline (model resident, cached)

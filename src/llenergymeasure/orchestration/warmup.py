@@ -1,4 +1,4 @@
-"""Warm-up before the measurement window (SPEC §4 "Warmup").
+"""Warm-up before the measurement window (docs/measurement.md §7).
 
 Three ways to stop warming up, recorded in a :class:`WarmupResult`:
 

@@ -19,7 +19,7 @@ from llenergymeasure.core.metrics import (
     token_counts,
 )
 from llenergymeasure.domain.co2 import CO2Estimate
-from llenergymeasure.domain.energy import EnergyReport, QualityFlag
+from llenergymeasure.domain.energy import EnergyReport, QualityFlag, Severity
 from llenergymeasure.domain.metrics import InferenceMetrics, MemoryMetrics
 from llenergymeasure.domain.results import RequestTimingRecord
 
@@ -168,8 +168,8 @@ def _energy_flags(energy: EnergyReport | None, reason: str | None) -> list[Quali
     return flags
 
 
-def _flag(code: str, message: str, severity: str = "warning") -> QualityFlag:
-    return QualityFlag(code=code, message=message, severity=severity)  # type: ignore[arg-type]
+def _flag(code: str, message: str, severity: Severity = "warning") -> QualityFlag:
+    return QualityFlag(code=code, message=message, severity=severity)
 
 
 def estimate_co2(

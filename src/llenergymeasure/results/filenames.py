@@ -1,6 +1,6 @@
 """Names of the files and directories a run writes (one place, so readers agree with writers).
 
-Layout (SPEC §7)::
+Layout (README, Results)::
 
     <results_dir>/<name>_<YYYYmmdd-HHMMSS>[-2, -3, …]/
         result.json              ExperimentResult (schema-versioned)

@@ -1,4 +1,4 @@
-"""Expand a study into the ordered list of experiments to run (SPEC §3, §6).
+"""Expand a study into the ordered list of experiments to run (docs/configuration.md, Study).
 
 Candidates are the Cartesian product of ``sweep:`` (in sweep key order) applied over
 ``base:``, plus each ``experiments:`` entry merged over ``base:``. A sweep key whose first

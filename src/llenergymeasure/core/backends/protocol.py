@@ -3,7 +3,7 @@
 Pure Python (no torch import): the orchestrator, ``--dry-run`` and ``llem config`` read these
 types without loading a framework.
 
-Call order (the orchestrator owns it; SPEC §4 "Window")::
+Call order (the orchestrator owns it; docs/measurement.md §1)::
 
     backend.initialize(config, prompts)      # load model + tokenizer      (not measured)
     prepared = backend.tokenize(prompts)     # tokenise, pad, copy to device (not measured)
@@ -143,7 +143,7 @@ class InferenceOutput:
 
 @runtime_checkable
 class InferenceBackend(Protocol):
-    """An inference engine measured by llenergymeasure (SPEC §5)."""
+    """An inference engine measured by llenergymeasure (docs/ARCHITECTURE.md, Backends)."""
 
     name: str
 

@@ -12,7 +12,7 @@ decode step is compiled automatically on CUDA (``torch_compile: false`` turns th
 to the longest prompt so that the compiled shapes do not change inside the window, and
 :meth:`warmup_step` runs every distinct batch shape so that compilation happens in warm-up.
 ``torch.compile(mode="reduce-overhead")`` around ``forward`` is deliberately not used (it
-fails inside generate; see METHODOLOGY.md).
+fails inside generate on CUDA: docs/measurement.md §13).
 """
 
 from __future__ import annotations
