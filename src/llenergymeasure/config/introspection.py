@@ -74,11 +74,6 @@ def model_at(model_cls: type[BaseModel], segments: list[str]) -> type[BaseModel]
     return current
 
 
-def is_leaf_path(model_cls: type[BaseModel], path: str) -> bool:
-    """True when ``path`` names a field of ``model_cls`` (at any depth)."""
-    return path in field_paths(model_cls)
-
-
 def open_dict_prefixes(model_cls: type[BaseModel]) -> list[str]:
     """Fields typed as free-form dicts (``passthrough_kwargs``): any sub-key is allowed."""
     found = []

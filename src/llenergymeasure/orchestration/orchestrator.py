@@ -18,7 +18,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llenergymeasure._version import __version__
 from llenergymeasure.clock import utc_now
@@ -49,18 +49,27 @@ from llenergymeasure.results.persistence import new_run_dir, write_result
 from llenergymeasure.state.machine import ExperimentStateMachine
 
 if TYPE_CHECKING:
+    from llenergymeasure.catalogue.architectures import ArchitectureSpec
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.config.user_config import UserConfig
-    from llenergymeasure.core.backends.protocol import InferenceBackend, PreparedBatches
+    from llenergymeasure.core.backends.protocol import (
+        InferenceBackend,
+        PreparedBatches,
+        RuntimeCapabilities,
+    )
+    from llenergymeasure.core.energy.session import EnergySession
+    from llenergymeasure.domain.environment import EnvironmentSnapshot
 
 #: Builds the energy session: (config, gpu indices or None for all visible, timeline path).
-EnergySessionFactory = Callable[["ExperimentConfig", "list[int] | None", "Path | None"], Any]
+EnergySessionFactory = Callable[
+    ["ExperimentConfig", "list[int] | None", "Path | None"], "EnergySession"
+]
 SETUP_PHASES = ("prompts", "load", "tokenise", "warmup", "baseline")
 
 
 def default_energy_session(
     config: ExperimentConfig, gpu_indices: list[int] | None, timeline_path: Path | None
-) -> Any:
+) -> EnergySession:
     """The energy layer's EnergySession for ``config`` (meter choice is the layer's job)."""
     from llenergymeasure.core.energy import EnergySession
     from llenergymeasure.core.energy.baseline import BaselineSettings
@@ -153,6 +162,7 @@ class ExperimentOrchestrator:
         self._stage("environment snapshot", "environment")
         self.record.environment = _collect_environment(self.record.warnings)
         backend = get_backend(self.config.backend)
+        _check_launch(backend.get_runtime_capabilities())
         self.record.warnings += backend_flags(backend.validate_config(self.config))
         try:
             self._stage("loading prompts", "prompts")
@@ -252,7 +262,9 @@ class ExperimentOrchestrator:
             return indices
         return [] if self.config.device == "cpu" or not self.config.gpus else self.config.gpus
 
-    def _start_energy(self, gpu_indices: list[int] | None, timeline: Path | None) -> Any:
+    def _start_energy(
+        self, gpu_indices: list[int] | None, timeline: Path | None
+    ) -> EnergySession | None:
         """Start the energy session; None (with the reason recorded) when it cannot start."""
         try:
             session = self.energy_session_factory(self.config, gpu_indices, timeline)
@@ -336,7 +348,7 @@ def _pick(value: float | None, user_config: UserConfig | None, which: str) -> fl
     return m.carbon_intensity_gco2_kwh if which == "ci" else m.datacenter_pue
 
 
-def _collect_environment(warnings: list[QualityFlag]) -> Any:
+def _collect_environment(warnings: list[QualityFlag]) -> EnvironmentSnapshot | None:
     """The environment snapshot, or None with a flag when it cannot be collected."""
     try:
         from llenergymeasure.core.environment import collect_environment
@@ -349,11 +361,20 @@ def _collect_environment(warnings: list[QualityFlag]) -> Any:
         return None
 
 
-def _arch(model: str) -> Any:
+def _arch(model: str) -> ArchitectureSpec | None:
     """Shapes for FLOPs/KV estimates, or None when unknown (e.g. an uncached Hub id)."""
     from llenergymeasure.results.aggregation import resolve_arch_quietly
 
     return resolve_arch_quietly(model)
+
+
+def _check_launch(capabilities: RuntimeCapabilities) -> None:
+    """This orchestrator runs backends in its own process (``launch_mode: direct``)."""
+    if capabilities.launch_mode != "direct":
+        raise ExperimentError(
+            f"the backend asks for launch mode {capabilities.launch_mode!r}, which this "
+            "orchestrator cannot start"
+        )
 
 
 def _truncation_flag(count: int) -> QualityFlag:

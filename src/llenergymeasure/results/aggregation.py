@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.catalogue.architectures import ArchitectureSpec
 from llenergymeasure.core.energy.quality import merge_flags_by_code
 from llenergymeasure.core.metrics import TransformerShape
 from llenergymeasure.domain.energy import (
@@ -109,7 +110,7 @@ def _window_s(raws: Sequence[RawProcessResult]) -> float:
     return max(span, max(r.duration_s for r in raws))
 
 
-def resolve_arch_quietly(model: str) -> TransformerShape | None:
+def resolve_arch_quietly(model: str) -> ArchitectureSpec | None:
     """Catalogue/local-config shapes for FLOPs, or None (e.g. a Hub id)."""
     from llenergymeasure.catalogue.architectures import resolve_architecture
 

@@ -9,12 +9,11 @@ old file or the new one, never a partial one.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llenergymeasure.results.filenames import (
     RESULT_FILENAME,
@@ -61,11 +60,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def new_run_dir(results_dir: Path, name: str, timestamp: datetime | None = None) -> Path:
