@@ -89,21 +89,31 @@ wait_for() { # seconds description command...
   done
 }
 
-stop_pidfile() { # name pidfile
-  local name=$1 pf=$2 p i
-  pid_alive "$pf" || { rm -f "$pf"; return 0; }
-  p=$(cat "$pf")
-  kill -TERM "$p" 2>/dev/null || true
+stop_pidfiles() { # name=pidfile...: SIGTERM all of them, wait up to 10 s, then SIGKILL
+  local arg name pf p i names=() pids=() alive
+  for arg in "$@"; do
+    name=${arg%%=*} pf=${arg#*=}
+    if pid_alive "$pf"; then
+      p=$(cat "$pf")
+      kill -TERM "$p" 2>/dev/null || true
+      names+=("$name") pids+=("$p")
+    fi
+    rm -f "$pf"
+  done
+  [ ${#pids[@]} -gt 0 ] || return 0
   for i in $(seq 1 100); do
-    kill -0 "$p" 2>/dev/null || break
+    alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 1 ] || break
     sleep 0.1
   done
-  if kill -0 "$p" 2>/dev/null; then
-    log "  $name (pid $p) ignored SIGTERM for 10 s: SIGKILL"
-    kill -KILL "$p" 2>/dev/null || true
-  fi
-  rm -f "$pf"
-  log "  stopped $name (pid $p)"
+  for i in "${!pids[@]}"; do
+    if kill -0 "${pids[$i]}" 2>/dev/null; then
+      log "  ${names[$i]} (pid ${pids[$i]}) ignored SIGTERM for 10 s: SIGKILL"
+      kill -KILL "${pids[$i]}" 2>/dev/null || true
+    fi
+    log "  stopped ${names[$i]} (pid ${pids[$i]})"
+  done
 }
 
 # --- install -------------------------------------------------------------------------------
@@ -184,7 +194,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 # A requeued job's credential otherwise blocks its restart for the default ~2 minutes.
-AuthInfo=cred_expire=30
+AuthInfo=cred_expire=10
 StateSaveLocation=$STATE/spool/slurmctld
 SlurmdSpoolDir=$STATE/spool/slurmd
 SlurmctldPidFile=$RUN_DIR/slurmctld.pid
@@ -209,6 +219,8 @@ MailProg=/bin/true
 KillWait=5
 ReturnToService=2
 SchedulerType=sched/backfill
+# Requeued jobs are held for cred_expire+1 s, then wait for a scheduling pass: keep both short.
+SchedulerParameters=sched_interval=5,bf_interval=5
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStorageTRES=gres/gpu
@@ -414,16 +426,16 @@ cmd_stop() {
       while [ -n "$(squeue -h -o %i 2>/dev/null)" ] && [ $SECONDS -lt $end ]; do sleep 0.3; done
     fi
   fi
-  stop_pidfile slurmd "$RUN_DIR/slurmd.pid"
-  # linuxproc cannot always reap a step whose slurmd is gone: end any slurmstepd left over.
+  # slurmctld sends its last job records to slurmdbd, which writes them to MariaDB; munge
+  # authenticates all of them: stop in that order.
+  stop_pidfiles slurmd="$RUN_DIR/slurmd.pid" slurmctld="$RUN_DIR/slurmctld.pid"
+  # A step whose slurmd is gone is not reaped by linuxproc: end any slurmstepd left over.
   local p
   for p in $(pgrep -x slurmstepd || true); do
-    kill -TERM "$p" 2>/dev/null && log "  ended leftover slurmstepd $p" || true
+    if kill -TERM "$p" 2>/dev/null; then log "  ended leftover slurmstepd $p"; fi
   done
-  stop_pidfile slurmctld "$RUN_DIR/slurmctld.pid"
-  stop_pidfile slurmdbd "$RUN_DIR/slurmdbd.pid"
-  stop_pidfile mariadb "$RUN_DIR/mariadb.pid"
-  stop_pidfile munged "$RUN_DIR/munged.pid"
+  stop_pidfiles slurmdbd="$RUN_DIR/slurmdbd.pid"
+  stop_pidfiles mariadb="$RUN_DIR/mariadb.pid" munged="$RUN_DIR/munged.pid"
   done_step
 }
 
