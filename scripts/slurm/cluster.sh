@@ -49,18 +49,19 @@ step() { step_t=$(now_us); log "$*"; }
 done_step() { log "  done in $(secs_since "$step_t") s"; }
 
 tail_logs() {
-  local f
-  for f in "$LOG_DIR"/slurmctld.log "$LOG_DIR"/slurmd.log "$LOG_DIR"/slurmdbd.log \
-    "$LOG_DIR"/mariadb.log "$LOG_DIR"/munged.log; do
-    [ -s "$f" ] || continue
-    echo "----- last lines of $f -----" >&2
-    tail -n 25 "$f" >&2
+  local f n
+  for f in slurmctld slurmd slurmdbd mariadb munged; do
+    [ -s "$LOG_DIR/$f.log" ] || continue
+    case $f in slurm*) n=20 ;; *) n=6 ;; esac
+    echo "----- last $n lines of $LOG_DIR/$f.log -----" >&2
+    tail -n $n "$LOG_DIR/$f.log" >&2
   done
 }
 
 die() {
   echo "cluster.sh: ERROR: $*" >&2
   tail_logs
+  echo "cluster.sh: ERROR: $* (logs above, all of them in $LOG_DIR)" >&2
   exit 1
 }
 
@@ -90,15 +91,16 @@ wait_for() { # seconds description command...
 }
 
 stop_pidfiles() { # name=pidfile...: SIGTERM all of them, wait up to 10 s, then SIGKILL
-  local arg name pf p i names=() pids=() alive
+  local arg name pf p i names=() pids=() pidfiles=() alive
   for arg in "$@"; do
     name=${arg%%=*} pf=${arg#*=}
     if pid_alive "$pf"; then
       p=$(cat "$pf")
       kill -TERM "$p" 2>/dev/null || true
-      names+=("$name") pids+=("$p")
+      names+=("$name") pids+=("$p") pidfiles+=("$pf")
+    else
+      rm -f "$pf"
     fi
-    rm -f "$pf"
   done
   [ ${#pids[@]} -gt 0 ] || return 0
   for i in $(seq 1 100); do
@@ -112,6 +114,7 @@ stop_pidfiles() { # name=pidfile...: SIGTERM all of them, wait up to 10 s, then 
       log "  ${names[$i]} (pid ${pids[$i]}) ignored SIGTERM for 10 s: SIGKILL"
       kill -KILL "${pids[$i]}" 2>/dev/null || true
     fi
+    rm -f "${pidfiles[$i]}"  # the daemon removes its own; this is for one that was killed
     log "  stopped ${names[$i]} (pid ${pids[$i]})"
   done
 }
@@ -361,7 +364,7 @@ start_slurm() {
     st=$(node_state)
     case "$st" in
       idle | mixed | allocated) break ;;
-      down* | drain* | drained*)
+      down* | drain*)
         # A node left down/drained by an earlier run (state is kept in the spool).
         scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true
         ;;
@@ -382,11 +385,13 @@ cmd_start() {
   mkdir -p "$LOG_DIR" "$RUN_DIR"
   if all_running && node_usable && sacct_ok; then
     log "start: cluster already up"
+    warn_if_reshaped
     return 0
   fi
   step "configs: write $CONF_DIR/{slurm,gres,slurmdbd}.conf"
   if pid_alive "$RUN_DIR/slurmctld.pid" || pid_alive "$RUN_DIR/slurmd.pid"; then
     log "  slurm daemons already running: configs left as they are"
+    warn_if_reshaped
   else
     write_configs
   fi
@@ -403,10 +408,19 @@ all_running() {
     pid_alive "$RUN_DIR/slurmd.pid"
 }
 
+warn_if_reshaped() { # the running cluster keeps the shape it was started with
+  local running
+  running=$(sed -n 's/.*gpus=\([0-9]*\).*/\1/p' "$MARK" 2>/dev/null)
+  if [ -n "$running" ] && [ "$running" != "$GPUS" ]; then
+    log "  WARNING: running with $running fake GPUs, not LLEM_SLURM_GPUS=$GPUS: '$0 stop' first to change"
+  fi
+}
+
 cmd_up() {
   need_root
   if [ -z "$(missing_packages)" ] && [ -d "$RUN_DIR" ] && all_running && node_usable && sacct_ok; then
     log "up: cluster already up ($(sinfo -h -o '%P %D %T %G' | head -n 1))"
+    warn_if_reshaped
     return 0
   fi
   cmd_install
@@ -417,21 +431,26 @@ cmd_up() {
 cmd_stop() {
   need_root
   step "stop"
+  local ids
   if pid_alive "$RUN_DIR/slurmctld.pid"; then
-    if [ -n "$(squeue -h -o %i 2>/dev/null)" ]; then
-      log "  cancelling jobs: $(squeue -h -o %i | tr '\n' ' ')"
-      scancel --full --user=root 2>/dev/null || true
-      scancel --full 2>/dev/null || scancel -u "$(id -un)" 2>/dev/null || true
+    ids=$(squeue -h -o %A 2>/dev/null | tr '\n' ' ')
+    if [ -n "${ids// /}" ]; then
+      log "  cancelling jobs: $ids"
+      # shellcheck disable=SC2086
+      scancel $ids 2>/dev/null || true
       local end=$((SECONDS + 15))
-      while [ -n "$(squeue -h -o %i 2>/dev/null)" ] && [ $SECONDS -lt $end ]; do sleep 0.3; done
+      while [ -n "$(squeue -h -o %A 2>/dev/null)" ] && [ $SECONDS -lt $end ]; do sleep 0.3; done
     fi
+  fi
+  # The job step daemons of our slurmd, so that none is left running once it is gone.
+  local steps="" p
+  if pid_alive "$RUN_DIR/slurmd.pid"; then
+    steps=$(pgrep -P "$(cat "$RUN_DIR/slurmd.pid")" -x slurmstepd | tr '\n' ' ' || true)
   fi
   # slurmctld sends its last job records to slurmdbd, which writes them to MariaDB; munge
   # authenticates all of them: stop in that order.
   stop_pidfiles slurmd="$RUN_DIR/slurmd.pid" slurmctld="$RUN_DIR/slurmctld.pid"
-  # A step whose slurmd is gone is not reaped by linuxproc: end any slurmstepd left over.
-  local p
-  for p in $(pgrep -x slurmstepd || true); do
+  for p in $steps; do
     if kill -TERM "$p" 2>/dev/null; then log "  ended leftover slurmstepd $p"; fi
   done
   stop_pidfiles slurmdbd="$RUN_DIR/slurmdbd.pid"
@@ -457,7 +476,10 @@ cmd_status() {
   if [ $rc = 0 ]; then
     sinfo -N -o '%N %P %T %c %m %G'
     squeue
-    sacct_ok && echo "sacct: answering" || { echo "sacct: not answering"; rc=1; }
+    if sacct_ok; then echo "sacct: answering"; else
+      echo "sacct: not answering"
+      rc=1
+    fi
   fi
   return $rc
 }

@@ -17,6 +17,7 @@ LLEM_SLURM_GPUS=${LLEM_SLURM_GPUS:-2} bash "$here/cluster.sh" up || fail "cluste
 
 out=$(mktemp -d /tmp/llem-slurm-smoke.XXXXXX)
 trap 'rm -rf "$out"' EXIT
+# shellcheck disable=SC2016 # expanded by the job's shell, not here
 job='echo "cvd=$CUDA_VISIBLE_DEVICES"; echo "start=$(date +%s%N)"; sleep '"$SLEEP_S"'; echo "end=$(date +%s%N)"'
 a=$(sbatch --parsable --gpus=1 --time=2 -o "$out/a.out" --wrap "$job") || fail "sbatch a"
 b=$(sbatch --parsable --gpus=1 --time=2 -o "$out/b.out" --wrap "$job") || fail "sbatch b"
@@ -34,7 +35,7 @@ for j in a b; do
 done
 cvd_a=$(val a cvd) cvd_b=$(val b cvd)
 echo "smoke: CUDA_VISIBLE_DEVICES a=$cvd_a b=$cvd_b"
-[ -n "$cvd_a" ] && [ -n "$cvd_b" ] || fail "CUDA_VISIBLE_DEVICES not set"
+if [ -z "$cvd_a" ] || [ -z "$cvd_b" ]; then fail "CUDA_VISIBLE_DEVICES not set"; fi
 [ "$cvd_a" != "$cvd_b" ] || fail "both jobs got CUDA_VISIBLE_DEVICES=$cvd_a"
 # Concurrent: each started before the other ended.
 if [ "$(val a start)" -ge "$(val b end)" ] || [ "$(val b start)" -ge "$(val a end)" ]; then
