@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +164,27 @@ def test_a_measured_profile_chooses_delay_and_fine_signal(tmp_path: Path) -> Non
     assert choice.fine_signal == "power_instant" and choice.fine_delay_s == 0.003
     assert choice.counter_delay_s == 0.012
     assert choice.counter_trace_interval_s == pytest.approx(0.004)
+
+
+@pytest.mark.slow
+def test_characterisation_script_runs_end_to_end_on_the_fake_nvml(tmp_path: Path) -> None:
+    """The benchmark's own pipeline (spawned readers, load plan, fit, output, merge), no GPU."""
+    root = Path(__file__).parents[2]
+    profiles = tmp_path / "profiles.json"
+    profiles.write_text((root / "src/llenergymeasure/core/energy/sensor_profiles.json").read_text())
+    cmd = [sys.executable, str(root / "benchmarks/gpu_sensor_characterise.py"), "--fake",
+           "--seconds-per-period", "0.3", "--gap-s", "0.2", "--step-s", "0.6",
+           "--out", str(tmp_path / "run"), "--merge-into", str(profiles)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "energy_counter" in proc.stdout
+    merged = load_profiles_from(profiles)
+    fake = merged["Fake GPU"]
+    assert fake.status == "measured" and merged["NVIDIA H200"].status == "not_measured"
+    counter = fake.signal("energy_counter")
+    assert counter.update_period_s == pytest.approx(0.1002, abs=2e-4)
+    assert (counter.delay_s or 0) + (counter.averaging_window_s or 0) / 2 == pytest.approx(
+        0.01, abs=0.004
+    )
+    assert (tmp_path / "run" / "raw_traces.npz").exists()
