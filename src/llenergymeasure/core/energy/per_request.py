@@ -59,7 +59,7 @@ N_BINS = 10
 def per_request_energy(
     intervals: CounterIntervals,
     steps: Sequence[StepTokens],
-    window_s: tuple[float, float],
+    window: tuple[float, float],
     *,
     window_energy_j: float | None = None,
     input_tokens: Mapping[str, int] | None = None,
@@ -73,7 +73,7 @@ def per_request_energy(
 
     Token counts per request default to the steps' sums (prefill -> input, decode -> output).
     """
-    t0, t1 = window_s
+    t0, t1 = window
     out = PerRequestEnergy(window_s=t1 - t0, resolution_s=intervals.period_s,
                            sharing_rule=SHARING_RULE)  # fmt: skip
     steps = [s for s in steps if s.end_s > t0 and s.start_s < t1]

@@ -70,7 +70,7 @@ class PhaseSettings:
 def phase_energy_report(
     intervals: CounterIntervals,
     spans: Sequence[PhaseSpan],
-    window_s: tuple[float, float],
+    window: tuple[float, float],
     *,
     window_energy_j: float | None = None,
     tokens_by_phase: Mapping[str, int] | None = None,
@@ -84,7 +84,7 @@ def phase_energy_report(
     ``window_energy_j``: the window's energy to sum to (default: from the trace itself,
     interpolated within the edge intervals); ``tokens_by_phase`` default: the spans' tokens.
     """
-    t0, t1 = window_s
+    t0, t1 = window
     iv = intervals.shifted(-delay_s)
     covs = phase_coverages(spans)
     report = PhaseEnergyReport(
@@ -244,7 +244,7 @@ def fine_signal_estimate(
     t_s: Sequence[float] | np.ndarray,
     power_w: Sequence[float] | np.ndarray,
     spans: Sequence[PhaseSpan],
-    window_s: tuple[float, float],
+    window: tuple[float, float],
     *,
     signal: Signal = "power_instant",
     delay_s: float = 0.0,
@@ -267,7 +267,7 @@ def fine_signal_estimate(
     p = np.asarray(power_w, dtype=float)
     res = resolution_s if resolution_s is not None else _median_step(t)
     out = FineSignalEstimate(signal=signal, resolution_s=res, delay_s=delay_s)
-    t0, t1 = window_s
+    t0, t1 = window
     if t.size < 2 or t[0] > t0 or t[-1] < t1:
         out.not_measured = "the power signal does not cover the window"
         return out
