@@ -18,6 +18,11 @@ Script vocabulary (``FakeDevice``):
   - energy counter = integral of that power, updated in steps every ``counter_period_s``
     (like the real counter's ~100 ms steps); ``reset_at_s`` restarts it from 0 at those times;
     ``wrap_at_mj`` wraps it; ``counter_supported=False`` raises NVML_ERROR_NOT_SUPPORTED.
+    ``counter_phase_s`` offsets the step grid, ``counter_jitter_s`` moves each step by a
+    deterministic pseudo-random amount in [-jitter/2, +jitter/2] (``counter_seed``), and
+    ``counter_delay_s`` makes a step hold the energy drawn up to that long before it.
+  - ``power_schedule_from_spans``: a power schedule with a known power per phase (prefill,
+    decode, other), optionally noisy, for the phase-energy tests.
   - temperature, SM clock, throttle bitmask, ``compute_processes`` (how many processes hold
     a CUDA context on the GPU; default 0): schedules like ``power_w``.
   - ``errors``: NVML function name -> ``FakeError(code, calls)``; raised on those call
@@ -26,14 +31,16 @@ Script vocabulary (``FakeDevice``):
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import functools
 import itertools
 import math
 import os
+import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -96,8 +103,87 @@ def integral_j(schedule: Schedule, t_from_s: float, t_to_s: float) -> float:
         return 0.0
     if isinstance(schedule, (int, float)):
         return float(schedule) * (t_to_s - t_from_s)
+    if len(schedule) > _FAST_SCHEDULE_LEN:
+        cumulative = _cumulative(schedule)
+        if cumulative is not None:
+            return cumulative(t_to_s) - cumulative(t_from_s)
     edges = sorted({t_from_s, t_to_s, *(s for s, _ in schedule if t_from_s < s < t_to_s)})
     return sum(value_at(schedule, a) * (b - a) for a, b in itertools.pairwise(edges))
+
+
+_FAST_SCHEDULE_LEN = 32
+_CUMULATIVE_CACHE: dict[int, tuple[Schedule, Callable[[float], float] | None]] = {}
+
+
+def _cumulative(schedule: tuple[tuple[float, float], ...]) -> Callable[[float], float] | None:
+    """F(t) with F(b) - F(a) = integral over [a, b] (bisect, O(log n)); None if unsorted.
+
+    Long schedules (built from thousands of phase spans) would make ``integral_j`` quadratic;
+    this is cached per schedule object (by identity, keeping the object alive).
+    """
+    hit = _CUMULATIVE_CACHE.get(id(schedule))
+    if hit is not None and hit[0] is schedule:
+        return hit[1]
+    starts = [float(t) for t, _ in schedule]
+    values = [float(v) for _, v in schedule]
+    fn: Callable[[float], float] | None = None
+    if all(b > a for a, b in itertools.pairwise(starts)):
+        at_start = [0.0]
+        for i in range(1, len(starts)):
+            at_start.append(at_start[-1] + values[i - 1] * (starts[i] - starts[i - 1]))
+
+        def fn(t: float) -> float:
+            i = bisect.bisect_right(starts, t) - 1
+            if i < 0:
+                return values[0] * (t - starts[0])
+            return at_start[i] + values[i] * (t - starts[i])
+
+    if len(_CUMULATIVE_CACHE) > 64:
+        _CUMULATIVE_CACHE.clear()
+    _CUMULATIVE_CACHE[id(schedule)] = (schedule, fn)
+    return fn
+
+
+def power_schedule_from_spans(
+    spans: Iterable[Any],
+    power_w_by_phase: dict[str, float] | Callable[[Any], float],
+    other_w: float,
+    t_origin_s: float = 0.0,
+    *,
+    noise_w: float = 0.0,
+    segment_s: float | None = None,
+    seed: int = 0,
+) -> tuple[tuple[float, float], ...]:
+    """A FakeDevice ``power_w`` schedule drawing a known power in each phase span.
+
+    ``spans`` have ``phase``, ``start_s`` and ``end_s`` (``domain.phases.PhaseSpan``) on the
+    clock whose reading ``t_origin_s`` is the fake's start (``FakeNVML.t0_s``). Time outside
+    every span draws ``other_w``; ``power_w_by_phase`` may instead be a function of the span
+    (e.g. a power per engine step). ``noise_w`` adds a Gaussian draw (seeded) to each span, or
+    to each ``segment_s`` piece of it.
+    """
+    rng = random.Random(seed)
+    ordered = sorted(spans, key=lambda sp: sp.start_s)
+    first = min([0.0, *(sp.start_s - t_origin_s for sp in ordered)])
+    points: list[tuple[float, float]] = [(first, other_w)]
+    for sp in ordered:
+        a, b = sp.start_s - t_origin_s, sp.end_s - t_origin_s
+        if b <= a:
+            continue
+        if callable(power_w_by_phase):
+            base = float(power_w_by_phase(sp))
+        else:
+            base = power_w_by_phase.get(sp.phase, other_w)
+        step = segment_s if segment_s else b - a
+        t = a
+        while t < b - 1e-12:
+            points.append((t, base + (rng.gauss(0.0, noise_w) if noise_w else 0.0)))
+            t += step
+        points.append((b, other_w))
+    merged: dict[float, float] = {}
+    for t, v in points:
+        merged[t] = v  # a span starting where the last ended replaces its "other" point
+    return tuple(sorted(merged.items()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,17 +218,45 @@ class FakeDevice:
     persistence_mode: bool = True
     compute_processes: Schedule = 0.0
     errors: dict[str, FakeError] = dataclasses.field(default_factory=dict)
+    counter_phase_s: float = 0.0
+    counter_jitter_s: float = 0.0
+    counter_delay_s: float = 0.0
+    counter_seed: int = 0
 
     def energy_mj(self, elapsed_s: float) -> int:
         """Counter value at ``elapsed_s`` after the fake started, mJ."""
         last_reset = max((r for r in self.reset_at_s if r <= elapsed_s), default=None)
         since = 0.0 if last_reset is None else last_reset
         start_mj = self.counter_start_mj if last_reset is None else 0
-        quantised = since + math.floor((elapsed_s - since) / self.counter_period_s) * (
-            self.counter_period_s
-        )
+        if self.counter_phase_s or self.counter_jitter_s or self.counter_delay_s:
+            quantised = self._last_step_s(since, elapsed_s) - self.counter_delay_s
+            quantised = max(since, quantised)
+        else:
+            quantised = since + math.floor((elapsed_s - since) / self.counter_period_s) * (
+                self.counter_period_s
+            )
         value = start_mj + round(integral_j(self.power_w, since, quantised) * 1000.0)
         return value % self.wrap_at_mj if self.wrap_at_mj else value
+
+    def step_time_s(self, since_s: float, k: int) -> float:
+        """Time of counter step ``k`` after ``since_s`` (grid + phase + deterministic jitter)."""
+        h = ((k + 1) * 2654435761 + self.counter_seed * 40503) % 2**32
+        jitter = self.counter_jitter_s * (h / 2**32 - 0.5)
+        return since_s + self.counter_phase_s + k * self.counter_period_s + jitter
+
+    def _last_step_s(self, since_s: float, elapsed_s: float) -> float:
+        """Time of the last step at or before ``elapsed_s`` (``since_s`` if none yet)."""
+        period = self.counter_period_s
+        k = math.floor((elapsed_s - since_s - self.counter_phase_s) / period)
+        while k >= 0 and self.step_time_s(since_s, k) > elapsed_s:
+            k -= 1
+        while self.step_time_s(since_s, k + 1) <= elapsed_s:
+            k += 1
+        return since_s if k < 0 else max(since_s, self.step_time_s(since_s, k))
+
+    def energy_trace_mj(self, elapsed_s: Iterable[float]) -> list[int]:
+        """Counter values at each of ``elapsed_s`` (a fast-read trace, without the NVML calls)."""
+        return [self.energy_mj(t) for t in elapsed_s]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,190 @@
+"""Sensor characterisation analysis on synthetic signals of known behaviour, and the profiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llenergymeasure.core.energy.intervals import Coverage, counter_intervals
+from llenergymeasure.core.energy.sensor_fit import (
+    SignalTrace,
+    boxcar_response,
+    counter_signal_profile,
+    exponential_response,
+    fit_counter_response,
+    fit_point_response,
+    point_signal_profile,
+    step_grid,
+    update_period,
+)
+from llenergymeasure.core.energy.sensor_profiles import (
+    choose_method,
+    load_profiles_from,
+    merge_profiles,
+    profile_for,
+    profiles_document,
+)
+from llenergymeasure.domain.phases import SensorProfile, SignalProfile
+from llenergymeasure.testing import FakeDevice, power_schedule_from_spans
+
+IDLE_W, BUSY_W = 100.0, 400.0
+
+
+def square_wave(periods: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5), per_s: float = 3.0) -> tuple[list[tuple[float, float]], float]:  # fmt: skip
+    """Busy half of each period, per_s seconds per period, 0.5 s idle between blocks."""
+    spans, t = [], 1.0
+    for period in periods:
+        end = t + per_s
+        while t < end:
+            spans.append((t, t + period / 2))
+            t += period
+        t += 0.5
+    return spans, t
+
+
+def dithered(t0: float, t1: float, lo: float, hi: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = t0 + np.cumsum(rng.uniform(lo, hi, int((t1 - t0) / lo) + 1))
+    return t[t < t1]
+
+
+@pytest.mark.parametrize(("delay", "window"), [(0.015, 0.025), (0.002, 0.0), (0.05, 1.0)])
+def test_boxcar_averaged_square_wave_is_recovered(delay: float, window: float) -> None:
+    spans, t_end = square_wave()
+    t = dithered(0.5, t_end + 0.5, 0.0005, 0.0015)
+    rng = np.random.default_rng(1)
+    y = IDLE_W + (BUSY_W - IDLE_W) * boxcar_response(Coverage.union(spans), t, delay, window)
+    fit = fit_point_response(t, y + rng.normal(0, 3.0, t.size), spans)
+    assert fit.kind == "boxcar"
+    centre, true_centre = fit.delay_s + fit.window_s / 2, delay + window / 2
+    assert centre == pytest.approx(true_centre, abs=0.002)
+    assert fit.window_s == pytest.approx(window, abs=max(0.002, 0.02 * window))
+    assert fit.gain == pytest.approx(BUSY_W - IDLE_W, rel=0.02)
+
+
+def test_exponential_lag_is_told_apart_from_a_boxcar() -> None:
+    spans, t_end = square_wave()
+    t = dithered(0.5, t_end + 0.5, 0.0005, 0.0015)
+    y = IDLE_W + (BUSY_W - IDLE_W) * exponential_response(spans, t, 0.01, 0.02)
+    fit = fit_point_response(t, y, spans)
+    assert fit.kind == "exponential"
+    assert fit.delay_s == pytest.approx(0.01, abs=0.001)
+    assert fit.window_s == pytest.approx(0.02, rel=0.05)
+
+
+def test_update_period_of_a_held_signal_and_of_a_fast_one() -> None:
+    t = dithered(0.0, 10.0, 0.0008, 0.0012)
+    held = np.floor(t / 0.02)  # changes every 20 ms
+    stats = update_period(t, held)
+    assert stats.period_s == pytest.approx(0.02, abs=0.001) and not stats.faster_than_reads
+    fast = update_period(t, np.sin(t * 1000.0))
+    assert fast.period_s is None and fast.faster_than_reads
+
+
+def _counter_trace(delay_s: float = 0.0) -> tuple[SignalTrace, list[tuple[float, float]]]:
+    spans, t_end = square_wave()
+    busy = [_Busy(a, b) for a, b in spans]
+    sched = power_schedule_from_spans(busy, {"busy": BUSY_W}, IDLE_W)
+    dev = FakeDevice("GPU-a", power_w=sched, counter_period_s=0.1002, counter_phase_s=0.037,
+                     counter_delay_s=delay_s)  # fmt: skip
+    t = dithered(0.5, t_end + 0.5, 0.0035, 0.006)
+    reads = np.full(t.size, 0.0)
+    return SignalTrace(t, reads, np.array(dev.energy_trace_mj(t), dtype=float)), spans
+
+
+class _Busy:
+    phase = "busy"
+
+    def __init__(self, a: float, b: float) -> None:
+        self.start_s, self.end_s = a, b
+
+
+def test_counter_step_grid_and_delay_are_recovered() -> None:
+    trace, spans = _counter_trace(delay_s=0.02)
+    grid = step_grid(trace.t_s, trace.values)
+    assert grid is not None
+    assert grid.period_s == pytest.approx(0.1002, abs=1e-4)
+    assert grid.phase_s == pytest.approx(0.037 + 0.02 * 0, abs=0.002)
+    assert grid.jitter_s < 0.001
+    fit = fit_counter_response(counter_intervals(trace.t_s, trace.values), spans)
+    assert fit.delay_s + fit.window_s / 2 == pytest.approx(0.02, abs=0.002)
+    assert fit.gain == pytest.approx(BUSY_W - IDLE_W, rel=0.01)
+    assert fit.offset == pytest.approx(IDLE_W, rel=0.01)
+
+
+def test_signal_profiles_say_what_can_be_trusted() -> None:
+    trace, spans = _counter_trace()
+    counter = counter_signal_profile(trace, spans)
+    assert counter.update_period_s == pytest.approx(0.1002, abs=1e-4) and counter.trusted_for_phases
+    t = dithered(0.5, trace.t_s[-1], 0.0008, 0.0012)
+    cov = Coverage.union(spans)
+    fast = IDLE_W + 300.0 * boxcar_response(cov, t, 0.001, 0.002)
+    slow = IDLE_W + 300.0 * boxcar_response(cov, t, 0.05, 1.0)
+    reads = np.full(t.size, 2e-6)
+    assert point_signal_profile(SignalTrace(t, reads, fast), spans).trusted_for_phases
+    usage = point_signal_profile(SignalTrace(t, reads, slow), spans)
+    assert not usage.trusted_for_phases and usage.averaging_window_s == pytest.approx(1.0, rel=0.05)
+
+
+# --- profiles -----------------------------------------------------------------------------
+def test_bundled_profiles_have_h200_not_measured_and_a_fallback() -> None:
+    h200 = profile_for("NVIDIA H200")
+    assert h200.status == "not_measured" and "NOT YET MEASURED" in h200.notes[0]
+    assert all(v is None for s in h200.signals.values() for v in s.model_dump().values())
+    other = profile_for("Tesla T4")
+    assert other.gpu_name == "Tesla T4" and other.status == "not_measured"
+    choice = choose_method(other)
+    assert choice.fine_signal is None and choice.counter_delay_s == 0.0
+    assert "not characterised" in choice.reason
+
+
+def test_a_measured_profile_chooses_delay_and_fine_signal(tmp_path: Path) -> None:
+    measured = SensorProfile(
+        gpu_name="NVIDIA Fake",
+        status="measured",
+        signals={
+            "energy_counter": SignalProfile(update_period_s=0.1, delay_s=0.012),
+            "power_instant": SignalProfile(update_period_s=0.005, delay_s=0.003, trusted_for_phases=True),
+            "power_usage": SignalProfile(update_period_s=0.02, averaging_window_s=1.0),
+        },
+    )  # fmt: skip
+    bundled = json.loads((Path(__file__).parents[2] / "src/llenergymeasure/core/energy/sensor_profiles.json").read_text())  # fmt: skip
+    merged = merge_profiles(bundled, profiles_document([measured]))
+    path = tmp_path / "profiles.json"
+    path.write_text(json.dumps(merged))
+    profiles = load_profiles_from(path)
+    assert {"NVIDIA H200", "unknown", "NVIDIA Fake"} <= set(profiles)
+    choice = choose_method(profile_for("NVIDIA Fake 80GB", profiles))
+    assert choice.fine_signal == "power_instant" and choice.fine_delay_s == 0.003
+    assert choice.counter_delay_s == 0.012
+    assert choice.counter_trace_interval_s == pytest.approx(0.004)
+
+
+@pytest.mark.slow
+def test_characterisation_script_runs_end_to_end_on_the_fake_nvml(tmp_path: Path) -> None:
+    """The benchmark's own pipeline (spawned readers, load plan, fit, output, merge), no GPU."""
+    root = Path(__file__).parents[2]
+    profiles = tmp_path / "profiles.json"
+    profiles.write_text((root / "src/llenergymeasure/core/energy/sensor_profiles.json").read_text())
+    cmd = [sys.executable, str(root / "benchmarks/gpu_sensor_characterise.py"), "--fake",
+           "--seconds-per-period", "0.3", "--gap-s", "0.2", "--step-s", "0.6",
+           "--out", str(tmp_path / "run"), "--merge-into", str(profiles)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "energy_counter" in proc.stdout
+    merged = load_profiles_from(profiles)
+    fake = merged["Fake GPU"]
+    assert fake.status == "measured" and merged["NVIDIA H200"].status == "not_measured"
+    counter = fake.signal("energy_counter")
+    assert counter.update_period_s == pytest.approx(0.1002, abs=2e-4)
+    assert (counter.delay_s or 0) + (counter.averaging_window_s or 0) / 2 == pytest.approx(
+        0.01, abs=0.004
+    )
+    assert (tmp_path / "run" / "raw_traces.npz").exists()
