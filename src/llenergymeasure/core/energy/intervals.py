@@ -99,7 +99,9 @@ class CounterIntervals:
         p_first = self.energy_j[0] / self.duration_s[0]
         p_last = self.energy_j[-1] / self.duration_s[-1]
         out = np.where(t < self.edges_s[0], (t - self.edges_s[0]) * p_first, out)
-        return np.where(t > self.edges_s[-1], cum[-1] + (t - self.edges_s[-1]) * p_last, out)
+        return np.asarray(
+            np.where(t > self.edges_s[-1], cum[-1] + (t - self.edges_s[-1]) * p_last, out)
+        )
 
 
 def counter_intervals(
@@ -243,9 +245,11 @@ class Coverage:
         a = np.asarray(a, dtype=float) - delay_s
         b = np.asarray(b, dtype=float) - delay_s
         if window_s <= 0.0:
-            return self.c(b) - self.c(a)
+            return np.asarray(self.c(b) - self.c(a), dtype=float)
         w = window_s
-        return (self.c2(b) - self.c2(b - w) - self.c2(a) + self.c2(a - w)) / w
+        return np.asarray(
+            (self.c2(b) - self.c2(b - w) - self.c2(a) + self.c2(a - w)) / w, dtype=float
+        )
 
 
 def phase_coverages(spans: Sequence[PhaseSpan]) -> dict[str, Coverage]:

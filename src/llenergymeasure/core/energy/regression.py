@@ -67,7 +67,7 @@ class LinearFit:
     def combo_se(self, weights: np.ndarray) -> np.ndarray:
         """Standard error of ``weights @ coef`` for each row of ``weights`` (n x p)."""
         w = np.atleast_2d(weights)
-        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", w, self.cov, w), 0.0))
+        return np.asarray(np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", w, self.cov, w), 0.0)))
 
 
 def t_quantile(p: float, dof: int) -> float:
@@ -100,7 +100,7 @@ def newey_west_meat(x: np.ndarray, r: np.ndarray, lag: int) -> np.ndarray:
         w = 1.0 - lag_i / (lag + 1.0)
         cross = xr[lag_i:].T @ xr[:-lag_i]
         meat += w * (cross + cross.T)
-    return meat
+    return np.asarray(meat, dtype=float)
 
 
 def fit_linear(

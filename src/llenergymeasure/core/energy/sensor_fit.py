@@ -99,8 +99,8 @@ def boxcar_response(cov: Coverage, t: np.ndarray, delay_s: float, window_s: floa
     """Load indicator delayed and averaged over a trailing window, at times ``t``."""
     x = t - delay_s
     if window_s <= 0:
-        return (cov.c(x + 1e-9) - cov.c(x - 1e-9)) / 2e-9
-    return (cov.c(x) - cov.c(x - window_s)) / window_s
+        return np.asarray((cov.c(x + 1e-9) - cov.c(x - 1e-9)) / 2e-9, dtype=float)
+    return np.asarray((cov.c(x) - cov.c(x - window_s)) / window_s, dtype=float)
 
 
 def exponential_response(spans: Sequence[Span], t: np.ndarray, delay_s: float, tau_s: float) -> np.ndarray:  # fmt: skip
@@ -309,7 +309,7 @@ def point_signal_profile(trace: SignalTrace, busy: Sequence[Span]) -> SignalProf
         update_period_s=update.period_s,
         delay_s=None if fit is None else fit.delay_s,
         averaging_window_s=None if fit is None else fit.window_s,
-        response=None if fit is None else fit.kind,  # type: ignore[arg-type]
+        response=None if fit is None else fit.kind,
         read_cost_s=float(np.median(trace.read_s)) if trace.read_s.size else None,
         fit_r2=None if fit is None else fit.r2,
         trusted_for_phases=trusted_for_phases(update, fit),
