@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.config.ssot import ENERGY_BACKENDS
 from llenergymeasure.core.energy._nvml import NvmlError, NvmlNotSupported, nvml
 from llenergymeasure.core.energy.codecarbon import INSTALL_HINT as CODECARBON_HINT
 from llenergymeasure.core.energy.codecarbon import CodeCarbonMeter, codecarbon_available
@@ -41,8 +42,6 @@ from llenergymeasure.core.energy.zeus import INSTALL_HINT as ZEUS_HINT
 from llenergymeasure.core.energy.zeus import ZeusMeter, zeus_available
 from llenergymeasure.domain.energy import MeterSelection
 from llenergymeasure.exceptions import MeterError
-
-ENERGY_BACKENDS = ("auto", "nvml", "zeus", "codecarbon", "rapl", "null")
 
 
 @dataclasses.dataclass
