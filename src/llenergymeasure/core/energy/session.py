@@ -33,6 +33,7 @@ from llenergymeasure.core.energy.nvml import NvmlMeter
 from llenergymeasure.core.energy.protocol import WindowReading
 from llenergymeasure.core.energy.quality import (
     baseline_unsettled_flag,
+    drop_repeated_flags,
     low_sample_flag,
     not_measured_flag,
     persistence_flag,
@@ -321,7 +322,7 @@ class EnergySession:
             trend = self.baseline.power_trend_pct
             if self.baseline.settled is False and trend is not None:
                 flags.append(baseline_unsettled_flag(trend))
-        report.warnings = _dedupe(flags)
+        report.warnings = drop_repeated_flags(flags)
         return report
 
     def _add_cross_check(
@@ -363,14 +364,3 @@ def _periods_ms(meter: NvmlMeter | None) -> dict[str, float]:
     if meter is None:
         return {}
     return {k: v * 1000.0 for k, v in meter.update_period_s.items() if v is not None}
-
-
-def _dedupe(flags: list[QualityFlag]) -> list[QualityFlag]:
-    """Flags in order, without repeats."""
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for f in flags:
-        if (f.code, f.message) not in seen:
-            seen.add((f.code, f.message))
-            out.append(f)
-    return out
