@@ -15,7 +15,6 @@ work; this module never imports torch.
 from __future__ import annotations
 
 import time
-import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -135,12 +134,12 @@ class EnergySession:
         meter.polled = sampler
 
     def _sample_source(self, plan: MeterPlan) -> SampleSource:
-        """The given source, or NVML for the GPUs in use (passing along an installed fake)."""
+        """The given source, or NVML for the GPUs in use (with the NVML library installed
+        here, if any, so that the sampler process reads the same GPUs)."""
         if self.sample_source is not None:
             return self.sample_source
-        lib = nvml.lib
-        fake = None if isinstance(lib, types.ModuleType) else lib
-        return NvmlSampleSource(tuple(d.nvml_index for d in plan.gpus), fake=fake)
+        indices = tuple(d.nvml_index for d in plan.gpus)
+        return NvmlSampleSource(indices, fake=nvml.installed_lib())
 
     @staticmethod
     def _persistence_flags(meter: NvmlMeter) -> list[QualityFlag]:
