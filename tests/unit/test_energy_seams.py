@@ -3,16 +3,29 @@ the edges a meter reports, and flag de-duplication."""
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 from pathlib import Path
 
 import pynvml
+import pytest
 
 from llenergymeasure.core.energy import EnergySession
 from llenergymeasure.core.energy._nvml import Nvml, nvml
+from llenergymeasure.core.energy.codecarbon import CodeCarbonMeter
+from llenergymeasure.core.energy.estimate import EstimateMeter
+from llenergymeasure.core.energy.null import NullMeter
+from llenergymeasure.core.energy.nvml import GpuDevice, NvmlMeter
+from llenergymeasure.core.energy.protocol import EnergyMeter
 from llenergymeasure.core.energy.quality import drop_repeated_flags, merge_flags_by_code
+from llenergymeasure.core.energy.rapl import RaplMeter
+from llenergymeasure.core.energy.zeus import ZeusMeter
 from llenergymeasure.domain.energy import QualityFlag
-from llenergymeasure.testing import FakeNVML, fake_gpus
+from llenergymeasure.testing import FakeDevice, FakeNVML, ManualClock, fake_gpus
+
+NO_RAPL = Path("/nonexistent-powercap")
+GPU = GpuDevice(0, "GPU-fake-0", "Fake GPU")
 
 
 def test_drop_repeated_flags_keeps_distinct_messages_of_one_code() -> None:
@@ -65,3 +78,111 @@ def test_session_sampler_process_reads_the_installed_library() -> None:
         report = session.end_window("m")
     assert report.thermal is not None and report.thermal.sample_count > 0
     assert report.polled_gpu_energy_j_by_device["gpu:0"] > 0
+
+
+@pytest.mark.parametrize(
+    ("meter", "scopes", "per_device"),
+    [
+        (NvmlMeter([GPU]), ("gpu",), True),
+        (ZeusMeter([GPU], [0]), ("gpu",), True),
+        (CodeCarbonMeter([0]), ("gpu", "cpu_package", "dram"), False),
+        (RaplMeter(NO_RAPL), ("cpu_package", "dram"), True),
+        (EstimateMeter(tdp_w=100.0), ("cpu_package",), False),
+        (NullMeter("nothing here", ("gpu", "dram")), (), False),
+    ],
+)
+def test_every_meter_declares_what_it_measures(
+    meter: EnergyMeter, scopes: tuple[str, ...], per_device: bool
+) -> None:
+    assert isinstance(meter, EnergyMeter)
+    assert meter.scopes == scopes and meter.per_device is per_device
+
+
+def test_null_meter_reports_its_given_scopes_as_not_measured() -> None:
+    meter = NullMeter("nothing here", ("gpu", "dram"))
+    meter.begin_window("w")
+    reading = meter.end_window("w")
+    assert [nm.scope for nm in reading.not_measured] == ["gpu", "dram"]
+
+
+def test_nvml_meter_reading_carries_its_edges() -> None:
+    clock = ManualClock()
+    fake = FakeNVML(fake_gpus(1, power_w=100.0), clock=clock.now)
+    meter = NvmlMeter([GPU], clock=clock.now, sleep=clock.sleep, probe_budget_s=0.0)
+    with fake.installed():
+        meter.start()
+        t0 = clock.now()
+        meter.begin_window("w")
+        clock.advance(5.0)
+        reading = meter.end_window("w")
+    assert reading.edges_s == (t0, t0 + 5.0)
+    null = NullMeter("x")
+    null.begin_window("w")
+    assert null.end_window("w").edges_s is None
+
+
+def test_only_per_device_gaps_become_not_measured_flags() -> None:
+    clock = ManualClock()
+    devices = [FakeDevice("GPU-a"), FakeDevice("GPU-b", counter_supported=False)]
+    session = EnergySession(
+        "auto",
+        rapl_root=NO_RAPL,
+        sampler_enabled=False,
+        environ={},
+        clock=clock.now,
+        sleep=clock.sleep,
+    )
+    with FakeNVML(devices, clock=clock.now).installed(), session:
+        session.begin_window("m")
+        clock.advance(12.0)
+        report = session.end_window("m")
+    assert set(report.not_measured) == {"gpu:1", "cpu_package", "dram"}
+    flags = [f for f in report.warnings if f.code == "not_measured"]
+    assert [(f.severity, f.message.startswith("gpu:1")) for f in flags] == [("warning", True)]
+
+
+class _FakeTracker:
+    """Stands in for codecarbon.OfflineEmissionsTracker at its API."""
+
+    def __init__(self, **kwargs: object) -> None:
+        self.kwargs = kwargs
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def start_task(self, name: str) -> None: ...
+
+    def stop_task(self, name: str) -> object:
+        return types.SimpleNamespace(
+            duration=2.0, gpu_energy=1e-4, cpu_energy=None, ram_energy=None
+        )
+
+
+def test_baseline_needs_a_meter_with_gpu_energy_per_device(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    module = types.ModuleType("codecarbon")
+    module.OfflineEmissionsTracker = _FakeTracker  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "codecarbon", module)
+    from llenergymeasure.core.energy.baseline import BaselineSettings
+
+    clock = ManualClock()
+    settings = BaselineSettings(duration_s=2.0, cache_path=tmp_path / "baseline.json")
+
+    def baseline(backend: str) -> object:
+        session = EnergySession(
+            backend,
+            baseline=settings,
+            rapl_root=NO_RAPL,
+            sampler_enabled=False,
+            environ={},
+            clock=clock.now,
+            sleep=clock.sleep,
+        )
+        with FakeNVML(fake_gpus(1, power_w=80.0), clock=clock.now).installed(), session:
+            return session.measure_baseline()
+
+    assert baseline("codecarbon") is None  # one GPU total (gpu:all): no per-GPU idle power
+    measured = baseline("nvml")
+    assert measured is not None and measured.idle_power_w_by_device.keys() == {"gpu:0"}

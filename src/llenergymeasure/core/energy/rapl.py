@@ -97,6 +97,9 @@ def delta_uj(start_uj: int, end_uj: int, max_range_uj: int) -> int:
 class RaplMeter:
     """CPU package + DRAM energy from powercap counters (see module docstring)."""
 
+    scopes: tuple[Scope, ...] = ("cpu_package", "dram")
+    per_device = True
+
     def __init__(
         self, root: Path = DEFAULT_ROOT, clock: Callable[[], float] = time.monotonic
     ) -> None:
