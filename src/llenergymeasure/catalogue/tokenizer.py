@@ -11,12 +11,16 @@ stays light.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from llenergymeasure.exceptions import BackendNotInstalledError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 TOKENIZER_FILE = "llem-bpe.json"
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"
@@ -30,7 +34,7 @@ def offline_tokenizer_path() -> Path:
     return Path(str(ref))
 
 
-def load_offline_tokenizer(model_max_length: int = MODEL_MAX_LENGTH) -> Any:
+def load_offline_tokenizer(model_max_length: int = MODEL_MAX_LENGTH) -> PreTrainedTokenizerFast:
     """A ``transformers.PreTrainedTokenizerFast`` over the shipped BPE.
 
     Pad token set, ``padding_side="left"``. Each call returns a fresh object (callers may
@@ -44,7 +48,9 @@ def load_offline_tokenizer(model_max_length: int = MODEL_MAX_LENGTH) -> Any:
         raise BackendNotInstalledError(
             'the offline tokenizer needs transformers: pip install "llenergymeasure[pytorch]"'
         ) from e
-    return PreTrainedTokenizerFast(
+    # transformers leaves the constructor unannotated: say what it returns
+    new_tokenizer = cast("Callable[..., PreTrainedTokenizerFast]", PreTrainedTokenizerFast)
+    return new_tokenizer(
         tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,

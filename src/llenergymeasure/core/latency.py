@@ -30,11 +30,14 @@ end), so there is no per-token arrival time: see :data:`BEAM_SEARCH_NO_TTFT_REAS
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from functools import cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from llenergymeasure.core.latency_clock import TokenClock
+
+if TYPE_CHECKING:
+    import torch
 
 BEAM_SEARCH_NO_TTFT_REASON = (
     "beam search: the final beams are chosen only at the end of generate, so there is no "
@@ -56,9 +59,9 @@ class StepRecorder:
         self.steps = 0
         self._request_ids: list[Hashable] = []
         self._host_times: list[float] = []
-        self._events: list[Any] = []  # torch.cuda.Event, reused across batches
+        self._events: list[torch.cuda.Event] = []  # reused across batches
         self._n_events = 0
-        self._start_event: Any = None
+        self._start_event: torch.cuda.Event | None = None
         self._start_s = 0.0
         self._not_done: Any = None  # cached all-False bool tensor returned every step
 
@@ -112,7 +115,7 @@ class StepRecorder:
 
         torch.cuda.synchronize(self.device)
         if self._start_event is None:
-            self._start_event = torch.cuda.Event(enable_timing=True)
+            self._start_event = _timing_event()
         t = self.clock.now()
         self._start_event.record(torch.cuda.current_stream(self.device))
         return t
@@ -121,7 +124,7 @@ class StepRecorder:
         import torch
 
         if self._n_events == len(self._events):
-            self._events.append(torch.cuda.Event(enable_timing=True))
+            self._events.append(_timing_event())
         self._events[self._n_events].record(torch.cuda.current_stream(self.device))
         self._n_events += 1
 
@@ -134,6 +137,7 @@ class StepRecorder:
         events = self._events[: self._n_events]
         events[-1].synchronize()
         start = self._start_event
+        assert start is not None, "begin_batch records the start event"
         return [self._start_s + start.elapsed_time(ev) / 1000.0 for ev in events]
 
     # ---- helpers --------------------------------------------------------------------------
@@ -155,11 +159,19 @@ class StepRecorder:
             torch.mps.synchronize()
 
 
+def _timing_event() -> torch.cuda.Event:
+    """A new ``torch.cuda.Event(enable_timing=True)`` (torch leaves its constructor unannotated)."""
+    import torch
+
+    new_event = cast("Callable[..., torch.cuda.Event]", torch.cuda.Event)
+    return new_event(enable_timing=True)
+
+
 def _criteria_base() -> type:
     """transformers' StoppingCriteria (imported lazily so this module loads without torch)."""
     from transformers import StoppingCriteria
 
-    return StoppingCriteria  # type: ignore[no-any-return]
+    return StoppingCriteria
 
 
 @cache

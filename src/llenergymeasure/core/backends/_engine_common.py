@@ -8,18 +8,27 @@ the same tokenizer the pytorch backend uses, and the engines are started with
 For ``weights: random`` the engines need a model directory: :func:`random_model_dir` writes
 the architecture's ``config.json`` (from the catalogue or a local config) into a temporary
 directory that the engine loads with dummy weights.
+
+:class:`EngineBackend` is the life cycle both share (tokenizer, engine start, sampling
+parameters, warm-up, devices, cleanup); a subclass fills in its engine through a few hooks
+and writes its own ``validate_config`` and ``run_inference``.
 """
 
 from __future__ import annotations
 
+import abc
 import json
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llenergymeasure.core.backends.protocol import PreparedBatch, PreparedBatches
-from llenergymeasure.exceptions import BackendNotInstalledError, ConfigError
+from llenergymeasure.core.backends.protocol import (
+    PreparedBatch,
+    PreparedBatches,
+    RuntimeCapabilities,
+)
+from llenergymeasure.exceptions import BackendError, BackendNotInstalledError, ConfigError
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -134,3 +143,126 @@ def output_length(config: ExperimentConfig, prompts: list[Prompt]) -> tuple[int,
             f"length: using max_output_tokens={config.max_output_tokens}"
         )
     return config.max_output_tokens, notes
+
+
+def sampling_kwargs(
+    config: ExperimentConfig, max_new_tokens: int, engine_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Keyword arguments of an engine's ``SamplingParams``.
+
+    The output length and EOS handling (token ids in and out: no detokenising), then the
+    engine's own decoder arguments ``engine_kwargs``, the optional ``top_p``/``top_k``/
+    ``repetition_penalty``, and last ``config.passthrough_kwargs`` (they override).
+    """
+    decoder = config.decoder
+    kwargs: dict[str, Any] = {
+        "max_tokens": max_new_tokens,
+        "ignore_eos": decoder.ignore_eos,
+        "detokenize": False,  # the engine runs without a tokenizer
+        **engine_kwargs,
+    }
+    for name in ("top_p", "top_k", "repetition_penalty"):
+        if getattr(decoder, name) is not None:
+            kwargs[name] = getattr(decoder, name)
+    kwargs.update(config.passthrough_kwargs or {})
+    return kwargs
+
+
+#: Prompts the warm-up step generates for (the first ones of the prepared batch).
+WARMUP_PROMPTS = 8
+
+
+class EngineBackend(abc.ABC):
+    """An engine that takes the whole request list at once (``LLM.generate``).
+
+    Hooks: :meth:`_create_engine`, :meth:`_sampling_params`, :meth:`_generate`,
+    :meth:`_parallel_sizes` and (optionally) :meth:`_shutdown`;
+    ``CAPABILITY_NOTES`` go into :meth:`get_runtime_capabilities`.
+    """
+
+    name: str
+    CAPABILITY_NOTES: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._config: ExperimentConfig | None = None
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self._sampling: Any = None
+
+    # ---- hooks ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _create_engine(self, config: ExperimentConfig, model: str, random_weights: bool) -> Any:
+        """The engine for ``config`` loading ``model`` (a path or id; dummy weights when
+        ``random_weights``), vendor errors translated where the engine needs it."""
+
+    @abc.abstractmethod
+    def _sampling_params(self, config: ExperimentConfig, max_new_tokens: int) -> Any:
+        """The engine's sampling parameters for the decoder settings."""
+
+    @abc.abstractmethod
+    def _generate(self, token_lists: list[list[int]]) -> list[Any]:
+        """One ``generate`` call on token-id prompts: the engine's request outputs."""
+
+    @abc.abstractmethod
+    def _parallel_sizes(self, config: ExperimentConfig) -> tuple[int | None, int | None]:
+        """(tensor parallel, pipeline parallel) sizes from ``config``; None: unset (1)."""
+
+    def _shutdown(self, engine: Any) -> None:  # noqa: B027 (optional hook)
+        """Release the engine's workers before it is dropped (default: nothing)."""
+
+    # ---- InferenceBackend ----------------------------------------------------------------
+    def get_runtime_capabilities(self) -> RuntimeCapabilities:
+        """The engine starts its own workers and CUDA contexts; no per-token stream."""
+        return RuntimeCapabilities(
+            launch_mode="direct",
+            cuda_management="backend",
+            supports_streaming_timestamps=False,
+            notes=self.CAPABILITY_NOTES,
+        )
+
+    def initialize(self, config: ExperimentConfig, prompts: list[Prompt]) -> None:
+        """Tokenizer, engine (dummy weights for weights: random) and sampling parameters."""
+        from llenergymeasure.core.models.loading import effective_weights
+
+        self._config = config
+        random_weights = effective_weights(config) == "random"
+        self._tokenizer = load_tokenizer(config, random_weights)
+        model = str(random_model_dir(config)) if random_weights else config.model
+        self._llm = self._create_engine(config, model, random_weights)
+        self._sampling = self._sampling_params(config, config.max_output_tokens)
+
+    def tokenize(self, prompts: list[Prompt]) -> PreparedBatches:
+        """Token ids for every prompt (the engine skips its own tokenizer); the sampling
+        parameters take the prepared output length."""
+        config = self._require_config()
+        prepared = prepare_token_ids(self._tokenizer, prompts, config)
+        self._sampling = self._sampling_params(config, prepared.max_new_tokens)
+        return prepared
+
+    def warmup_step(self, prepared: PreparedBatches) -> float:
+        """Generate for the first few prompts; latency in s."""
+        batch = prepared.batches[0]
+        start = time.perf_counter()
+        self._generate(batch.payload[: min(WARMUP_PROMPTS, batch.size)])
+        return time.perf_counter() - start
+
+    def synchronize(self) -> None:  # noqa: B027 (deliberately nothing to do)
+        """generate returns only when every request is done: nothing is queued."""
+
+    def device_indices(self) -> list[int]:
+        """The GPUs the engine uses: the first tensor parallel x pipeline parallel visible."""
+        config = self._require_config()
+        tp, pp = self._parallel_sizes(config)
+        n = (tp or 1) * (pp or 1)
+        return (config.gpus or list(range(n)))[:n]
+
+    def cleanup(self) -> None:
+        """Drop the engine (its workers exit with it, or at :meth:`_shutdown`)."""
+        if self._llm is not None:
+            self._shutdown(self._llm)
+        self._llm = None
+
+    def _require_config(self) -> ExperimentConfig:
+        if self._config is None:
+            raise BackendError(f"{self.name} backend used before initialize()")
+        return self._config

@@ -19,24 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.core.backends._engine_common import (
     PRECISION_DTYPES,
+    EngineBackend,
     engine_timing,
-    load_tokenizer,
-    prepare_token_ids,
-    random_model_dir,
     require_module,
+    sampling_kwargs,
 )
-from llenergymeasure.core.backends.protocol import (
-    InferenceOutput,
-    PreparedBatches,
-    RuntimeCapabilities,
-)
+from llenergymeasure.core.backends.protocol import InferenceOutput, PreparedBatches
 from llenergymeasure.exceptions import BackendError
 
 require_module("tensorrt_llm", "tensorrt")
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
-    from llenergymeasure.datasets.types import Prompt
 
 NO_STREAM_REASON = (
     "TensorRT-LLM offline generate does not stream tokens to the caller: TTFT/ITL are not "
@@ -53,59 +47,48 @@ _QUANT_ALGOS = {  # ssot precision / tensorrt.quantization -> QuantAlgo member n
 }
 
 
-class TensorRTBackend:
-    """The ``tensorrt`` backend."""
+class TensorRTBackend(EngineBackend):
+    """The ``tensorrt`` backend (TensorRT-LLM manages its own CUDA context and MPI workers)."""
 
     name = "tensorrt"
-
-    def __init__(self) -> None:
-        self._config: ExperimentConfig | None = None
-        self._llm: Any = None
-        self._tokenizer: Any = None
-        self._sampling: Any = None
-
-    def get_runtime_capabilities(self) -> RuntimeCapabilities:
-        """TensorRT-LLM manages its own CUDA context and MPI workers."""
-        return RuntimeCapabilities(
-            launch_mode="direct",
-            cuda_management="backend",
-            supports_streaming_timestamps=False,
-            notes=(NO_STREAM_REASON,),
-        )
+    CAPABILITY_NOTES = (NO_STREAM_REASON,)
 
     def validate_config(self, config: ExperimentConfig) -> list[str]:
         """Warnings: no per-token timing."""
         return [NO_STREAM_REASON]
 
-    def initialize(self, config: ExperimentConfig, prompts: list[Prompt]) -> None:
-        """Build/load the engine (dummy weights for weights: random)."""
+    def _create_engine(self, config: ExperimentConfig, model: str, random_weights: bool) -> Any:
+        """Build or load the engine (``tensorrt_llm.LLM``)."""
         from tensorrt_llm import LLM
 
-        from llenergymeasure.core.models.loading import effective_weights
-
-        self._config = config
-        random_weights = effective_weights(config) == "random"
-        self._tokenizer = load_tokenizer(config, random_weights)
-        model = str(random_model_dir(config)) if random_weights else config.model
         try:
-            self._llm = LLM(**llm_kwargs(config, model, random_weights))
+            return LLM(**llm_kwargs(config, model, random_weights))
         except Exception as e:  # vendor boundary
             raise BackendError(f"TensorRT-LLM could not build/load the engine: {e}") from e
-        self._sampling = sampling_params(config, config.max_output_tokens)
 
-    def tokenize(self, prompts: list[Prompt]) -> PreparedBatches:
-        """Token ids for every prompt."""
-        config = self._require_config()
-        prepared = prepare_token_ids(self._tokenizer, prompts, config)
-        self._sampling = sampling_params(config, prepared.max_new_tokens)
-        return prepared
+    def _sampling_params(self, config: ExperimentConfig, max_new_tokens: int) -> Any:
+        """``tensorrt_llm.SamplingParams`` for the decoder settings."""
+        from tensorrt_llm import SamplingParams
 
-    def warmup_step(self, prepared: PreparedBatches) -> float:
-        """Generate for the first few prompts; latency in s."""
-        batch = prepared.batches[0]
-        start = time.perf_counter()
-        self._generate(batch.payload[: min(8, batch.size)])
-        return time.perf_counter() - start
+        decoder = config.decoder
+        engine: dict[str, Any] = {}
+        if decoder.ignore_eos:
+            engine["min_tokens"] = max_new_tokens
+        elif decoder.min_new_tokens:
+            engine["min_tokens"] = decoder.min_new_tokens
+        if decoder.strategy == "sample":
+            engine["temperature"] = decoder.temperature if decoder.temperature is not None else 1.0
+            engine["seed"] = config.random_seed
+        else:
+            engine["temperature"] = 0.0
+        if decoder.strategy == "beam_search":
+            engine["use_beam_search"] = True
+            engine["n"] = engine["best_of"] = decoder.num_beams or 4
+        return SamplingParams(**sampling_kwargs(config, max_new_tokens, engine))
+
+    def _parallel_sizes(self, config: ExperimentConfig) -> tuple[int | None, int | None]:
+        section = config.tensorrt
+        return (section.tp_size, section.pp_size) if section else (None, None)
 
     def run_inference(self, prepared: PreparedBatches) -> InferenceOutput:
         """All prompts in one ``generate`` call (in-flight batching inside the engine)."""
@@ -135,28 +118,10 @@ class TensorRTBackend:
         except Exception as e:  # vendor boundary
             raise BackendError(f"TensorRT-LLM generate failed: {e}") from e
 
-    def synchronize(self) -> None:
-        """generate returns when every request is done: nothing is queued."""
-
-    def device_indices(self) -> list[int]:
-        """The first tp x pp visible GPUs."""
-        config = self._require_config()
-        section = config.tensorrt
-        n = ((section.tp_size if section else None) or 1) * (
-            (section.pp_size if section else None) or 1
-        )
-        return (config.gpus or list(range(n)))[:n]
-
-    def cleanup(self) -> None:
+    def _shutdown(self, engine: Any) -> None:
         """Shut the engine's workers down."""
-        if self._llm is not None and hasattr(self._llm, "shutdown"):
-            self._llm.shutdown()
-        self._llm = None
-
-    def _require_config(self) -> ExperimentConfig:
-        if self._config is None:
-            raise BackendError("tensorrt backend used before initialize()")
-        return self._config
+        if hasattr(engine, "shutdown"):
+            engine.shutdown()
 
 
 def llm_kwargs(config: ExperimentConfig, model: str, random_weights: bool) -> dict[str, Any]:
@@ -195,32 +160,3 @@ def llm_kwargs(config: ExperimentConfig, model: str, random_weights: bool) -> di
         kwargs["quant_config"] = QuantConfig(quant_algo=getattr(QuantAlgo, name))
         kwargs["dtype"] = "bfloat16" if kwargs["dtype"] == "auto" else kwargs["dtype"]
     return kwargs
-
-
-def sampling_params(config: ExperimentConfig, max_new_tokens: int) -> Any:
-    """``tensorrt_llm.SamplingParams`` for the decoder settings."""
-    from tensorrt_llm import SamplingParams
-
-    decoder = config.decoder
-    kwargs: dict[str, Any] = {
-        "max_tokens": max_new_tokens,
-        "ignore_eos": decoder.ignore_eos,
-        "detokenize": False,  # skip_tokenizer_init: token ids in and out
-    }
-    if decoder.ignore_eos:
-        kwargs["min_tokens"] = max_new_tokens
-    elif decoder.min_new_tokens:
-        kwargs["min_tokens"] = decoder.min_new_tokens
-    if decoder.strategy == "sample":
-        kwargs["temperature"] = decoder.temperature if decoder.temperature is not None else 1.0
-        kwargs["seed"] = config.random_seed
-    else:
-        kwargs["temperature"] = 0.0
-    if decoder.strategy == "beam_search":
-        kwargs["use_beam_search"] = True
-        kwargs["n"] = kwargs["best_of"] = decoder.num_beams or 4
-    for name in ("top_p", "top_k", "repetition_penalty"):
-        if getattr(decoder, name) is not None:
-            kwargs[name] = getattr(decoder, name)
-    kwargs.update(config.passthrough_kwargs or {})
-    return SamplingParams(**kwargs)

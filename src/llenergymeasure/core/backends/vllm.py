@@ -22,18 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.core.backends._engine_common import (
     PRECISION_DTYPES,
+    EngineBackend,
     engine_timing,
-    load_tokenizer,
-    prepare_token_ids,
-    random_model_dir,
     require_module,
+    sampling_kwargs,
     wall_to_perf_offset_s,
 )
-from llenergymeasure.core.backends.protocol import (
-    InferenceOutput,
-    PreparedBatches,
-    RuntimeCapabilities,
-)
+from llenergymeasure.core.backends.protocol import InferenceOutput, PreparedBatches
 from llenergymeasure.exceptions import BackendError
 
 require_module("vllm", "vllm")
@@ -41,7 +36,6 @@ require_module("vllm", "vllm")
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.core.metrics import RequestTiming
-    from llenergymeasure.datasets.types import Prompt
 
 NO_METRICS_REASON = (
     "vLLM returned no per-request metrics (V1 offline engine): offline generate does not "
@@ -64,57 +58,40 @@ _SECTION_TO_LLM = {
 }
 
 
-class VLLMBackend:
+class VLLMBackend(EngineBackend):
     """The ``vllm`` backend: the whole request list goes to ``LLM.generate`` at once."""
 
     name = "vllm"
-
-    def __init__(self) -> None:
-        self._config: ExperimentConfig | None = None
-        self._llm: Any = None
-        self._tokenizer: Any = None
-        self._sampling: Any = None
-
-    def get_runtime_capabilities(self) -> RuntimeCapabilities:
-        """vLLM starts its own workers and CUDA contexts."""
-        return RuntimeCapabilities(
-            launch_mode="direct",
-            cuda_management="backend",
-            supports_streaming_timestamps=False,
-            notes=("per-request TTFT/E2E only where vLLM reports RequestOutput.metrics",),
-        )
+    CAPABILITY_NOTES = ("per-request TTFT/E2E only where vLLM reports RequestOutput.metrics",)
 
     def validate_config(self, config: ExperimentConfig) -> list[str]:
         """Warnings: no per-token timing with the offline engine."""
         return ["vLLM offline engine: ITL is not measured (no streaming in LLM.generate)"]
 
-    def initialize(self, config: ExperimentConfig, prompts: list[Prompt]) -> None:
-        """Start the engine (dummy weights for weights: random) and build SamplingParams."""
+    def _create_engine(self, config: ExperimentConfig, model: str, random_weights: bool) -> Any:
+        """``vllm.LLM`` started with the config's engine arguments."""
         from vllm import LLM
 
-        from llenergymeasure.core.models.loading import effective_weights
+        return LLM(**llm_kwargs(config, model, random_weights))
 
-        self._config = config
-        random_weights = effective_weights(config) == "random"
-        self._tokenizer = load_tokenizer(config, random_weights)
-        model = str(random_model_dir(config)) if random_weights else config.model
-        self._llm = LLM(**llm_kwargs(config, model, random_weights))
-        self._sampling = sampling_params(config, config.max_output_tokens)
+    def _sampling_params(self, config: ExperimentConfig, max_new_tokens: int) -> Any:
+        """``SamplingParams`` for the decoder settings (greedy = temperature 0)."""
+        from vllm import SamplingParams
 
-    def tokenize(self, prompts: list[Prompt]) -> PreparedBatches:
-        """Token ids for every prompt (the engine skips its own tokenizer); sampling params
-        take the prepared output length."""
-        config = self._require_config()
-        prepared = prepare_token_ids(self._tokenizer, prompts, config)
-        self._sampling = sampling_params(config, prepared.max_new_tokens)
-        return prepared
+        decoder = config.decoder
+        engine: dict[str, Any] = {
+            "min_tokens": max_new_tokens if decoder.ignore_eos else (decoder.min_new_tokens or 0),
+            "temperature": 0.0 if decoder.strategy == "greedy" else (decoder.temperature or 1.0),
+        }
+        if decoder.strategy == "sample":
+            engine["seed"] = config.random_seed
+        return SamplingParams(**sampling_kwargs(config, max_new_tokens, engine))
 
-    def warmup_step(self, prepared: PreparedBatches) -> float:
-        """Generate for the first few prompts; latency in s."""
-        batch = prepared.batches[0]
-        start = time.perf_counter()
-        self._generate(batch.payload[: min(8, batch.size)])
-        return time.perf_counter() - start
+    def _parallel_sizes(self, config: ExperimentConfig) -> tuple[int | None, int | None]:
+        section = config.vllm
+        if section is None:
+            return None, None
+        return section.tensor_parallel_size, section.pipeline_parallel_size
 
     def run_inference(self, prepared: PreparedBatches) -> InferenceOutput:
         """All prompts in one ``generate`` call (vLLM schedules them itself)."""
@@ -146,27 +123,6 @@ class VLLMBackend:
         except Exception as e:  # vendor boundary: translate once
             raise BackendError(f"vLLM generate failed: {e}") from e
 
-    def synchronize(self) -> None:
-        """LLM.generate returns only when every request is done: nothing is queued."""
-
-    def device_indices(self) -> list[int]:
-        """GPUs vLLM uses: the first tensor_parallel x pipeline_parallel visible devices."""
-        config = self._require_config()
-        section = config.vllm
-        tp = (section.tensor_parallel_size if section else None) or 1
-        pp = (section.pipeline_parallel_size if section else None) or 1
-        visible = config.gpus or list(range(tp * pp))
-        return visible[: tp * pp]
-
-    def cleanup(self) -> None:
-        """Drop the engine (its workers exit with it)."""
-        self._llm = None
-
-    def _require_config(self) -> ExperimentConfig:
-        if self._config is None:
-            raise BackendError("vllm backend used before initialize()")
-        return self._config
-
 
 def llm_kwargs(config: ExperimentConfig, model: str, random_weights: bool) -> dict[str, Any]:
     """Keyword arguments for ``vllm.LLM`` from the config (None fields are left to vLLM)."""
@@ -186,27 +142,6 @@ def llm_kwargs(config: ExperimentConfig, model: str, random_weights: bool) -> di
             if getattr(section, field) is not None:
                 kwargs[arg] = getattr(section, field)
     return kwargs
-
-
-def sampling_params(config: ExperimentConfig, max_new_tokens: int) -> Any:
-    """``SamplingParams`` for the decoder settings (greedy = temperature 0)."""
-    from vllm import SamplingParams
-
-    decoder = config.decoder
-    kwargs: dict[str, Any] = {
-        "max_tokens": max_new_tokens,
-        "ignore_eos": decoder.ignore_eos,
-        "detokenize": False,  # the engine runs without a tokenizer (token ids in and out)
-    }
-    kwargs["min_tokens"] = max_new_tokens if decoder.ignore_eos else (decoder.min_new_tokens or 0)
-    kwargs["temperature"] = 0.0 if decoder.strategy == "greedy" else (decoder.temperature or 1.0)
-    for name in ("top_p", "top_k", "repetition_penalty"):
-        if getattr(decoder, name) is not None:
-            kwargs[name] = getattr(decoder, name)
-    if decoder.strategy == "sample":
-        kwargs["seed"] = config.random_seed
-    kwargs.update(config.passthrough_kwargs or {})
-    return SamplingParams(**kwargs)
 
 
 def _timing(output: Any, start_s: float, n_in: int, offset_s: float) -> RequestTiming:

@@ -8,6 +8,7 @@ backends), ``null`` (nothing to measure), ``selection`` (which meters), ``qualit
 Importing this package imports neither torch nor pynvml (pynvml loads on first NVML use).
 """
 
+from llenergymeasure.config.ssot import ENERGY_BACKENDS
 from llenergymeasure.core.energy.baseline import BaselineCache, BaselineSettings, adjust_for_idle
 from llenergymeasure.core.energy.estimate import EstimateMeter
 from llenergymeasure.core.energy.null import NullMeter
@@ -20,12 +21,7 @@ from llenergymeasure.core.energy.nvml import (
 from llenergymeasure.core.energy.protocol import EnergyMeter, WindowReading
 from llenergymeasure.core.energy.rapl import RaplMeter
 from llenergymeasure.core.energy.sampler import NvmlSampleSource, SampleSource, TelemetrySampler
-from llenergymeasure.core.energy.selection import (
-    ENERGY_BACKENDS,
-    MeterPlan,
-    probe_gpus,
-    select_energy_meters,
-)
+from llenergymeasure.core.energy.selection import MeterPlan, probe_gpus, select_energy_meters
 from llenergymeasure.core.energy.session import EnergySession
 from llenergymeasure.core.energy.timeline import Timeline, read_parquet
 

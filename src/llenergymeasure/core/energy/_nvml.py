@@ -12,6 +12,7 @@ NVML errors are translated into ``NvmlError`` (and ``NvmlNotSupported`` for
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -56,33 +57,50 @@ class NvmlNotSupported(NvmlError):
 
 
 class Nvml:
-    """Thin adapter over the NVML function table ``lib``; one shared instance: ``nvml``."""
+    """Thin adapter over the NVML function table ``lib``; one shared instance: ``nvml``.
+
+    ``lib`` is ``pynvml`` unless a library was installed explicitly (``nvml.lib = x`` or
+    ``with nvml.using(x):``, e.g. a ``testing.FakeNVML``); :meth:`installed_lib` offers that
+    library to other processes (the telemetry sampler) so that they use the same one.
+    """
 
     def __init__(self) -> None:
-        self._lib: Any = None
+        self._installed: Any = None  # explicitly installed library; None: pynvml
+        self._pynvml: Any = None  # pynvml, imported on first use
 
     @property
     def lib(self) -> Any:
-        """The NVML function table (``pynvml`` unless a fake is installed)."""
-        if self._lib is None:
+        """The NVML function table: the installed library, else ``pynvml``."""
+        if self._installed is not None:
+            return self._installed
+        if self._pynvml is None:
             import pynvml
 
-            self._lib = pynvml
-        return self._lib
+            self._pynvml = pynvml
+        return self._pynvml
 
     @lib.setter
     def lib(self, value: Any) -> None:
-        self._lib = value
+        """Install ``value`` in place of pynvml (None: back to pynvml)."""
+        self._installed = value
 
     @contextlib.contextmanager
     def using(self, lib: Any) -> Iterator[None]:
-        """Use ``lib`` instead of pynvml inside the block (tests, fakes)."""
-        previous = self._lib
-        self._lib = lib
+        """Use ``lib`` instead of pynvml inside the block (tests, fakes; None: pynvml)."""
+        previous = self._installed
+        self._installed = lib
         try:
             yield
         finally:
-            self._lib = previous
+            self._installed = previous
+
+    def installed_lib(self) -> Any | None:
+        """The library installed explicitly in place of pynvml, or None when pynvml is used.
+
+        A child process that must read the same (possibly scripted) GPUs installs it there.
+        """
+        lib = self._installed
+        return None if lib is None or lib is sys.modules.get("pynvml") else lib
 
     def _call(self, name: str, *args: Any) -> Any:
         """Call ``lib.<name>(*args)``, translating NVML errors."""

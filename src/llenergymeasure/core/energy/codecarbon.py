@@ -41,6 +41,9 @@ def codecarbon_available() -> bool:
 class CodeCarbonMeter:
     """Energy windows delegated to CodeCarbon's tracker tasks."""
 
+    scopes: tuple[Scope, ...] = tuple(scope for _, scope, _ in _FIELDS)
+    per_device = False  # CodeCarbon sums over devices: one <scope>:all figure each
+
     def __init__(self, gpu_ids: list[int] | None = None) -> None:
         self.name = "codecarbon"
         self.gpu_ids = gpu_ids

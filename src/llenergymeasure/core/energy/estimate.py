@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from llenergymeasure.core.energy.protocol import WindowBook, WindowReading
 from llenergymeasure.core.energy.quality import estimate_flag
-from llenergymeasure.domain.energy import EnergyMeasurement, NotMeasured
+from llenergymeasure.domain.energy import EnergyMeasurement, NotMeasured, Scope
 
 DEFAULT_TDP_W_PER_CORE = 10.0
 
@@ -46,6 +46,9 @@ def _busy_and_total_s(times: Any) -> tuple[float, float]:
 
 class EstimateMeter:
     """CPU energy estimated as TDP x utilisation x duration (see module docstring)."""
+
+    scopes: tuple[Scope, ...] = ("cpu_package",)
+    per_device = False  # one figure for all CPUs: cpu:all
 
     def __init__(
         self,

@@ -11,12 +11,15 @@ from llenergymeasure.domain.energy import NotMeasured, Scope
 
 
 class NullMeter:
-    """Measures nothing, says why."""
+    """Measures nothing, says why: ``scopes`` (given) are reported as not measured."""
+
+    scopes: tuple[Scope, ...] = ()  # it measures none
+    per_device = False
 
     def __init__(self, reason: str, scopes: tuple[Scope, ...] = ("gpu",)) -> None:
         self.name = "null"
         self.reason = reason
-        self.scopes = scopes
+        self.not_measured_scopes = scopes
         self._book = WindowBook(self.name)
 
     def start(self) -> None:
@@ -31,7 +34,8 @@ class NullMeter:
         self._book.close(name)
         return WindowReading(
             not_measured=[
-                NotMeasured(meter=self.name, scope=s, reason=self.reason) for s in self.scopes
+                NotMeasured(meter=self.name, scope=s, reason=self.reason)
+                for s in self.not_measured_scopes
             ]
         )
 

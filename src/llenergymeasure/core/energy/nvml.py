@@ -36,7 +36,7 @@ from llenergymeasure.core.energy.quality import (
     mig_flag,
     short_window_flags,
 )
-from llenergymeasure.domain.energy import EnergyMeasurement, NotMeasured, QualityFlag
+from llenergymeasure.domain.energy import EnergyMeasurement, NotMeasured, QualityFlag, Scope
 from llenergymeasure.exceptions import MeterError
 
 
@@ -177,6 +177,9 @@ class _Edge:
 class NvmlMeter:
     """GPU energy from the NVML counter, with polled fallback (see module docstring)."""
 
+    scopes: tuple[Scope, ...] = ("gpu",)
+    per_device = True
+
     def __init__(
         self,
         devices: Sequence[GpuDevice],
@@ -194,7 +197,6 @@ class NvmlMeter:
         self.update_period_s: dict[str, float | None] = {}
         self.counter_supported: dict[str, bool] = {}
         self._handles: dict[str, Any] = {}
-        self.edges_s: dict[str, tuple[float, float]] = {}  # window -> (t0, t1) of its reads
         self._book = WindowBook(self.name)
         self._started = False
 
@@ -248,8 +250,7 @@ class NvmlMeter:
         assert isinstance(start, _Edge)
         end = self._read_edge()
         duration_s = end.t_s - start.t_s
-        self.edges_s[name] = (start.t_s, end.t_s)
-        reading = WindowReading(flags=self._device_flags())
+        reading = WindowReading(flags=self._device_flags(), edges_s=(start.t_s, end.t_s))
         counter_j: dict[str, float] = {}
         fallback: dict[str, str] = {}
         for dev in self.devices:

@@ -6,6 +6,11 @@ measurements (per-device joules, duration, method, scope, warnings), the scopes 
 could not measure (with a reason: never a silent zero), and quality flags. Windows may nest
 or overlap as long as their names differ.
 
+Each meter declares what it measures, so that callers never match meters by name:
+``scopes`` (the scopes its windows measure; empty for a meter that measures nothing) and
+``per_device`` (True when energy is broken down per device, ``gpu:<nvml index>``,
+``cpu:package-<n>``, ``dram:<n>``; False when it is one total per scope, ``<scope>:all``).
+
 The caller synchronises the accelerator before ``begin_window`` and ``end_window``; meters
 never import torch.
 """
@@ -15,16 +20,22 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol, runtime_checkable
 
-from llenergymeasure.domain.energy import EnergyMeasurement, NotMeasured, QualityFlag
+from llenergymeasure.domain.energy import EnergyMeasurement, NotMeasured, QualityFlag, Scope
 
 
 @dataclasses.dataclass
 class WindowReading:
-    """What one meter says about one window."""
+    """What one meter says about one window.
+
+    ``edges_s``: (start, end) of the window on the meter's clock where the meter knows them
+    better than its caller (the NVML meter: the middle of its counter reads at each edge);
+    None otherwise. The session takes these as the window's edges.
+    """
 
     measurements: list[EnergyMeasurement] = dataclasses.field(default_factory=list)
     not_measured: list[NotMeasured] = dataclasses.field(default_factory=list)
     flags: list[QualityFlag] = dataclasses.field(default_factory=list)
+    edges_s: tuple[float, float] | None = None
 
 
 @runtime_checkable
@@ -32,6 +43,8 @@ class EnergyMeter(Protocol):
     """A meter with named windows. ``start``/``stop`` bracket its whole life."""
 
     name: str
+    scopes: tuple[Scope, ...]  # what its windows measure (when the hardware allows)
+    per_device: bool  # energy per device (True) or one total per scope (False)
 
     def start(self) -> None:
         """Acquire the hardware (e.g. NVML init, probes). Idempotent."""

@@ -182,6 +182,21 @@ def not_measured_flag(scope: str, reason: str) -> QualityFlag:
     )
 
 
+# ---- dropping repeats ------------------------------------------------------------------
+def drop_repeated_flags(flags: Sequence[QualityFlag]) -> list[QualityFlag]:
+    """The flags in order, each exact (code, message) repeat dropped (the first is kept).
+
+    Unlike :func:`merge_flags_by_code`, flags of one code with different messages all stay.
+    """
+    seen: set[tuple[str, str]] = set()
+    out: list[QualityFlag] = []
+    for flag in flags:
+        if (flag.code, flag.message) not in seen:
+            seen.add((flag.code, flag.message))
+            out.append(flag)
+    return out
+
+
 # ---- one flag per code ----------------------------------------------------------------
 _SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 #: Codes whose messages are separate facts (one note, one device, one scope each): their

@@ -97,6 +97,9 @@ def delta_uj(start_uj: int, end_uj: int, max_range_uj: int) -> int:
 class RaplMeter:
     """CPU package + DRAM energy from powercap counters (see module docstring)."""
 
+    scopes: tuple[Scope, ...] = ("cpu_package", "dram")
+    per_device = True
+
     def __init__(
         self, root: Path = DEFAULT_ROOT, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -137,13 +140,13 @@ class RaplMeter:
         duration_s = t1 - t0
         reading = WindowReading()
         if self.reason is not None:
-            for scope in ("cpu_package", "dram"):
+            for scope in self.scopes:
                 reading.not_measured.append(
                     NotMeasured(meter=self.name, scope=scope, reason=self.reason)
-                )  # type: ignore[arg-type]
+                )
             return reading
-        for scope in ("cpu_package", "dram"):
-            self._add_scope(reading, name, scope, v0, v1, duration_s)  # type: ignore[arg-type]
+        for scope in self.scopes:
+            self._add_scope(reading, name, scope, v0, v1, duration_s)
         return reading
 
     def _add_scope(

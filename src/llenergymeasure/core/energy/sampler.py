@@ -13,8 +13,9 @@ Timestamps are ``time.monotonic()`` (CLOCK_MONOTONIC is system-wide on Linux, so
 child agree) plus ``time.time()`` for plots.
 
 What is sampled comes from a picklable ``SampleSource`` (``open()`` in the child returns a
-zero-argument read function). ``NvmlSampleSource`` reads NVML; it can carry a
-``testing.FakeNVML`` to install in the child. The sampler never reads the energy counter
+zero-argument read function). ``NvmlSampleSource`` reads NVML; it can carry the NVML
+library installed in the parent (``nvml.installed_lib()``, e.g. a ``testing.FakeNVML``) to
+install in the child. The sampler never reads the energy counter
 (one read costs ~3.5 ms): the meter does that at window edges.
 
 Samples wait in the child until the parent asks (the session flushes at every window edge);
@@ -50,7 +51,8 @@ class SampleSource(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class NvmlSampleSource:
-    """Sample the given NVML indices; ``fake`` (a FakeNVML) replaces pynvml in the child."""
+    """Sample the given NVML indices; ``fake`` (a library installed in place of pynvml in
+    the parent, see ``nvml.installed_lib()``; picklable) replaces pynvml in the child."""
 
     nvml_indices: tuple[int, ...]
     fake: Any = None

@@ -22,8 +22,8 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
+from llenergymeasure.config.ssot import ENERGY_BACKENDS
 from llenergymeasure.core.energy._nvml import NvmlError, NvmlNotSupported, nvml
 from llenergymeasure.core.energy.codecarbon import INSTALL_HINT as CODECARBON_HINT
 from llenergymeasure.core.energy.codecarbon import CodeCarbonMeter, codecarbon_available
@@ -41,8 +41,6 @@ from llenergymeasure.core.energy.zeus import INSTALL_HINT as ZEUS_HINT
 from llenergymeasure.core.energy.zeus import ZeusMeter, zeus_available
 from llenergymeasure.domain.energy import MeterSelection
 from llenergymeasure.exceptions import MeterError
-
-ENERGY_BACKENDS = ("auto", "nvml", "zeus", "codecarbon", "rapl", "null")
 
 
 @dataclasses.dataclass
@@ -198,7 +196,7 @@ def select_energy_meters(
 
 
 def _plan(
-    meters: list[Any],
+    meters: list[EnergyMeter],
     requested: str,
     reason: str,
     gpus: list[GpuDevice],
@@ -221,7 +219,7 @@ def _auto(
     sleep: Callable[[float], None],
 ) -> MeterPlan:
     """The auto policy."""
-    meters: list[Any] = []
+    meters: list[EnergyMeter] = []
     why: list[str] = []
     if gpus:
         meters.append(NvmlMeter(gpus, clock=clock, sleep=sleep))
@@ -271,7 +269,7 @@ def _explicit(
             f"energy_backend {backend!r} requested but {gpu_reason}. Use energy_backend: auto or null."
         )
     if backend == "nvml":
-        meter: Any = NvmlMeter(gpus, clock=clock, sleep=sleep)
+        meter: EnergyMeter = NvmlMeter(gpus, clock=clock, sleep=sleep)
     elif backend == "zeus":
         if not zeus_available():
             raise MeterError(

@@ -15,7 +15,6 @@ work; this module never imports torch.
 from __future__ import annotations
 
 import time
-import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from llenergymeasure.core.energy.nvml import NvmlMeter
 from llenergymeasure.core.energy.protocol import WindowReading
 from llenergymeasure.core.energy.quality import (
     baseline_unsettled_flag,
+    drop_repeated_flags,
     low_sample_flag,
     not_measured_flag,
     persistence_flag,
@@ -134,12 +134,12 @@ class EnergySession:
         meter.polled = sampler
 
     def _sample_source(self, plan: MeterPlan) -> SampleSource:
-        """The given source, or NVML for the GPUs in use (passing along an installed fake)."""
+        """The given source, or NVML for the GPUs in use (with the NVML library installed
+        here, if any, so that the sampler process reads the same GPUs)."""
         if self.sample_source is not None:
             return self.sample_source
-        lib = nvml.lib
-        fake = None if isinstance(lib, types.ModuleType) else lib
-        return NvmlSampleSource(tuple(d.nvml_index for d in plan.gpus), fake=fake)
+        indices = tuple(d.nvml_index for d in plan.gpus)
+        return NvmlSampleSource(indices, fake=nvml.installed_lib())
 
     @staticmethod
     def _persistence_flags(meter: NvmlMeter) -> list[QualityFlag]:
@@ -201,8 +201,9 @@ class EnergySession:
         readings = [meter.end_window(name) for meter in plan.meters]
         t1 = self.clock()
         t0 = self._t0.pop(name, t1)
-        if plan.nvml_meter is not None and name in plan.nvml_meter.edges_s:
-            t0, t1 = plan.nvml_meter.edges_s.pop(name)
+        edges = next((r.edges_s for r in readings if r.edges_s is not None), None)
+        if edges is not None:  # the meter read the hardware at these times
+            t0, t1 = edges
         if self.sampler is not None:
             self.sampler.flush()
         return t0, t1, readings
@@ -217,7 +218,8 @@ class EnergySession:
         """
         settings = self.baseline_settings
         plan = self._require_plan()
-        gpu_meters = [m for m in plan.meters if m.name in ("nvml", "zeus")]
+        # the baseline is idle power per GPU in use: it needs GPU energy per device
+        gpu_meters = [m for m in plan.meters if "gpu" in m.scopes and m.per_device]
         if settings is None or not settings.enabled or not gpu_meters or not plan.gpus:
             return None
         cache = BaselineCache(settings.cache_path, settings.cache_ttl_s)
@@ -290,12 +292,13 @@ class EnergySession:
         """Assemble measurements, cross-check, thermal summary, baseline and flags."""
         measurements = [m for r in readings for m in r.measurements]
         flags = [*self.session_flags, *(f for r in readings for f in r.flags)]
-        not_measured = {nm.device or nm.scope: nm.reason for r in readings for nm in r.not_measured}
+        records = [nm for r in readings for nm in r.not_measured]
+        not_measured = {nm.device or nm.scope: nm.reason for nm in records}
+        devices_not_measured = {nm.device: nm.reason for nm in records if nm.device}
         totals = {s: _sum_scope(measurements, s) for s in ("gpu", "cpu_package", "dram")}
-        flags += [
+        flags += [  # a device left out of a scope's total: a warning, not just a note
             not_measured_flag(k, v).model_copy(update={"severity": "warning"})
-            for k, v in not_measured.items()
-            if ":" in k
+            for k, v in devices_not_measured.items()
         ]
         report = EnergyReport(
             window=name,
@@ -321,7 +324,7 @@ class EnergySession:
             trend = self.baseline.power_trend_pct
             if self.baseline.settled is False and trend is not None:
                 flags.append(baseline_unsettled_flag(trend))
-        report.warnings = _dedupe(flags)
+        report.warnings = drop_repeated_flags(flags)
         return report
 
     def _add_cross_check(
@@ -363,14 +366,3 @@ def _periods_ms(meter: NvmlMeter | None) -> dict[str, float]:
     if meter is None:
         return {}
     return {k: v * 1000.0 for k, v in meter.update_period_s.items() if v is not None}
-
-
-def _dedupe(flags: list[QualityFlag]) -> list[QualityFlag]:
-    """Flags in order, without repeats."""
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for f in flags:
-        if (f.code, f.message) not in seen:
-            seen.add((f.code, f.message))
-            out.append(f)
-    return out

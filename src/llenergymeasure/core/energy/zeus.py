@@ -17,7 +17,7 @@ from typing import Any
 
 from llenergymeasure.core.energy.nvml import GpuDevice
 from llenergymeasure.core.energy.protocol import WindowBook, WindowReading
-from llenergymeasure.domain.energy import EnergyMeasurement
+from llenergymeasure.domain.energy import EnergyMeasurement, Scope
 from llenergymeasure.exceptions import MeterError
 
 INSTALL_HINT = 'pip install "llenergymeasure[zeus]"'
@@ -34,6 +34,9 @@ def zeus_available() -> bool:
 
 class ZeusMeter:
     """GPU energy windows delegated to ZeusMonitor."""
+
+    scopes: tuple[Scope, ...] = ("gpu",)
+    per_device = True
 
     def __init__(self, devices: Sequence[GpuDevice], cuda_ordinals: Sequence[int]) -> None:
         self.name = "zeus"

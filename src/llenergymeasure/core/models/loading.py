@@ -11,15 +11,21 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
 
 from llenergymeasure.exceptions import BackendNotInstalledError, ConfigError
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import (
+        BitsAndBytesConfig,
+        PretrainedConfig,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+    )
 
     from llenergymeasure.config.models import ExperimentConfig
 
@@ -51,7 +57,7 @@ def quantisation_mode(config: ExperimentConfig) -> str | None:
     return _QUANTISED.get(config.precision)
 
 
-def bnb_config(mode: str, compute_dtype: torch.dtype) -> Any:
+def bnb_config(mode: str, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
     """A BitsAndBytesConfig for ``mode``; BackendNotInstalledError when bitsandbytes is missing."""
     import importlib.util
 
@@ -62,9 +68,11 @@ def bnb_config(mode: str, compute_dtype: torch.dtype) -> Any:
         )
     from transformers import BitsAndBytesConfig
 
+    # transformers leaves the constructor unannotated: say what it returns
+    new_config = cast("Callable[..., BitsAndBytesConfig]", BitsAndBytesConfig)
     if mode == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
+        return new_config(load_in_8bit=True)
+    return new_config(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype
     )
 
@@ -79,7 +87,8 @@ def load_model_and_tokenizer(
         model, tokenizer = _load_random(config, device, dtype)
     else:
         model, tokenizer = _load_pretrained(config, device, dtype)
-    model.eval()
+    set_eval_mode = cast("Callable[[], object]", model.eval)  # unannotated in transformers
+    set_eval_mode()
     _align_special_tokens(model, tokenizer, random_weights=random_weights)
     return model, tokenizer
 
@@ -125,9 +134,12 @@ def architecture_config(model: str) -> PretrainedConfig:
     path = Path(model).expanduser()
     if path.exists():
         resolve_architecture(model)  # raises a clear ConfigError for a dir without config.json
-        return AutoConfig.from_pretrained(str(path.parent if path.is_file() else path))
+        return cast(
+            "PretrainedConfig",
+            AutoConfig.from_pretrained(str(path.parent if path.is_file() else path)),
+        )
     try:
-        return AutoConfig.from_pretrained(model, local_files_only=True)
+        return cast("PretrainedConfig", AutoConfig.from_pretrained(model, local_files_only=True))
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"model {model!r}: weights: random needs its architecture, but it is neither a "
@@ -141,7 +153,6 @@ def _load_random(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Random-initialised model built on the target device, with the offline tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from llenergymeasure.catalogue.tokenizer import load_offline_tokenizer
 
@@ -158,7 +169,7 @@ def _load_random(
         else {}
     )
     with torch.device(device):  # parameters are created (and initialised) on the device
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, **attn)
+        model = _model_from_config(hf_config, dtype=dtype, **attn)
     return model, tokenizer
 
 
@@ -170,10 +181,19 @@ def _random_via_checkpoint(
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory(prefix="llem-random-") as tmp:
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+        model = _model_from_config(hf_config, dtype=dtype)
         model.save_pretrained(tmp)
         del model
         return AutoModelForCausalLM.from_pretrained(tmp, **kwargs)
+
+
+def _model_from_config(hf_config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_config`` (random initialisation), its result typed
+    (transformers leaves it unannotated)."""
+    from transformers import AutoModelForCausalLM
+
+    from_config = cast("Callable[..., PreTrainedModel]", AutoModelForCausalLM.from_config)
+    return from_config(hf_config, **kwargs)
 
 
 def _vocab_size(hf_config: PretrainedConfig) -> int:
