@@ -2,10 +2,13 @@
 
 Public API (SemVer-stable)::
 
-    from llenergymeasure import run_experiment, run_study
+    from llenergymeasure import run_experiment, run_study, load_results, report
     result = run_experiment(model="tiny-llama", n=20)
+    df = load_results("results/")          # pandas.DataFrame, one row per experiment
+    report("results/")                     # results/report.html, self-contained
 
-Imports are lazy: ``import llenergymeasure`` loads neither torch nor transformers.
+Imports are lazy: ``import llenergymeasure`` loads neither torch nor transformers, nor
+pandas or plotly (the ``report`` extra, needed only by ``load_results`` and ``report``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ __all__ = [
     "StudyConfig",
     "StudyResult",
     "__version__",
+    "load_results",
+    "report",
     "run_experiment",
     "run_study",
 ]
@@ -31,6 +36,8 @@ _LAZY = {
     "StudyConfig": "llenergymeasure.config.models",
     "ExperimentResult": "llenergymeasure.domain.results",
     "StudyResult": "llenergymeasure.domain.study",
+    "load_results": "llenergymeasure.reporting.frame",
+    "report": "llenergymeasure.reporting.html",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,6 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from llenergymeasure.config.models import ExperimentConfig, StudyConfig
     from llenergymeasure.domain.results import ExperimentResult
     from llenergymeasure.domain.study import StudyResult
+    from llenergymeasure.reporting.frame import load_results
+    from llenergymeasure.reporting.html import report
 
 
 def __getattr__(name: str) -> Any:

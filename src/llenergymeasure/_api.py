@@ -176,7 +176,11 @@ def _run(
         no_gaps=no_gaps,
         cli_overrides=cli_overrides,
     )
-    return runner.run()
+    result = runner.run()
+    from llenergymeasure.reporting.html import write_study_report
+
+    write_study_report(Path(result.study_dir), progress)  # never raises
+    return result
 
 
 def _run_single(

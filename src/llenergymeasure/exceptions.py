@@ -2,13 +2,15 @@
 
     LLEMError                      base of everything the tool raises on purpose
     ├── ConfigError                bad configuration or input (CLI exit code 2)
-    │   └── ConfigValidationError  one or more field problems, all reported together
+    │   ├── ConfigValidationError  one or more field problems, all reported together
+    │   └── ResultsError           a results directory holds no readable results
     ├── BackendError               an inference backend failed or is missing
     │   └── BackendNotInstalledError
     ├── MeterError                 an energy meter could not measure
     ├── PreflightError             checks before a run found problems (all listed)
     ├── ExperimentError            an experiment failed while running
-    └── StudyError                 a study could not go on (resume refused, too many failures)
+    ├── StudyError                 a study could not go on (resume refused, too many failures)
+    └── ExtraNotInstalledError     an optional extra (e.g. ``report``) is missing (exit code 2)
 
 Vendor exceptions are translated once, at the boundary, with ``raise ... from e``.
 Every message says what to do next.
@@ -93,3 +95,13 @@ class ExperimentError(LLEMError):
 
 class StudyError(LLEMError):
     """A study could not continue (e.g. resume refused, too many consecutive failures)."""
+
+
+class ExtraNotInstalledError(LLEMError):
+    """An optional extra is not installed; the message carries the ``pip install`` command."""
+
+    exit_code = 2
+
+
+class ResultsError(ConfigError):
+    """Saved results could not be found or read (e.g. a directory holding no result.json)."""

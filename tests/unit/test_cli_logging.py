@@ -90,15 +90,23 @@ def test_study_children_get_the_callers_verbosity(
 
     seen: dict[str, object] = {}
 
+    class Result(str):
+        study_dir = "study-dir"
+
     class Recorder:
         def __init__(self, study: object, **kwargs: object) -> None:
             seen.update(kwargs)
 
         def run(self) -> str:
-            return "study result"
+            return Result("study result")
 
+    from llenergymeasure.reporting import html as report_html
+
+    reports: list[object] = []
+    monkeypatch.setattr(report_html, "write_study_report", lambda d, p: reports.append(d))
     monkeypatch.setattr(runner_mod, "StudyRunner", Recorder)
     if verbosity is not None:
         setup_logging(verbosity)
     assert _api.run_study(model="tiny-llama") == "study result"
     assert seen["verbosity"] == verbosity
+    assert [str(d) for d in reports] == ["study-dir"]  # the study's report is written at its end

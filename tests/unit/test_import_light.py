@@ -1,4 +1,5 @@
-"""`import llenergymeasure` and `llem --help` must not import torch or transformers (docs/ARCHITECTURE.md).
+"""`import llenergymeasure` and `llem --help` must not import torch or transformers, nor pandas
+or plotly (the report extra) (docs/ARCHITECTURE.md).
 
 Each check runs in a fresh interpreter: this test process may already have torch loaded.
 """
@@ -13,7 +14,10 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-HEAVY = ("torch", "transformers", "vllm", "tensorrt_llm", "zeus", "codecarbon", "accelerate")
+HEAVY = (
+    "torch", "transformers", "vllm", "tensorrt_llm", "zeus", "codecarbon", "accelerate",
+    "pandas", "plotly",
+)  # fmt: skip
 
 CHECK = """
 import sys
@@ -43,10 +47,15 @@ def test_public_config_names_are_light() -> None:
     assert _heavy_modules_after("from llenergymeasure import ExperimentConfig, StudyConfig") == []
 
 
+def test_report_and_load_results_import_their_extra_only_when_called() -> None:
+    assert _heavy_modules_after("from llenergymeasure import load_results, report") == []
+
+
 @pytest.mark.parametrize(
     "argv",
     [["--help"], ["run", "--help"], ["config", "--help"], ["--version"], ["config"],
-     ["config", "--schema"]],
+     ["config", "--schema"], ["results", "--help"], ["report", "--help"], ["export", "--help"],
+     ["compare", "--help"]],
 )  # fmt: skip
 def test_cli_help_is_light(argv: list[str]) -> None:
     body = (

@@ -86,6 +86,7 @@ def _root(
 def _register_commands() -> None:
     """Attach the subcommands (their modules import the library lazily)."""
     from llenergymeasure.cli.commands import config as config_cmd
+    from llenergymeasure.cli.commands import results as results_cmd
     from llenergymeasure.cli.commands import run as run_cmd
 
     app.command(
@@ -98,6 +99,15 @@ def _register_commands() -> None:
         help=config_cmd.HELP,
         context_settings={"help_option_names": ["-h", "--help"]},
     )(config_cmd.config)
+    for name, function, text in (
+        ("results", results_cmd.results, results_cmd.RESULTS_HELP),
+        ("report", results_cmd.report, results_cmd.REPORT_HELP),
+        ("export", results_cmd.export, results_cmd.EXPORT_HELP),
+        ("compare", results_cmd.compare, results_cmd.COMPARE_HELP),
+    ):
+        app.command(name, help=text, context_settings={"help_option_names": ["-h", "--help"]})(
+            function
+        )
 
 
 _register_commands()

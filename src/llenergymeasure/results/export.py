@@ -5,7 +5,10 @@
 
 Columns: identity (name, id, hash, time, failed), key config fields (model, backend,
 precision, batch size, …) and headline metrics (energy by scope, J/token, throughput,
-latency statistics, FLOPs, memory, CO2). ``None`` means "not measured", never zero.
+latency statistics ``<metric>_ms_<stat>`` such as ``ttft_ms_mean``, the names of
+``domain.study.STUDY_METRICS``; FLOPs, memory, CO2). ``None`` means "not measured", never
+zero. The study-aware export (study name, cycle, config label, swept fields) is
+``llenergymeasure.reporting.frame``; it writes its rows with :func:`write_rows`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ def export_results(source: Path | str | Iterable[Path | str], out: Path | str) -
 
     ``source`` is a results directory (searched recursively for result.json) or result paths.
     """
-    rows = [result_row(read_result(p), p) for p in _paths(source)]
+    return write_rows([result_row(read_result(p), p) for p in _paths(source)], out)
+
+
+def write_rows(rows: list[dict[str, Any]], out: Path | str) -> Path:
+    """Write flat rows (plain scalars) atomically as ``.parquet`` or ``.csv``; returns ``out``."""
     out = Path(out)
     if out.suffix == ".parquet":
         import pyarrow as pa
@@ -67,9 +74,9 @@ def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
 
 
 def _stats(prefix: str, stats: LatencyStats | None) -> dict[str, float | None]:
-    """mean/p50/p90/p99 of one latency metric as flat columns."""
-    keys = ("mean_ms", "p50_ms", "p90_ms", "p99_ms")
-    return {f"{prefix}_{k}": (getattr(stats, k) if stats else None) for k in keys}
+    """mean/p50/p90/p99 of one latency metric as flat columns (``ttft_ms_mean``, ...)."""
+    keys = ("mean", "p50", "p90", "p99")
+    return {f"{prefix}_ms_{k}": (getattr(stats, f"{k}_ms") if stats else None) for k in keys}
 
 
 def result_row(result: ExperimentResult, path: Path | str | None = None) -> dict[str, Any]:

@@ -210,6 +210,9 @@ def _run_study(request: RunRequest, no_gaps: bool, resume: bool, resume_dir: Pat
         progress.close()
     typer.echo(format_study_table(result))
     typer.echo(f"results: {result.study_dir}")
+    report = Path(result.study_dir) / "report.html"  # written at the end (report extra)
+    if report.is_file():
+        typer.echo(f"report: {report}")
     raise typer.Exit(study_exit_code(result.status, result.counts.failed))
 
 
