@@ -2,11 +2,11 @@
 
 Configurations are matched by config hash (the same effective configuration gives the same
 hash on any machine). For each matched configuration and each metric of
-``domain.study.STUDY_METRICS`` the comparison is the ratio of means B / A, with a
-percentile-bootstrap CI that resamples A's cycles and B's cycles independently
-(``study.stats.bootstrap_ratio_ci``). A CI that excludes 1 is a change larger than the
-cycle-to-cycle spread; with fewer than 5 cycles per side such a CI is too narrow (it cannot
-see variance the cycles did not show), and the output says so. What differs between A and
+``domain.study.STUDY_METRICS`` the comparison is the ratio of means B / A, with a CI from
+Welch's t on the log of the ratio (delta method, ``study.stats.ratio_ci``): it widens with
+few cycles instead of pretending (a percentile bootstrap would cover only ~71 % at 2 cycles
+per side). A CI that excludes 1 is a change larger than the cycle-to-cycle spread; fewer
+than 2 cycles on a side give no CI. What differs between A and
 B in how they were measured (machine, meter, basis) and in the stack (driver, CUDA,
 libraries) is listed first: that is usually the question ("did the driver upgrade change
 energy?").
@@ -23,11 +23,9 @@ from llenergymeasure.domain.stats import ConfidenceInterval
 from llenergymeasure.domain.study import STUDY_METRICS
 from llenergymeasure.reporting.collect import Collection, SavedRun, collect
 from llenergymeasure.reporting.methods import METHOD_ASPECTS, STACK_ASPECTS, aspects
-from llenergymeasure.study.stats import FEW_SAMPLES, bootstrap_ratio_ci
+from llenergymeasure.study.stats import FEW_SAMPLES, ratio_ci
 
 CONFIDENCE = 0.95
-N_RESAMPLES = 2000
-SEED = 0
 
 
 @dataclass(frozen=True)
@@ -94,8 +92,6 @@ def compare(
     dir_b: Path | str,
     *,
     confidence: float = CONFIDENCE,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
 ) -> Comparison:
     """Compare the results under ``dir_b`` with those under ``dir_a`` (see module docstring).
 
@@ -104,9 +100,7 @@ def compare(
     a, b = collect(dir_a), collect(dir_b)
     groups_a, groups_b = _by_hash(a), _by_hash(b)
     matched = [
-        _compare_config(h, groups_a[h], groups_b[h], confidence, n_resamples, seed)
-        for h in groups_a
-        if h in groups_b
+        _compare_config(h, groups_a[h], groups_b[h], confidence) for h in groups_a if h in groups_b
     ]
     return Comparison(
         dir_a=Path(dir_a),
@@ -140,16 +134,14 @@ def _compare_config(
     runs_a: list[SavedRun],
     runs_b: list[SavedRun],
     confidence: float,
-    n_resamples: int,
-    seed: int,
 ) -> ConfigComparison:
     ratios = {}
     for metric, (_heading, unit) in STUDY_METRICS.items():
         va, vb = metric_values(runs_a, metric), metric_values(runs_b, metric)
-        ci = bootstrap_ratio_ci(vb, va, n_resamples=n_resamples, confidence=confidence, seed=seed)
+        ci = ratio_ci(vb, va, confidence=confidence)
         reason = None
         if ci is None:
-            reason = "not measured in A" if not va else "not measured in B" if not vb else "A is 0"
+            reason = _no_ci_reason(va, vb)
         ratios[metric] = MetricRatio(
             metric=metric,
             unit=unit,
@@ -167,6 +159,15 @@ def _compare_config(
         n_b=len(runs_b),
         ratios=ratios,
     )
+
+
+def _no_ci_reason(va: Sequence[float], vb: Sequence[float]) -> str:
+    """Why a metric's ratio has no CI."""
+    if not va or not vb:
+        return "not measured in A" if not va else "not measured in B"
+    if len(va) < 2 or len(vb) < 2:
+        return "fewer than 2 cycles on a side: no spread to build a CI from"
+    return "a mean is 0 or negative"
 
 
 def _changes(a: Collection, b: Collection) -> list[AspectChange]:
@@ -195,7 +196,7 @@ def format_comparison(c: Comparison) -> str:
     with their CIs (``!`` marks a CI that excludes 1), then unmatched configurations."""
     pct = round(c.confidence * 100)
     lines = [
-        f"Compare B / A: ratio of means per configuration, {pct}% bootstrap CI over cycles",
+        f"Compare B / A: ratio of means per configuration, {pct}% CI over cycles (Welch t, log ratio)",
         f"  A: {c.dir_a}",
         f"  B: {c.dir_b}",
     ]
@@ -248,8 +249,8 @@ def _ratio_table(c: Comparison) -> list[str]:
     out.insert(1, "  (second line of each config: the CI of the ratio; ! = CI excludes 1: changed)")
     if few:
         out.append(
-            f"  note: fewer than {FEW_SAMPLES} cycles on a side: percentile bootstrap CIs are too "
-            "narrow at this n; a ! may be noise"
+            f"  note: fewer than {FEW_SAMPLES} cycles on a side: the CIs are wide and rest on "
+            "the cycles being roughly normal; more cycles narrow them"
         )
     unmeasured = sorted(
         {

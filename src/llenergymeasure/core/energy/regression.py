@@ -71,9 +71,14 @@ class LinearFit:
 
 
 def t_quantile(p: float, dof: int) -> float:
-    """Student-t quantile (Cornish-Fisher expansion about the normal; < 0.3 % off for dof >= 5)."""
+    """Student-t quantile: exact for 1 and 2 degrees of freedom, else a Cornish-Fisher
+    expansion about the normal (0.1 % off at dof 3, < 0.3 % for dof >= 5)."""
     if dof <= 0:
         return math.inf
+    if dof == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if dof == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
     z = NormalDist().inv_cdf(p)
     g1 = (z**3 + z) / 4.0
     g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96.0
