@@ -98,7 +98,10 @@ class ExperimentOrchestrator:
         progress: Progress | None = None,
         user_config: UserConfig | None = None,
         energy_session_factory: EnergySessionFactory | None = None,
+        run_dir: Path | None = None,
     ) -> None:
+        """``run_dir``: an existing, empty directory made for this run by the caller (a
+        study records it before the run starts); None: a new one under ``results_dir``."""
         self.config = _with_user_defaults(config, user_config)
         self.provenance = dict(provenance or {})
         self.results_dir = Path(results_dir)
@@ -109,6 +112,7 @@ class ExperimentOrchestrator:
         self.state = ExperimentStateMachine()
         self.timer = PhaseTimer()
         self.run_dir: Path | None = None
+        self._given_run_dir = Path(run_dir) if run_dir is not None else None
         self.record = RunRecord(
             experiment_id=uuid.uuid4().hex[:12],
             name=self.name,
@@ -139,7 +143,7 @@ class ExperimentOrchestrator:
             if self.config.output_dir
             else self.results_dir
         )
-        self.run_dir = new_run_dir(base, self.name)
+        self.run_dir = self._given_run_dir or new_run_dir(base, self.name)
         try:
             result = self._measure(self.run_dir)
         except BaseException as e:
@@ -306,10 +310,12 @@ def run_single_experiment(
     provenance: dict[str, str] | None,
     results_dir: Path,
     progress: Progress | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[ExperimentResult, Path]:
     """Run one experiment in this process; returns (result, path of its result.json).
 
-    Used by the study runner inside its per-experiment subprocess.
+    Used by the study runner inside its per-experiment subprocess (``run_dir``: the
+    directory the runner made for this attempt).
     """
     from llenergymeasure.config.user_config import load_user_config
 
@@ -319,6 +325,7 @@ def run_single_experiment(
         results_dir=results_dir,
         progress=progress,
         user_config=load_user_config(),
+        run_dir=run_dir,
     )
     result = orchestrator.run()
     assert orchestrator.result_path is not None
