@@ -189,6 +189,7 @@ def _run_single(
 ) -> StudyResult:
     """Run one experiment in this process and wrap it as a one-experiment StudyResult."""
     from llenergymeasure.orchestration.orchestrator import ExperimentOrchestrator
+    from llenergymeasure.study.signals import StopSignals
 
     t0 = time.perf_counter()
     orchestrator = ExperimentOrchestrator(
@@ -198,7 +199,8 @@ def _run_single(
         progress=progress,
         user_config=user_config,
     )
-    result = orchestrator.run()
+    with StopSignals():  # SIGTERM/SIGHUP stop it like Ctrl-C (failed result, exit 128+sig)
+        result = orchestrator.run()
     assert orchestrator.run_dir is not None
     return wrap_single_result(study, result, orchestrator.run_dir, time.perf_counter() - t0)
 

@@ -4,7 +4,8 @@ Sections:
   1. Clocks        ManualClock: a clock you advance by hand (``sleep`` advances it).
   2. Fake NVML     FakeNVML / FakeDevice: scripted GPUs standing in for ``pynvml``.
   3. Study faults  FaultPlan / fault_injecting_worker: study worker targets that raise, exit
-                   hard or hang for chosen experiments (picklable under ``spawn``).
+                   hard, hang, stop at a gate while "measuring", crash after writing their
+                   result, or write a fast fake result (picklable under ``spawn``).
 
 FakeNVML implements the ``pynvml`` functions that ``core/energy/_nvml.py`` calls, and raises
 real ``pynvml.NVMLError`` instances, so the adapter's own error translation is exercised.
@@ -394,13 +395,28 @@ class InjectedFault(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class FaultPlan:
-    """Which experiments fail, and how (see the section comment above)."""
+    """Which experiments fail, and how (see the section comment above).
+
+    ``gate_on``: the child reports the stage ``measuring``, creates the marker file
+    ``<gate_dir>/measuring-<position>-<pid>`` and blocks (opening a FIFO, no polling)
+    until the test calls :func:`open_gate` for that position — a test can act while a
+    child is known to be measuring, without sleeping. ``gate_after_result`` moves the gate
+    to after the result is written (before it is reported). ``crash_after_result_on``:
+    write the result, then exit hard without reporting it. ``fake_result``: experiments
+    that no fault stops write a small valid result of their config (no model, no torch:
+    fast) instead of running for real.
+    """
 
     raise_on: tuple[str, ...] = ()
     exit_on: tuple[str, ...] = ()
     hang_on: tuple[str, ...] = ()
     cycles: tuple[int, ...] | None = None
     hang_s: float = 3600.0
+    gate_on: tuple[str, ...] = ()
+    gate_dir: str | None = None
+    gate_after_result: bool = False
+    crash_after_result_on: tuple[str, ...] = ()
+    fake_result: bool = False
 
     def target(self) -> functools.partial[None]:
         """A worker target (picklable) that applies this plan."""
@@ -408,9 +424,10 @@ class FaultPlan:
 
 
 def fault_injecting_worker(request: WorkerRequest, conn: Connection, faults: FaultPlan) -> None:
-    """Exit hard, hang, raise, or run the real worker, as ``faults`` says for ``request``."""
+    """Exit hard, hang, raise, gate, or run the (real or fake) experiment, as ``faults`` says."""
     from llenergymeasure.study.worker import experiment_worker, serve
 
+    gated = crash = False
     if faults.cycles is None or request.cycle in faults.cycles:
         if _matches_any(request, faults.exit_on):
             os._exit(INJECTED_EXIT_CODE)  # no message, no cleanup: like an OOM kill
@@ -419,13 +436,93 @@ def fault_injecting_worker(request: WorkerRequest, conn: Connection, faults: Fau
         if _matches_any(request, faults.raise_on):
             serve(request, conn, _raise_injected)
             return
-    experiment_worker(request, conn)
+        gated = _matches_any(request, faults.gate_on)
+        crash = _matches_any(request, faults.crash_after_result_on)
+    if not (gated or crash or faults.fake_result):
+        experiment_worker(request, conn)
+        return
+    measure = functools.partial(
+        _fake_measure,
+        gate_dir=faults.gate_dir if gated else None,
+        gate_after_result=faults.gate_after_result,
+        crash=crash,
+    )
+    serve(request, conn, measure)
 
 
 def _raise_injected(request: WorkerRequest, progress: Any) -> Any:
     """A Measure that fails the way a real experiment might."""
     progress.stage("loading model")
     raise InjectedFault(f"injected failure for {request.label!r} (cycle {request.cycle})")
+
+
+def _fake_measure(
+    request: WorkerRequest,
+    progress: Any,
+    gate_dir: str | None,
+    gate_after_result: bool,
+    crash: bool,
+) -> Any:
+    """A Measure that writes a small valid result (no model), gated and crashing as asked."""
+    progress.stage("measuring")
+    if gate_dir is not None and not gate_after_result:
+        wait_at_gate(gate_dir, request.position)
+    result, path = write_fake_result(request)
+    if gate_dir is not None and gate_after_result:
+        wait_at_gate(gate_dir, request.position)
+    if crash:
+        os._exit(INJECTED_EXIT_CODE)  # the result is on disk, but never reported
+    return result, path
+
+
+def write_fake_result(request: WorkerRequest) -> Any:
+    """A valid ExperimentResult of ``request.config`` in its run dir: (result, path)."""
+    import uuid
+    from pathlib import Path
+
+    from llenergymeasure.clock import utc_now
+    from llenergymeasure.config.hashing import config_hash
+    from llenergymeasure.domain.results import ExperimentResult
+    from llenergymeasure.results.persistence import new_run_dir, write_result
+
+    config = request.config
+    run_dir = request.run_dir or new_run_dir(Path(request.results_dir), config.name or "fake")
+    now = utc_now()
+    result = ExperimentResult(
+        experiment_id=uuid.uuid4().hex[:12],
+        name=config.name or "fake",
+        config=config.model_dump(mode="json"),
+        config_hash=config_hash(config),
+        started_at=now,
+        ended_at=now,
+        measurement_window_s=0.01,
+        run_dir=str(run_dir),
+    )
+    return result, write_result(result, Path(run_dir))
+
+
+def wait_at_gate(gate_dir: str, position: int) -> None:
+    """Mark this child as measuring, then block until :func:`open_gate` (FIFO open)."""
+    from pathlib import Path
+
+    folder = Path(gate_dir)
+    fifo = folder / f"go-{position}"
+    with contextlib.suppress(FileExistsError):
+        os.mkfifo(fifo)
+    (folder / f"measuring-{position}-{os.getpid()}").write_text(str(os.getpid()))
+    with open(fifo, "rb") as f:  # blocks until a writer opens the FIFO
+        f.read()
+
+
+def open_gate(gate_dir: str | os.PathLike[str], position: int) -> None:
+    """Let the child waiting at ``position``'s gate go on (blocks until it is there)."""
+    from pathlib import Path
+
+    fifo = Path(gate_dir) / f"go-{position}"
+    with contextlib.suppress(FileExistsError):
+        os.mkfifo(fifo)
+    with open(fifo, "wb"):
+        pass
 
 
 def _matches_any(request: WorkerRequest, patterns: tuple[str, ...]) -> bool:
