@@ -417,6 +417,7 @@ class FaultPlan:
     gate_after_result: bool = False
     crash_after_result_on: tuple[str, ...] = ()
     fake_result: bool = False
+    enospc_flag: str | None = None  # see inject_enospc: a "full disk" while this file exists
 
     def target(self) -> functools.partial[None]:
         """A worker target (picklable) that applies this plan."""
@@ -427,6 +428,8 @@ def fault_injecting_worker(request: WorkerRequest, conn: Connection, faults: Fau
     """Exit hard, hang, raise, gate, or run the (real or fake) experiment, as ``faults`` says."""
     from llenergymeasure.study.worker import experiment_worker, serve
 
+    if faults.enospc_flag is not None:
+        inject_enospc(faults.enospc_flag)
     gated = crash = False
     if faults.cycles is None or request.cycle in faults.cycles:
         if _matches_any(request, faults.exit_on):
@@ -476,29 +479,86 @@ def _fake_measure(
 
 
 def write_fake_result(request: WorkerRequest) -> Any:
-    """A valid ExperimentResult of ``request.config`` in its run dir: (result, path)."""
-    import uuid
+    """A valid ExperimentResult of ``request.config`` in its run dir: (result, path).
+
+    Its figures are a pure function of the config (an estimated CPU energy of
+    ``max_output_tokens``² J over a 1 s window, ``n`` requests of ``max_output_tokens``
+    tokens, flagged ``estimate_used``): J/token grows with ``max_output_tokens``, so a
+    study of fake results has a best config, the smallest.
+    """
     from pathlib import Path
 
     from llenergymeasure.clock import utc_now
-    from llenergymeasure.config.hashing import config_hash
-    from llenergymeasure.domain.results import ExperimentResult
     from llenergymeasure.results.persistence import new_run_dir, write_result
 
     config = request.config
     run_dir = request.run_dir or new_run_dir(Path(request.results_dir), config.name or "fake")
     now = utc_now()
-    result = ExperimentResult(
+    result = fake_result(config, started_at=now).model_copy(update={"run_dir": str(run_dir)})
+    return result, write_result(result, Path(run_dir))
+
+
+def fake_result(config: Any, started_at: Any = None, energy_j: float | None = None) -> Any:
+    """The ExperimentResult :func:`write_fake_result` writes for ``config`` (no file)."""
+    import uuid
+    from datetime import datetime, timezone
+
+    from llenergymeasure.config.hashing import config_hash
+    from llenergymeasure.domain.energy import (
+        EnergyMeasurement,
+        EnergyReport,
+        MeterSelection,
+        QualityFlag,
+    )
+    from llenergymeasure.domain.metrics import EnergyRatios, InferenceMetrics, Throughput
+    from llenergymeasure.domain.metrics import TokenCounts as Tokens
+    from llenergymeasure.domain.results import ExperimentResult
+
+    started_at = started_at or datetime(2026, 1, 1, tzinfo=timezone.utc)
+    n, out = config.n, config.max_output_tokens
+    joules = float(out * out) if energy_j is None else energy_j
+    measurement = EnergyMeasurement.from_devices(
+        meter="estimate",
+        window="measure",
+        scope="cpu_package",
+        method="estimate",
+        energy_j_by_device={"cpu:all": joules},
+        duration_s=1.0,
+    )
+    energy = EnergyReport(
+        window="measure",
+        duration_s=1.0,
+        measurements=[measurement],
+        cpu_energy_j=joules,
+        meter_selection=MeterSelection(requested="auto", meters=["estimate"], reason="fake"),
+    )
+    tokens = n * out
+    metrics = InferenceMetrics(
+        tokens=Tokens(input_tokens=n, output_tokens=tokens, total_tokens=n + tokens, n_requests=n),
+        throughput=Throughput(
+            output_tokens_per_s=float(tokens),
+            total_tokens_per_s=float(n + tokens),
+            requests_per_s=float(n),
+            duration_s=1.0,
+        ),
+        energy_ratios=EnergyRatios(
+            energy_j=joules,
+            energy_basis="cpu_package gross estimate",
+            j_per_output_token=joules / tokens,
+        ),
+    )
+    return ExperimentResult(
         experiment_id=uuid.uuid4().hex[:12],
         name=config.name or "fake",
         config=config.model_dump(mode="json"),
         config_hash=config_hash(config),
-        started_at=now,
-        ended_at=now,
-        measurement_window_s=0.01,
-        run_dir=str(run_dir),
+        energy=energy,
+        metrics=metrics,
+        warnings=[QualityFlag(code="estimate_used", message="fake: an estimate")],
+        started_at=started_at,
+        ended_at=started_at,
+        measurement_window_s=1.0,
     )
-    return result, write_result(result, Path(run_dir))
 
 
 def wait_at_gate(gate_dir: str, position: int) -> None:
@@ -523,6 +583,24 @@ def open_gate(gate_dir: str | os.PathLike[str], position: int) -> None:
         os.mkfifo(fifo)
     with open(fifo, "wb"):
         pass
+
+
+def inject_enospc(flag: str | os.PathLike[str]) -> None:
+    """From now on, in this process, every ``os.fsync`` fails with ENOSPC while the file
+    ``flag`` exists: a full disk at the write call, where a test cannot mount a small file
+    system (atomic writes fsync before they rename, so nothing is half-written)."""
+    import errno
+    from pathlib import Path
+
+    real = os.fsync
+    marker = Path(flag)
+
+    def fsync(fd: Any) -> None:
+        if marker.exists():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    os.fsync = fsync
 
 
 def _matches_any(request: WorkerRequest, patterns: tuple[str, ...]) -> bool:

@@ -78,6 +78,10 @@ class Say(NullProgress):
     def experiment_started(self, tick):
         print("started:", tick.index, tick.label, file=sys.stderr, flush=True)
 
+import os
+if os.environ.get("ENOSPC_FLAG"):  # a "full disk" in this process too (see inject_enospc)
+    from llenergymeasure.testing import inject_enospc
+    inject_enospc(os.environ["ENOSPC_FLAG"])
 study = StudyConfig.model_validate_json(Path(sys.argv[1]).read_text())
 fields = json.loads(sys.argv[3])
 plan = FaultPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
@@ -101,6 +105,7 @@ def start_study(
     plan: dict[str, Any],
     resume_dir: Path | None = None,
     log_name: str = "study.log",
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], Path]:
     """Start DURABLE_STUDY in its own session (a process group a test can signal);
     returns the process and the file its stderr goes to."""
@@ -111,7 +116,9 @@ def start_study(
     if resume_dir is not None:
         args.append(str(resume_dir))
     with log.open("wb") as err:
-        proc = subprocess.Popen(args, env=subprocess_env(), start_new_session=True, stderr=err)
+        proc = subprocess.Popen(
+            args, env={**subprocess_env(), **(env or {})}, start_new_session=True, stderr=err
+        )
     return proc, log
 
 

@@ -172,8 +172,12 @@ class StudyResult(_Model):
         for p in paths:
             try:
                 experiments.append(validate_json_file(ExperimentResult, study_dir / p, "result"))
-            except (OSError, ResultFileError) as e:
-                text = f"skipped {study_dir / p}: {e}"
+            except ResultFileError as e:
+                text = f"skipped {e}"
+                logger.warning("%s", text)
+                summary.warnings.append(text)
+            except OSError as e:
+                text = f"skipped {study_dir / p}: {e.strerror or e}"
                 logger.warning("%s", text)
                 summary.warnings.append(text)
         summary.experiments = experiments

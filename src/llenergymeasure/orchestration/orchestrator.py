@@ -31,6 +31,8 @@ from llenergymeasure.exceptions import (
     ExperimentError,
     MeterError,
     PreflightError,
+    ResultNotSavedError,
+    WriteError,
 )
 from llenergymeasure.orchestration.assemble import (
     PhaseTimer,
@@ -153,7 +155,13 @@ class ExperimentOrchestrator:
             raise ExperimentError(f"experiment {self.name!r} failed: {e}") from e
         self._stage("saving", "save")
         result = result.model_copy(update={"run_dir": str(self.run_dir)})
-        write_result(result, self.run_dir)
+        try:
+            write_result(result, self.run_dir)
+        except WriteError as e:  # a full disk must not lose what was measured
+            raise ResultNotSavedError(
+                f"experiment {self.name!r} was measured but its result was not saved: {e}",
+                result,
+            ) from e
         self.timer.stop()
         return result
 
@@ -217,7 +225,7 @@ class ExperimentOrchestrator:
                 self.record.energy = session.end_window("measure")
         finally:
             if session is not None:
-                session.stop()
+                self._stop_energy(session)
         self.progress.prompts_done(output.n_requests, prepared.n_requests)
         self._stage("computing metrics", "metrics")
         self.record.warnings += backend_flags(output.warnings)
@@ -279,6 +287,16 @@ class ExperimentOrchestrator:
                 raise  # an explicitly requested meter that cannot measure is an error
             self.record.energy_not_measured_reason = f"energy session could not start: {e}"
             return None
+
+    def _stop_energy(self, session: EnergySession) -> None:
+        """Stop the session; a timeline that cannot be written (a full disk) is flagged,
+        not fatal: the energy figures are already in the report."""
+        try:
+            session.stop()
+        except OSError as e:
+            self.record.warnings.append(
+                QualityFlag(code="timeseries_not_saved", message=f"timeline not saved: {e}")
+            )
 
     def _write_failure(self, error: BaseException) -> None:
         """Mark DONE/failed and write a result carrying the traceback (never raises)."""

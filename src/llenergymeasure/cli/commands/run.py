@@ -205,12 +205,17 @@ def _run_experiment(request: RunRequest) -> None:
     from llenergymeasure._api import run_loaded_experiment
     from llenergymeasure.cli.display import format_experiment
     from llenergymeasure.cli.progress_bars import CliProgress
+    from llenergymeasure.exceptions import ResultNotSavedError
 
     progress = CliProgress(quiet=request.quiet)
     try:
         result = run_loaded_experiment(
             request.loaded, results_dir=request.output, progress=progress
         )
+    except ResultNotSavedError as e:  # measured, not saved: the summary is all there is
+        progress.close()
+        typer.echo(format_experiment(e.result, "NOT SAVED (the write failed: see the error)"))
+        raise
     finally:
         progress.close()
     typer.echo(format_experiment(result, result.run_dir))
