@@ -160,6 +160,7 @@ def _run(
 
     uc = user_config if user_config is not None else load_user_config()
     out = Path(results_dir) if results_dir is not None else Path(uc.output.results_dir)
+    check_results_dir(out)
     if experiment is not None:
         return _run_single(study, experiment, provenance or {}, out, progress, uc)
     from llenergymeasure.logging import current_verbosity
@@ -177,6 +178,24 @@ def _run(
         cli_overrides=cli_overrides,
     )
     return runner.run()
+
+
+def check_results_dir(path: Path) -> None:
+    """The results directory is a writable directory, or can be made in one; else a
+    ConfigError (exit 2) naming it and the fix, before anything runs."""
+    import os
+
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    fix = "give a writable directory with -o DIR (or set output.results_dir)"
+    if probe.exists() and not probe.is_dir():
+        where = "" if probe == Path(path) else f" (so {path} cannot be created)"
+        raise ConfigError(f"output: {probe} is a file, not a directory{where} -> {fix}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        read_only = hasattr(os, "statvfs") and bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        why = "a read-only file system" if read_only else "permission denied"
+        raise ConfigError(f"output: {probe} is not writable ({why}) -> {fix}")
 
 
 def _run_single(

@@ -6,7 +6,7 @@
     ├── BackendError               an inference backend failed or is missing
     │   └── BackendNotInstalledError
     ├── MeterError                 an energy meter could not measure
-    ├── PreflightError             checks before a run found problems (all listed)
+    ├── PreflightError             checks before a run found problems (all listed; exit 2)
     ├── ExperimentError            an experiment failed while running
     │   └── ResultNotSavedError    it measured, but its result.json could not be written
     ├── WriteError (also OSError)  a file could not be written: names the path and errno
@@ -88,10 +88,16 @@ class MeterError(LLEMError):
 
 
 class PreflightError(LLEMError):
-    """Checks before a run found one or more problems; all are listed."""
+    """Checks before a run found one or more problems; all are listed. Each is a problem
+    of the configuration or input for this machine (CLI exit code 2)."""
+
+    exit_code = 2
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
+        if len(self.problems) == 1:  # one problem, one line
+            super().__init__(f"pre-flight check failed: {self.problems[0]}")
+            return
         super().__init__(
             "Pre-flight checks failed:\n" + "\n".join(f"  - {p}" for p in self.problems)
         )

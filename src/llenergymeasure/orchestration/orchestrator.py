@@ -169,7 +169,7 @@ class ExperimentOrchestrator:
     def _measure(self, run_dir: Path) -> ExperimentResult:
         """Everything from the environment snapshot to the aggregated result."""
         from llenergymeasure.core.backends.registry import get_backend
-        from llenergymeasure.datasets.loader import load_prompts
+        from llenergymeasure.datasets.loader import cap_prompt_chars, load_prompts
 
         self._stage("environment snapshot", "environment")
         self.record.environment = _collect_environment(self.record.warnings)
@@ -180,6 +180,7 @@ class ExperimentOrchestrator:
             self._stage("loading prompts", "prompts")
             cfg = self.config
             prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed)
+            prompts = cap_prompt_chars(prompts, cfg.max_input_tokens)  # bounded tokenising
             self.record.dataset_info = prompts.summary()
             self.record.warnings += backend_flags(prompts.notes, "dataset_note")
             self._stage("loading model", "load")

@@ -183,6 +183,7 @@ def load(
 def dry_run_text(loaded: LoadedConfig) -> str:
     """The plan of a dry run: experiments in run order with memory estimates, skipped points."""
     from llenergymeasure.cli.display import format_dry_run
+    from llenergymeasure.core.backends.registry import is_backend_available
     from llenergymeasure.core.memory import estimate_memory
     from llenergymeasure.study.grid import plan_loaded
 
@@ -195,7 +196,7 @@ def dry_run_text(loaded: LoadedConfig) -> str:
             cache[key] = estimate_memory(cfg)
         return cache[key]
 
-    text = format_dry_run(plan, estimate)
+    text = format_dry_run(plan, estimate, is_backend_available)  # find_spec: no import
     notes = [f"note: {n}" for n in dict.fromkeys(plan.notes) if n not in loaded.notes]
     return "\n".join([text, *notes])
 
