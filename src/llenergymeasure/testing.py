@@ -513,6 +513,7 @@ def fake_result(config: Any, started_at: Any = None, energy_j: float | None = No
     from llenergymeasure.domain.metrics import EnergyRatios, InferenceMetrics, Throughput
     from llenergymeasure.domain.metrics import TokenCounts as Tokens
     from llenergymeasure.domain.results import ExperimentResult
+    from llenergymeasure.redaction import redact
 
     started_at = started_at or datetime(2026, 1, 1, tzinfo=timezone.utc)
     n, out = config.n, config.max_output_tokens
@@ -550,7 +551,7 @@ def fake_result(config: Any, started_at: Any = None, energy_j: float | None = No
     return ExperimentResult(
         experiment_id=uuid.uuid4().hex[:12],
         name=config.name or "fake",
-        config=config.model_dump(mode="json"),
+        config=redact(config.model_dump(mode="json")),  # as the orchestrator stores it
         config_hash=config_hash(config),
         energy=energy,
         metrics=metrics,

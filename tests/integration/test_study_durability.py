@@ -274,3 +274,24 @@ def test_a_second_runner_on_a_held_study_exits_2_naming_the_holder(tmp_path: Pat
     manifest = assert_results_match_manifest(study_dir)
     assert [e["attempts"] for e in manifest["entries"]] == [1, 1, 1, 1]
     assert len(result_files(study_dir)) == 4  # not 7 for 4 entries
+
+
+# ---- 9. files others can read --------------------------------------------------------------
+def test_every_file_of_a_study_is_created_with_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    plan = FaultPlan(fake_result=True, raise_on=("max_output_tokens=3",))
+    before = os.umask(0o022)
+    try:
+        StudyRunner(_study(max_consecutive_failures=10), results_dir=tmp_path,
+                    worker_target=plan.target()).run()  # fmt: skip
+    finally:
+        os.umask(before)
+    study_dir = only_study_dir(tmp_path)
+    files = [p for p in study_dir.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"study_manifest.json", "study_summary.json", "result.json", ".study.lock"} <= names
+    assert any(p.parent.name == "failures" for p in files)
+    modes = {str(p.relative_to(study_dir)): stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert set(modes.values()) == {0o644}, modes

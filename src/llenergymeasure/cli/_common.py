@@ -71,7 +71,10 @@ def interrupted_message(exc: KeyboardInterrupt) -> str:
 
 def report_error(exc: BaseException) -> int:
     """Print the message (and the traceback when verbose) on stderr; return the exit code."""
+    from llenergymeasure.redaction import scrub
+
     if STATE["verbosity"] > 0:
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    typer.echo(error_message(exc), err=True)
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        sys.stderr.write(scrub(text))
+    typer.echo(scrub(error_message(exc)), err=True)
     return exit_code_for(exc)

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from llenergymeasure.config.models import ExperimentConfig, StudyConfig
+from llenergymeasure.redaction import redact
 
 #: Fields that do not change what is measured.
 HASH_EXCLUDED_FIELDS = frozenset(
@@ -48,9 +49,11 @@ def config_hash(cfg: ExperimentConfig) -> str:
 
 
 def hashed_fields(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The fields ``config_hash`` covers, as plain JSON data."""
+    """The fields ``config_hash`` covers, as plain JSON data. Credential values are
+    redacted (`llenergymeasure.redaction`): a token does not change what is measured, and
+    the hash must be reproducible from a result's stored (redacted) config."""
     dumped = cfg.model_dump(mode="json", exclude_none=True, exclude=set(HASH_EXCLUDED_FIELDS))
-    return _without_empty_sections(dumped)
+    return _without_empty_sections(redact(dumped))
 
 
 def _without_empty_sections(data: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from llenergymeasure.orchestration.assemble import (
 from llenergymeasure.orchestration.preflight import run_preflight
 from llenergymeasure.orchestration.warmup import run_warmup
 from llenergymeasure.progress import NullProgress, Progress
+from llenergymeasure.redaction import redact, register_secrets, scrub, secret_values
 from llenergymeasure.results.aggregation import aggregate_process_results
 from llenergymeasure.results.filenames import TIMESERIES_FILENAME, default_experiment_name
 from llenergymeasure.results.persistence import new_run_dir, write_result
@@ -115,10 +116,11 @@ class ExperimentOrchestrator:
         self.timer = PhaseTimer()
         self.run_dir: Path | None = None
         self._given_run_dir = Path(run_dir) if run_dir is not None else None
+        register_secrets(secret_values(self.config.model_dump(mode="json")))
         self.record = RunRecord(
             experiment_id=uuid.uuid4().hex[:12],
             name=self.name,
-            config=self.config.model_dump(mode="json"),
+            config=redact(self.config.model_dump(mode="json")),  # no secrets at rest
             config_hash=config_hash(self.config),
             provenance=self.provenance,
             started_at=self.state.started_at,
@@ -302,6 +304,7 @@ class ExperimentOrchestrator:
     def _write_failure(self, error: BaseException) -> None:
         """Mark DONE/failed and write a result carrying the traceback (never raises)."""
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        text = scrub(text)
         if self.state.state.value != "done":
             self.state.finish(failed=True, error=text)
         self.timer.stop()

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from llenergymeasure.clock import utc_now
 from llenergymeasure.exceptions import StudyDirError, StudyError
 from llenergymeasure.progress import ExperimentTick, NullProgress, Progress
+from llenergymeasure.redaction import register_secrets, scrub, secret_values
 from llenergymeasure.results.filenames import (
     STUDY_SUMMARY_FILENAME,
     default_experiment_name,
@@ -166,6 +167,7 @@ class StudyRunner:
             self._lock = StudyLock.acquire(study_dir)
             manifest = new_manifest(plan)
             write_manifest(study_dir, manifest)
+            _register_secrets(plan)
             return plan, study_dir, manifest
         if not study_dir.is_dir():
             raise StudyDirError(
@@ -176,6 +178,7 @@ class StudyRunner:
         manifest = read_manifest(study_dir)
         plan = self._expand(self._with_stored_seed(manifest))
         check_same_design(manifest, plan)
+        _register_secrets(plan)
         return plan, study_dir, manifest
 
     def _start(self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest) -> None:
@@ -422,7 +425,7 @@ class StudyRunner:
             )
             return
         entry.status = "failed"
-        entry.error = outcome.reason
+        entry.error = scrub(outcome.reason) if outcome.reason else None
         entry.measurement_s = None
         path = _write_failure(study_dir, entry, outcome)
         entry.failure_path = _relative(path, study_dir)
@@ -560,13 +563,19 @@ def _write_failure(study_dir: Path, entry: ManifestEntry, outcome: Outcome) -> P
         f"reason: {outcome.reason}",
         "",
     ]
-    atomic_write_text(path, "\n".join(header) + (outcome.detail or "") + "\n")
+    atomic_write_text(path, scrub("\n".join(header) + (outcome.detail or "") + "\n"))
     return path
 
 
 def _relative(path: Path, study_dir: Path) -> str:
     """``path`` relative to the study dir when inside it, else absolute."""
     return recovery.relative(path, study_dir)
+
+
+def _register_secrets(plan: StudyPlan) -> None:
+    """Credential values of the study's configs: scrubbed from failure files and logs."""
+    for u in plan.unique_configs:
+        register_secrets(secret_values(u.config.model_dump(mode="json")))
 
 
 def _is_completed(entry: ManifestEntry) -> bool:
