@@ -239,6 +239,7 @@ def wrap_single_result(
         StudyTiming,
     )
     from llenergymeasure.study.stats import summarise_cycles
+    from llenergymeasure.study.summary import energy_basis, flag_counts
 
     metrics = {}
     for prop, (_heading, unit) in STUDY_METRICS.items():
@@ -255,6 +256,9 @@ def wrap_single_result(
         result_paths=["result.json"],
         metrics=metrics,
         best=False,
+        energy_basis=energy_basis([result]),
+        flagged=1 if flag_counts([result]) else 0,
+        flag_codes=flag_counts([result]),
     )
     timing = ExperimentTiming(
         position=0,

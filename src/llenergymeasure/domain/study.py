@@ -95,6 +95,17 @@ class ConfigSummary(_Model):
     result_paths: list[str] = Field(description="result.json files, relative to the study dir")
     metrics: dict[str, MetricStats]
     best: bool = False
+    energy_basis: str | None = Field(
+        None,
+        description="how energy_j was obtained over the cycles: method (counter | polled | "
+        "estimate) and scope, e.g. 'counter (gpu)'; None when never measured",
+    )
+    flagged: int = Field(
+        0, description="completed cycles whose result carries a warning or critical flag"
+    )
+    flag_codes: dict[str, int] = Field(
+        default_factory=dict, description="flag code -> completed cycles that carry it"
+    )
 
 
 class ExperimentTiming(_Model):
