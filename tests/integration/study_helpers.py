@@ -169,14 +169,20 @@ def result_files(study_dir: Path) -> dict[Path, dict[str, Any]]:
 
 
 def assert_results_match_manifest(study_dir: Path) -> dict[str, Any]:
-    """result.json files on disk == completed manifest entries, each (config, cycle) once."""
+    """Every result.json on disk belongs to exactly one manifest entry, and each (config,
+    cycle) has at most one: a completed entry's ``result_path``, or - right after a kill,
+    before a resume adopts it - the result in a running entry's ``run_dir``."""
     manifest = read_manifest_json(study_dir)
-    completed = [e for e in manifest["entries"] if e["status"] == "completed"]
+    owned: dict[Path, dict[str, Any]] = {}
+    for e in manifest["entries"]:
+        if e["status"] == "completed":
+            owned[(study_dir / e["result_path"]).resolve()] = e
+        elif e.get("run_dir") and (study_dir / e["run_dir"] / "result.json").is_file():
+            owned[(study_dir / e["run_dir"] / "result.json").resolve()] = e  # to adopt
     on_disk = result_files(study_dir)
-    recorded = {(study_dir / e["result_path"]).resolve(): e for e in completed}
-    assert set(recorded) == set(on_disk), (sorted(recorded), sorted(on_disk))
-    keys = [(e["config_hash"], e["cycle"]) for e in completed]
-    assert len(keys) == len(set(keys))
-    for path, entry in recorded.items():
+    assert set(owned) == set(on_disk), (sorted(owned), sorted(on_disk))
+    keys = [(e["config_hash"], e["cycle"]) for e in owned.values()]
+    assert len(keys) == len(set(keys)), keys
+    for path, entry in owned.items():
         assert on_disk[path]["config_hash"] == entry["config_hash"]
     return manifest

@@ -108,6 +108,7 @@ def test_result_written_but_not_recorded_is_adopted_not_rerun(tmp_path: Path) ->
     assert_gone(child)
     study_dir = only_study_dir(out)
     assert read_manifest_json(study_dir)["entries"][1]["status"] == "running"
+    assert_results_match_manifest(study_dir)  # the unrecorded one is in entry 1's run dir
     before = _snapshot(study_dir)
     assert len(before) == 2  # one recorded, one not
 

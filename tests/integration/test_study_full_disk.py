@@ -140,6 +140,7 @@ def test_study_on_a_full_disk_fails_clearly_and_resumes_consistently(
         "pending",
         "pending",
     ]
+    assert_results_match_manifest(study_dir)
     small_disk.free()
 
     target = FaultPlan(fake_result=True).target()
