@@ -139,3 +139,18 @@ def test_a_refused_resume_is_an_input_error_exit_2(tmp_path: Path) -> None:
         read_manifest(tmp_path)
     assert str(tmp_path / "study_manifest.json") in str(bad.value)
     assert exit_code_for(bad.value) == 2
+
+
+def test_find_resumable_refuses_its_own_corrupt_manifest_but_not_another_studys(
+    tmp_path: Path,
+) -> None:
+    from llenergymeasure.exceptions import StudyDirError
+
+    other = tmp_path / "s_fast_20260101-000000"
+    other.mkdir()
+    (other / "study_manifest.json").write_text("{")  # another study named s_fast
+    assert find_resumable(tmp_path, "s") is None
+    own = new_run_dir(tmp_path, "s")
+    (own / "study_manifest.json").write_text('{"study_name": "s", "entr')
+    with pytest.raises(StudyDirError, match="not a valid study manifest"):
+        find_resumable(tmp_path, "s")

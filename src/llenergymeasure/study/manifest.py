@@ -20,6 +20,7 @@ values (`design_changes`).
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -217,7 +218,10 @@ def find_resumable(results_dir: Path, study_name: str) -> Path | None:
     (`check_same_design`), not silently started afresh.
     """
     found: list[tuple[datetime, Path]] = []
+    own = re.compile(rf"{re.escape(study_name)}_\d{{8}}-\d{{6}}(-\d+)?")  # run_dir_name
     for path in Path(results_dir).glob(f"{study_name}_*/{STUDY_MANIFEST_FILENAME}"):
+        if not own.fullmatch(path.parent.name):
+            continue  # another study whose name starts with this one's
         manifest = read_manifest(path.parent)  # a corrupt one is an error, not skipped
         if manifest.study_name == study_name and manifest.status != "completed":
             found.append((manifest.created_at, path.parent))

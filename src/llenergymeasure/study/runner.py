@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.clock import utc_now
-from llenergymeasure.exceptions import StudyDirError, StudyError
+from llenergymeasure.exceptions import ResultFileError, StudyDirError, StudyError
 from llenergymeasure.progress import ExperimentTick, NullProgress, Progress
 from llenergymeasure.redaction import register_secrets, scrub, secret_values
 from llenergymeasure.results.filenames import (
@@ -269,10 +269,12 @@ class StudyRunner:
             return "result file missing"
         try:
             read_result(path)
-        except (OSError, ValueError) as err:
+        except ResultFileError as err:  # not a result: renamed aside, never deleted
             aside = recovery.set_aside(path)
             e.set_aside = [*e.set_aside, recovery.relative(aside, study_dir)]
             return f"unreadable result ({err}); kept as {aside.name}"
+        except OSError as err:  # cannot be read (permissions, I/O): left where it is
+            return f"unreadable result {path} ({err.strerror or err})"
         return None
 
     def _settle_orphan(self, e: ManifestEntry) -> None:
@@ -353,7 +355,6 @@ class StudyRunner:
             entry.run_dir, entry.runner = recovery.relative(run_dir, study_dir), None
             entry.attempts += 1
             write_manifest(study_dir, manifest)
-        self.progress.experiment_started(tick)
         request = WorkerRequest(
             config=planned.config,
             provenance=dict(planned.provenance),
@@ -371,6 +372,7 @@ class StudyRunner:
                 write_manifest(study_dir, manifest)
 
         try:
+            self.progress.experiment_started(tick)
             timeout_s = self.study.execution.experiment_timeout_seconds
             outcome = run_child(self.worker_target, request, timeout_s, self._forward, started)
         except KeyboardInterrupt:
