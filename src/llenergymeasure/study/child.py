@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from llenergymeasure.lifeline import die_with_parent
+from llenergymeasure.study.signals import STOP_SIGNALS
 from llenergymeasure.study.worker import (
     DoneMessage,
     FailedMessage,
@@ -43,8 +44,6 @@ WorkerTarget = Callable[[WorkerRequest, Connection], None]
 ProgressSink = Callable[[ProgressMessage], None]
 #: Told the child's pid as soon as it has started (the runner records it in the manifest).
 StartSink = Callable[[int], None]
-#: Signals that stop a whole study when they reach it (or its running experiment).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 EXIT_GRACE_S = 60.0  # after reporting, how long a child may take to exit (CUDA teardown)
 TERMINATE_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
 
