@@ -31,6 +31,8 @@ from llenergymeasure.exceptions import (
     ExperimentError,
     MeterError,
     PreflightError,
+    ResultNotSavedError,
+    WriteError,
 )
 from llenergymeasure.orchestration.assemble import (
     PhaseTimer,
@@ -43,6 +45,7 @@ from llenergymeasure.orchestration.assemble import (
 from llenergymeasure.orchestration.preflight import run_preflight
 from llenergymeasure.orchestration.warmup import run_warmup
 from llenergymeasure.progress import NullProgress, Progress
+from llenergymeasure.redaction import redact, register_secrets, scrub, secret_values
 from llenergymeasure.results.aggregation import aggregate_process_results
 from llenergymeasure.results.filenames import TIMESERIES_FILENAME, default_experiment_name
 from llenergymeasure.results.persistence import new_run_dir, write_result
@@ -98,7 +101,10 @@ class ExperimentOrchestrator:
         progress: Progress | None = None,
         user_config: UserConfig | None = None,
         energy_session_factory: EnergySessionFactory | None = None,
+        run_dir: Path | None = None,
     ) -> None:
+        """``run_dir``: an existing, empty directory made for this run by the caller (a
+        study records it before the run starts); None: a new one under ``results_dir``."""
         self.config = _with_user_defaults(config, user_config)
         self.provenance = dict(provenance or {})
         self.results_dir = Path(results_dir)
@@ -109,10 +115,12 @@ class ExperimentOrchestrator:
         self.state = ExperimentStateMachine()
         self.timer = PhaseTimer()
         self.run_dir: Path | None = None
+        self._given_run_dir = Path(run_dir) if run_dir is not None else None
+        register_secrets(secret_values(self.config.model_dump(mode="json")))
         self.record = RunRecord(
             experiment_id=uuid.uuid4().hex[:12],
             name=self.name,
-            config=self.config.model_dump(mode="json"),
+            config=redact(self.config.model_dump(mode="json")),  # no secrets at rest
             config_hash=config_hash(self.config),
             provenance=self.provenance,
             started_at=self.state.started_at,
@@ -139,7 +147,7 @@ class ExperimentOrchestrator:
             if self.config.output_dir
             else self.results_dir
         )
-        self.run_dir = new_run_dir(base, self.name)
+        self.run_dir = self._given_run_dir or new_run_dir(base, self.name)
         try:
             result = self._measure(self.run_dir)
         except BaseException as e:
@@ -149,7 +157,13 @@ class ExperimentOrchestrator:
             raise ExperimentError(f"experiment {self.name!r} failed: {e}") from e
         self._stage("saving", "save")
         result = result.model_copy(update={"run_dir": str(self.run_dir)})
-        write_result(result, self.run_dir)
+        try:
+            write_result(result, self.run_dir)
+        except WriteError as e:  # a full disk must not lose what was measured
+            raise ResultNotSavedError(
+                f"experiment {self.name!r} was measured but its result was not saved: {e}",
+                result,
+            ) from e
         self.timer.stop()
         return result
 
@@ -157,7 +171,7 @@ class ExperimentOrchestrator:
     def _measure(self, run_dir: Path) -> ExperimentResult:
         """Everything from the environment snapshot to the aggregated result."""
         from llenergymeasure.core.backends.registry import get_backend
-        from llenergymeasure.datasets.loader import load_prompts
+        from llenergymeasure.datasets.loader import cap_prompt_chars, load_prompts
 
         self._stage("environment snapshot", "environment")
         self.record.environment = _collect_environment(self.record.warnings)
@@ -168,6 +182,7 @@ class ExperimentOrchestrator:
             self._stage("loading prompts", "prompts")
             cfg = self.config
             prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed)
+            prompts = cap_prompt_chars(prompts, cfg.max_input_tokens)  # bounded tokenising
             self.record.dataset_info = prompts.summary()
             self.record.warnings += backend_flags(prompts.notes, "dataset_note")
             self._stage("loading model", "load")
@@ -213,7 +228,7 @@ class ExperimentOrchestrator:
                 self.record.energy = session.end_window("measure")
         finally:
             if session is not None:
-                session.stop()
+                self._stop_energy(session)
         self.progress.prompts_done(output.n_requests, prepared.n_requests)
         self._stage("computing metrics", "metrics")
         self.record.warnings += backend_flags(output.warnings)
@@ -276,9 +291,20 @@ class ExperimentOrchestrator:
             self.record.energy_not_measured_reason = f"energy session could not start: {e}"
             return None
 
+    def _stop_energy(self, session: EnergySession) -> None:
+        """Stop the session; a timeline that cannot be written (a full disk) is flagged,
+        not fatal: the energy figures are already in the report."""
+        try:
+            session.stop()
+        except OSError as e:
+            self.record.warnings.append(
+                QualityFlag(code="timeseries_not_saved", message=f"timeline not saved: {e}")
+            )
+
     def _write_failure(self, error: BaseException) -> None:
         """Mark DONE/failed and write a result carrying the traceback (never raises)."""
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        text = scrub(text)
         if self.state.state.value != "done":
             self.state.finish(failed=True, error=text)
         self.timer.stop()
@@ -306,10 +332,12 @@ def run_single_experiment(
     provenance: dict[str, str] | None,
     results_dir: Path,
     progress: Progress | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[ExperimentResult, Path]:
     """Run one experiment in this process; returns (result, path of its result.json).
 
-    Used by the study runner inside its per-experiment subprocess.
+    Used by the study runner inside its per-experiment subprocess (``run_dir``: the
+    directory the runner made for this attempt).
     """
     from llenergymeasure.config.user_config import load_user_config
 
@@ -319,6 +347,7 @@ def run_single_experiment(
         results_dir=results_dir,
         progress=progress,
         user_config=load_user_config(),
+        run_dir=run_dir,
     )
     result = orchestrator.run()
     assert orchestrator.result_path is not None

@@ -4,6 +4,13 @@ An atomic write puts the bytes in a temporary file in the *same* directory, flus
 fsyncs it, renames it over the target with ``os.replace`` (atomic on POSIX and Windows) and
 fsyncs the directory so the rename itself survives a power cut. A reader therefore sees the
 old file or the new one, never a partial one.
+
+Files are created with the mode an ordinary ``open`` would give them (``0o666`` less the
+process umask: 0644 typically), not ``mkstemp``'s private 0600, so colleagues and a web
+server can read a shared results directory. A failed write (a full disk, a read-only file
+system, permissions) raises :class:`~llenergymeasure.exceptions.WriteError` naming the path
+and the errno text; the target is untouched and no temporary file is left behind.
+Readers name the file they could not read (:class:`~llenergymeasure.exceptions.ResultFileError`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llenergymeasure.domain.files import validate_json_file
+from llenergymeasure.exceptions import WriteError
 from llenergymeasure.results.filenames import (
     RESULT_FILENAME,
     process_result_filename,
@@ -38,22 +47,44 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where possible (Linux: /proc)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore (briefly visible to other threads)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename + dir fsync)."""
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename + dir fsync).
+
+    The file gets mode ``0o666 & ~umask``; an OSError becomes WriteError naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise WriteError(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o666 & ~current_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(path, e) from e
         raise
-    _fsync_dir(path.parent)
+    with contextlib.suppress(OSError):  # the rename happened: durability is best effort now
+        _fsync_dir(path.parent)
     return path
 
 
@@ -69,7 +100,10 @@ def new_run_dir(results_dir: Path, name: str, timestamp: datetime | None = None)
     different directories: on a clash ``-2``, ``-3``, … is appended.
     """
     results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(results_dir, e) from e
     base = run_dir_name(name, timestamp)
     for attempt in range(1, _MAX_SUFFIX):
         candidate = results_dir / (base if attempt == 1 else f"{base}-{attempt}")
@@ -77,6 +111,8 @@ def new_run_dir(results_dir: Path, name: str, timestamp: datetime | None = None)
             os.mkdir(candidate)
         except FileExistsError:
             continue
+        except OSError as e:
+            raise WriteError(candidate, e) from e
         return candidate
     raise FileExistsError(f"could not create a new run directory for {base!r} in {results_dir}")
 
@@ -94,14 +130,16 @@ def write_result(result: ExperimentResult, run_dir: Path, filename: str = RESULT
 def read_result(path: Path) -> ExperimentResult:
     """Read an ExperimentResult from a ``result.json`` file or a run directory holding one.
 
-    A stored ``run_dir`` is updated to the directory the file was read from.
+    A stored ``run_dir`` is updated to the directory the file was read from. A file that
+    is not a valid result (truncated, not JSON, another schema) raises ResultFileError
+    naming it; a missing file raises FileNotFoundError.
     """
     from llenergymeasure.domain.results import ExperimentResult
 
     path = Path(path)
     if path.is_dir():
         path = path / RESULT_FILENAME
-    result = ExperimentResult.model_validate_json(path.read_bytes())
+    result = validate_json_file(ExperimentResult, path, "result")
     if result.run_dir is not None and Path(result.run_dir) != path.parent:
         # the run directory was moved or copied since it was written: say where it is now
         result = result.model_copy(update={"run_dir": str(path.parent)})
@@ -129,7 +167,7 @@ def read_process_results(run_dir: Path) -> list[RawProcessResult]:
     from llenergymeasure.domain.results import RawProcessResult
 
     raws = [
-        RawProcessResult.model_validate_json(p.read_bytes())
+        validate_json_file(RawProcessResult, p, "process result")
         for p in Path(run_dir).glob("process_*.json")
     ]
     return sorted(raws, key=lambda r: r.process_index)

@@ -97,7 +97,7 @@ def prepare_token_ids(
     ids, lengths, payload, truncated = [], [], [], 0
     for i, prompt in enumerate(prompts):
         tokens: list[int] = tokenizer(prompt.text)["input_ids"]
-        truncated += len(tokens) > max_input_tokens
+        truncated += len(tokens) > max_input_tokens or prompt.cut
         tokens = tokens[:max_input_tokens]
         ids.append(f"{prompt.id}#{i}")
         lengths.append(len(tokens))

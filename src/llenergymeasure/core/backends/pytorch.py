@@ -358,11 +358,12 @@ def _beam_reason() -> str:
 
 
 def _encode(tokenizer: Any, prompt: Prompt, max_input_tokens: int) -> tuple[list[int], bool]:
-    """Token ids of one prompt, truncated to max_input_tokens; (ids, was_truncated)."""
+    """Token ids of one prompt, truncated to max_input_tokens; (ids, was_truncated). A
+    prompt cut before tokenising (``prompt.cut``) counts as truncated."""
     ids: list[int] = tokenizer(prompt.text)["input_ids"]
     if not ids:
         raise ConfigError(f"prompt {prompt.id!r} tokenises to nothing: remove empty prompts")
-    return ids[:max_input_tokens], len(ids) > max_input_tokens
+    return ids[:max_input_tokens], len(ids) > max_input_tokens or prompt.cut
 
 
 def _unique_request_ids(prompts: list[Prompt]) -> list[str]:
