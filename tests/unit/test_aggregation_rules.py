@@ -323,3 +323,22 @@ def test_aggregation_is_rerunnable_and_keeps_a_replaced_result(tmp_path: Path) -
     assert len(kept) == 1 and '"0.1"' in (tmp_path / kept[0]).read_text()
     with pytest.raises(FileExistsError):
         write_launch_record(_launch(outcomes), tmp_path)
+
+
+def test_cli_aggregate_prints_the_summary_and_exits_2_naming_a_bad_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llenergymeasure.cli.app import main
+
+    _on_disk(tmp_path / "run")
+    with pytest.raises(SystemExit) as ok:
+        main(["aggregate", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert ok.value.code in (0, None)
+    assert "processes              3 (0: gpu:0" in out and (tmp_path / "run/result.json").exists()
+    (tmp_path / "empty").mkdir()
+    for bad in (tmp_path / "empty", tmp_path / "nowhere"):
+        with pytest.raises(SystemExit) as err:
+            main(["aggregate", str(bad)])
+        assert err.value.code == 2
+        assert str(bad) in capsys.readouterr().err

@@ -85,6 +85,7 @@ def _root(
 
 def _register_commands() -> None:
     """Attach the subcommands (their modules import the library lazily)."""
+    from llenergymeasure.cli.commands import aggregate as aggregate_cmd
     from llenergymeasure.cli.commands import config as config_cmd
     from llenergymeasure.cli.commands import run as run_cmd
 
@@ -98,6 +99,11 @@ def _register_commands() -> None:
         help=config_cmd.HELP,
         context_settings={"help_option_names": ["-h", "--help"]},
     )(config_cmd.config)
+    app.command(
+        "aggregate",
+        help=aggregate_cmd.HELP,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )(aggregate_cmd.aggregate)
 
 
 _register_commands()
