@@ -20,7 +20,8 @@ Target: median >= 0.98 (the launcher adds no tax). J/output token is compared th
     PYTHONPATH=src python benchmarks/gpu_launcher_tax.py --cpu-smoke --out smoke.json     # CPU, tiny-llama
 
 Full: 6 pairs of n = 768 requests (12 full batches, a ~4 s window at the ~12k tok/s expected
-on an H200), at least 5, no new pair once the next would overrun ``--budget-s`` (330 s);
+on an H200), no new pair once the next would overrun ``--budget-s`` (330 s; fewer than 5
+complete pairs is reported, and runs can be pooled with ``pool_runs.py launcher``);
 quick: 3 pairs of 384. An arm costs its process start, imports, model build and compile
 warm-up (~20-35 s, estimated: not yet run on an H200) besides its window; the launcher arm
 starts one more process. Run from the repository root.
@@ -58,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="3 pairs, ~2 s windows")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny-llama on the CPU, 2 pairs")
     p.add_argument("--pairs", type=int, default=None, help="pairs to run (default 6, quick 3)")
-    p.add_argument("--min-pairs", type=int, default=5, help="pairs run whatever the budget")
+    p.add_argument("--min-pairs", type=int, default=5, help="fewer complete pairs: say so")
     p.add_argument("--budget-s", type=float, default=330.0, help="stop starting pairs after")
     p.add_argument("--model", default="llama-3.2-1b")
     p.add_argument("--precision", default="bf16")
@@ -200,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     pairs: list[dict[str, Any]] = []
     for k in range(args.pairs):
         elapsed = time.perf_counter() - t_start
-        if pairs and k >= args.min_pairs:
-            per_pair = elapsed / len(pairs)
-            if elapsed + 1.1 * per_pair > args.budget_s:
-                print(f"budget: stopping after {len(pairs)} pairs", file=sys.stderr)
-                break
+        if pairs and elapsed + 1.1 * elapsed / len(pairs) > args.budget_s:
+            print(
+                f"budget {args.budget_s:.0f} s: stopping after {len(pairs)} pairs", file=sys.stderr
+            )
+            break
         order = ("direct", "launcher") if k % 2 == 0 else ("launcher", "direct")
         pair: dict[str, Any] = {"order": list(order)}
         for arm in order:
@@ -234,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = jt["median_ratio_ci95"]
         print(
             f"launcher / direct J/output token: median {jt['median_ratio']:.4f} [{lo:.4f}, {hi:.4f}]"
+        )
+    if summary["pairs_ok"] < args.min_pairs:
+        print(
+            f"only {summary['pairs_ok']} complete pairs (< {args.min_pairs}): run again (--quick) "
+            "and pool the runs: python benchmarks/pool_runs.py launcher RUN.json RUN.json"
         )
     print(f"total wall {summary['total_wall_s']:.0f} s")
     if args.out is not None:

@@ -52,8 +52,12 @@ def test_two_workers_match_the_single_process_run_and_charge_each_gpu(tmp_path: 
     single = ExperimentOrchestrator(
         _config(device="cpu", pytorch={"batch_size": 2}), results_dir=tmp_path / "one"
     ).run()
+    # a counter that steps every 1 ms: the short CPU window still reads each GPU's power
     fake = FakeNVML(
-        [FakeDevice("GPU-fake-0", power_w=200.0), FakeDevice("GPU-fake-1", power_w=100.0)]
+        [
+            FakeDevice("GPU-fake-0", power_w=200.0, counter_period_s=0.001),
+            FakeDevice("GPU-fake-1", power_w=100.0, counter_period_s=0.001),
+        ]
     )
     with fake.installed():
         result = ExperimentOrchestrator(
@@ -94,7 +98,7 @@ def test_two_workers_match_the_single_process_run_and_charge_each_gpu(tmp_path: 
     assert [r.cuda_visible_devices for r in raws] == ["GPU-fake-0", "GPU-fake-1"]
     energy = result.energy
     assert energy is not None and energy.gpu_energy_j is not None
-    assert energy.gpu_energy_j == pytest.approx(300.0 * energy.duration_s, abs=300.0 * 0.25)
+    assert energy.gpu_energy_j == pytest.approx(300.0 * energy.duration_s, rel=0.1, abs=1.0)
     by_device = {d.device: d for d in result.device_breakdown}
     assert by_device["gpu:0"].processes == [0] and by_device["gpu:1"].processes == [1]
     assert by_device["gpu:0"].energy_j > by_device["gpu:1"].energy_j

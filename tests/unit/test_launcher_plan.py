@@ -63,10 +63,12 @@ def test_device_map_gives_the_single_worker_every_candidate() -> None:
 
 
 def test_cpu_workers_see_no_gpu() -> None:
-    for config, visible in ((_config(device="cpu"), GPUS), (_config(), [])):
-        plans = plan_processes(config, 3, visible)
-        assert [p.cuda_visible_devices for p in plans] == ["", "", ""]
-        assert all(not p.parent_ordinals for p in plans)
+    plans = plan_processes(_config(device="cpu"), 3, GPUS)
+    assert [p.cuda_visible_devices for p in plans] == ["", "", ""]
+    assert all(not p.parent_ordinals for p in plans)
+    # no GPU visible to NVML: nothing assigned, nothing measured, environment inherited
+    plans = plan_processes(_config(), 2, [])
+    assert [(p.parent_ordinals, p.cuda_visible_devices) for p in plans] == [((), None)] * 2
 
 
 def test_more_workers_than_gpus_is_refused_naming_both_numbers() -> None:

@@ -119,15 +119,17 @@ def plan_processes(
     cuda_visible_devices: str | None = None,
 ) -> list[ProcessPlan]:
     """One plan per worker: GPU i of the candidates (``gpus:``, else all visible) for worker
-    i; with ``pytorch.device_map`` the single worker gets all candidates; on CPU (``device:
-    cpu`` or no GPU visible) none, and CUDA hidden from the workers.
+    i; with ``pytorch.device_map`` the single worker gets all candidates; on CPU none:
+    ``device: cpu`` hides CUDA from the workers, no GPU visible to NVML leaves their
+    environment as it is (the backend then picks its device as in a single-process run).
 
     A worker's CUDA_VISIBLE_DEVICES names its GPUs by UUID (the parent's own entry for a
     MIG device), so it runs on exactly the GPU the parent measures whatever the CUDA device
     order. Raises PreflightError when there are fewer GPUs than processes.
     """
     if config.device == "cpu" or not visible:
-        return [ProcessPlan(i, cuda_visible_devices="") for i in range(n_processes)]
+        hide = "" if config.device == "cpu" else None
+        return [ProcessPlan(i, cuda_visible_devices=hide) for i in range(n_processes)]
     candidates = list(config.gpus) if config.gpus else list(range(len(visible)))
     bad = [k for k in candidates if not 0 <= k < len(visible)]
     if bad:
