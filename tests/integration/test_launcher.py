@@ -7,7 +7,6 @@ process exits, never sleeps, so the tests stay correct on a loaded machine.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +116,15 @@ def test_two_workers_match_the_single_process_run_and_charge_each_gpu(tmp_path: 
     assert sorted(p.name for p in run_dir.iterdir()) == ["raw", "result.json"]
 
 
-def test_a_worker_killed_mid_run_leaves_a_flagged_partial_result(tmp_path: Path) -> None:
-    faults = LaunchFaults(exit_processes=(1,), after_batches=1)
+@pytest.mark.parametrize("how", ["exit", "raise"])
+def test_a_worker_failing_mid_run_leaves_a_flagged_partial_result(tmp_path: Path, how: str) -> None:
+    """Worker 1 dies (os._exit, like an OOM kill) or raises after its first batch inside
+    the window; worker 0's raw result is intact and the aggregate is partial, flagged."""
+    faults = (
+        LaunchFaults(exit_processes=(1,), after_batches=1)
+        if how == "exit"
+        else LaunchFaults(raise_processes=(1,), after_batches=1)
+    )
     result = ExperimentOrchestrator(
         _config(device="cpu", pytorch={"batch_size": 2, "num_processes": 2}),
         results_dir=tmp_path,
@@ -131,16 +137,19 @@ def test_a_worker_killed_mid_run_leaves_a_flagged_partial_result(tmp_path: Path)
     assert len(survivor.timings) == 4 and survivor.process_index == 0
     assert not result.failed and result.partial and result.n_processes == 2
     flag = next(w for w in result.warnings if w.code == "processes_missing")
-    assert flag.severity == "critical"
-    assert f"exited with code {INJECTED_EXIT_CODE}" in flag.message and "measuring" in flag.message
+    assert flag.severity == "critical" and "measuring" in flag.message
     m = result.metrics
     assert m is not None and m.tokens.n_requests == 4 and m.tokens.output_tokens == 4 * 5
     assert [p.status for p in result.process_breakdown] == ["completed", "missing"]
-    launch = json.loads((run_dir / "raw/launch.json").read_text())
-    assert [(p["status"], p["exit_code"]) for p in launch["processes"]] == [
-        ("completed", 0),
-        ("crashed", INJECTED_EXIT_CODE),
-    ]
+    launch = LaunchRecord.model_validate_json((run_dir / "raw/launch.json").read_bytes())
+    survived, lost = launch.processes
+    assert (survived.status, survived.exit_code) == ("completed", 0)
+    if how == "exit":
+        assert (lost.status, lost.exit_code) == ("crashed", INJECTED_EXIT_CODE)
+        assert f"exited with code {INJECTED_EXIT_CODE}" in flag.message
+    else:
+        assert (lost.status, lost.exit_code) == ("failed", 1)
+        assert "InjectedFault" in flag.message and "InjectedFault" in (lost.detail or "")
     assert read_result(run_dir) == result
 
 
