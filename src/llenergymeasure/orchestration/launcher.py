@@ -39,7 +39,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llenergymeasure.domain.results import ProcessOutcome
+from llenergymeasure.domain.results import LaunchRecord, ProcessOutcome, core_fields
 from llenergymeasure.exceptions import ExperimentError, PreflightError
 from llenergymeasure.orchestration.process_worker import (
     Done,
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from llenergymeasure.domain.energy import EnergyReport
     from llenergymeasure.orchestration.assemble import RunRecord
     from llenergymeasure.progress import Progress
+    from llenergymeasure.state.machine import ExperimentStateMachine
 
 #: Runs one worker in the spawn child (tests pass a fault-injecting one).
 WorkerTarget = Callable[[WorkerSpec, Connection], None]
@@ -100,6 +101,36 @@ class LaunchOutcome:
     energy: EnergyReport | None = None
     energy_not_measured_reason: str | None = None
     start_barrier: str = START_BARRIER
+
+    def launch_record(
+        self,
+        record: RunRecord,
+        state: ExperimentStateMachine,
+        *,
+        durations_s: dict[str, float],
+        setup_s: float,
+        timeline: Path | None,
+    ) -> LaunchRecord:
+        """``raw/launch.json``: the run record, these outcomes and the parent's timings."""
+        from llenergymeasure._version import __version__
+
+        core = core_fields(record) | {
+            "energy": self.energy,
+            "energy_not_measured_reason": self.energy_not_measured_reason,
+            "ended_at": state.transitions[-1].at,
+        }
+        return LaunchRecord(
+            **core,
+            n_processes=len(self.processes),
+            processes=self.processes,
+            start_barrier=self.start_barrier,
+            llem_version=__version__,
+            state=state.state,
+            state_transitions=list(state.transitions),
+            timeseries_path=timeline.name if timeline and timeline.exists() else None,
+            setup_s=setup_s,
+            phase_durations_s=durations_s,
+        )
 
 
 # ---- planning (pure) -----------------------------------------------------------------------

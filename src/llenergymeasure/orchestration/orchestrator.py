@@ -29,7 +29,7 @@ from llenergymeasure._version import __version__
 from llenergymeasure.clock import utc_now
 from llenergymeasure.config.hashing import config_hash
 from llenergymeasure.domain.energy import QualityFlag
-from llenergymeasure.domain.results import ExperimentResult, LaunchRecord, core_fields
+from llenergymeasure.domain.results import ExperimentResult, core_fields
 from llenergymeasure.exceptions import (
     BackendNotInstalledError,
     ConfigError,
@@ -263,26 +263,14 @@ class ExperimentOrchestrator:
         ).run()
         self.state.finish()
         self.timer.stop()
-        write_launch_record(
-            LaunchRecord(
-                **core_fields(self.record)
-                | {
-                    "energy": outcome.energy,
-                    "energy_not_measured_reason": outcome.energy_not_measured_reason,
-                    "ended_at": self.state.transitions[-1].at,
-                },
-                n_processes=n_processes,
-                processes=outcome.processes,
-                start_barrier=outcome.start_barrier,
-                llem_version=__version__,
-                state=self.state.state,
-                state_transitions=list(self.state.transitions),
-                timeseries_path=timeline.name if timeline and timeline.exists() else None,
-                setup_s=self.timer.total_s(*SETUP_PHASES),
-                phase_durations_s=dict(self.timer.durations_s),
-            ),
-            run_dir,
+        record = outcome.launch_record(
+            self.record,
+            self.state,
+            durations_s=dict(self.timer.durations_s),
+            setup_s=self.timer.total_s(*SETUP_PHASES),
+            timeline=timeline,
         )
+        write_launch_record(record, run_dir)
         return build_run_result(run_dir)
 
     def _finalise(self, result: ExperimentResult, timeline: Path | None) -> ExperimentResult:
