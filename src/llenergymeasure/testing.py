@@ -6,6 +6,8 @@ Sections:
   3. Study faults  FaultPlan / fault_injecting_worker: study worker targets that raise, exit
                    hard, hang, stop at a gate while "measuring", crash after writing their
                    result, or write a fast fake result (picklable under ``spawn``).
+  4. Launcher faults  LaunchFaults / fault_injecting_process_worker: worker targets of a
+                   launched (multi-process) run that exit hard or raise in chosen workers.
 
 FakeNVML implements the ``pynvml`` functions that ``core/energy/_nvml.py`` calls, and raises
 real ``pynvml.NVMLError`` instances, so the adapter's own error translation is exercised.
@@ -47,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
+    from llenergymeasure.orchestration.process_worker import WorkerSpec
     from llenergymeasure.study.worker import WorkerRequest
 
 # ======================================================================================
@@ -734,3 +737,67 @@ def _matches(request: WorkerRequest, pattern: str) -> bool:
             value = value[part]
         return str(value) == expected
     return pattern in request.label
+
+
+# ======================================================================================
+# 4. Launcher faults
+# ======================================================================================
+#
+# Usage::
+#
+#     target = LaunchFaults(exit_processes=(1,), after_batches=1).target()
+#     ExperimentOrchestrator(config, results_dir=tmp, worker_target=target).run()
+#
+# Worker ``i`` in ``exit_processes`` calls ``os._exit`` inside its measurement window after
+# ``after_batches`` generate calls (like an OOM kill mid-run: no message, no result); one in
+# ``raise_processes`` raises InjectedFault at the same point. Other workers run for real.
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchFaults:
+    """Which workers of a launched run fail inside their window, and how."""
+
+    exit_processes: tuple[int, ...] = ()
+    raise_processes: tuple[int, ...] = ()
+    after_batches: int = 1
+
+    def target(self) -> functools.partial[None]:
+        """A worker target (picklable) that applies these faults."""
+        return functools.partial(fault_injecting_process_worker, faults=self)
+
+
+def fault_injecting_process_worker(
+    spec: WorkerSpec, conn: Connection, faults: LaunchFaults
+) -> None:
+    """Run the real worker, with the pytorch backend's generate sabotaged in the window of
+    the workers ``faults`` names."""
+    from llenergymeasure.orchestration.process_worker import run_process_worker
+
+    index = spec.process_index
+    if index in faults.exit_processes or index in faults.raise_processes:
+        _sabotage_generate(hard=index in faults.exit_processes, after=faults.after_batches)
+    run_process_worker(spec, conn)
+
+
+def _sabotage_generate(*, hard: bool, after: int) -> None:
+    """Patch PyTorchBackend so that, inside run_inference, generate call ``after + 1`` fails."""
+    from llenergymeasure.core.backends.pytorch import PyTorchBackend
+
+    real_run, real_generate = PyTorchBackend.run_inference, PyTorchBackend._generate
+    state = {"measuring": False, "calls": 0}
+
+    def run_inference(self: Any, prepared: Any) -> Any:
+        state["measuring"] = True
+        return real_run(self, prepared)
+
+    def generate(self: Any, batch: Any, recorder: Any) -> Any:
+        if state["measuring"]:
+            if state["calls"] >= after:
+                if hard:
+                    os._exit(INJECTED_EXIT_CODE)
+                raise InjectedFault(f"injected failure after {after} batch(es) of the window")
+            state["calls"] += 1
+        return real_generate(self, batch, recorder)
+
+    PyTorchBackend.run_inference = run_inference  # type: ignore[method-assign]
+    PyTorchBackend._generate = generate  # type: ignore[method-assign]

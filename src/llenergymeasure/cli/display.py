@@ -189,10 +189,28 @@ def _energy_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
     ]
 
 
+def _process_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
+    """Multi-process runs: each process's devices and throughput (or why it is missing)."""
+    if not result.process_breakdown:
+        return []
+    parts = []
+    for p in result.process_breakdown:
+        if p.status == "missing":
+            parts.append(f"{p.process_index}: missing")
+            continue
+        where = ",".join(p.gpu_devices) or p.device or "?"
+        parts.append(f"{p.process_index}: {where} {fmt(p.output_tokens_per_s)} tok/s")
+    return [("processes", f"{result.n_processes} ({'; '.join(parts)})")]
+
+
 def format_experiment(result: ExperimentResult, result_dir: str | None = None) -> str:
     """The end-of-run summary of one experiment, with its warnings."""
     status = "FAILED" if result.failed else "completed"
-    pairs = _config_pairs(result) + _metric_pairs(result) + _energy_pairs(result)
+    if result.partial:
+        missing = sum(p.status == "missing" for p in result.process_breakdown)
+        status += f", PARTIAL: {missing} of {result.n_processes} processes missing"
+    pairs = _config_pairs(result) + _process_pairs(result) + _metric_pairs(result)
+    pairs += _energy_pairs(result)
     pairs.append(("results", result_dir or MISSING))
     lines = [
         f"Experiment {result.name} ({status}, config {result.config_hash[:8]})",

@@ -7,6 +7,10 @@ Sequence (docs/measurement.md §1, docs/ARCHITECTURE.md)::
     -> warm-up -> synchronize | begin window | run_inference | synchronize | end window
     -> metrics, quality flags, CO2 -> result.json (atomic) in a new run directory
 
+A backend asking for ``launch_mode: processes`` (pytorch with ``num_processes`` set) runs in
+worker processes instead (``launcher.py``): this process owns the energy session, writes
+``raw/launch.json``, and ``result.json`` is the late aggregation of ``raw/``.
+
 Only generation happens inside the window; the device is synchronised at both edges.
 A failure marks the state DONE with ``failed=True``, writes the result with the traceback,
 and is re-raised as ``ExperimentError`` (configuration/pre-flight errors keep their type).
@@ -14,6 +18,7 @@ and is re-raised as ``ExperimentError`` (configuration/pre-flight errors keep th
 
 from __future__ import annotations
 
+import os
 import traceback
 import uuid
 from collections.abc import Callable
@@ -46,9 +51,9 @@ from llenergymeasure.orchestration.preflight import run_preflight
 from llenergymeasure.orchestration.warmup import run_warmup
 from llenergymeasure.progress import NullProgress, Progress
 from llenergymeasure.redaction import redact, register_secrets, scrub, secret_values
-from llenergymeasure.results.aggregation import aggregate_process_results
+from llenergymeasure.results.aggregation import aggregate_process_results, build_run_result
 from llenergymeasure.results.filenames import TIMESERIES_FILENAME, default_experiment_name
-from llenergymeasure.results.persistence import new_run_dir, write_result
+from llenergymeasure.results.persistence import new_run_dir, write_launch_record, write_result
 from llenergymeasure.state.machine import ExperimentStateMachine
 
 if TYPE_CHECKING:
@@ -62,6 +67,7 @@ if TYPE_CHECKING:
     )
     from llenergymeasure.core.energy.session import EnergySession
     from llenergymeasure.domain.environment import EnvironmentSnapshot
+    from llenergymeasure.orchestration.launcher import WorkerTarget
 
 #: Builds the energy session: (config, gpu indices or None for all visible, timeline path).
 EnergySessionFactory = Callable[
@@ -102,6 +108,7 @@ class ExperimentOrchestrator:
         user_config: UserConfig | None = None,
         energy_session_factory: EnergySessionFactory | None = None,
         run_dir: Path | None = None,
+        worker_target: WorkerTarget | None = None,
     ) -> None:
         """``run_dir``: an existing, empty directory made for this run by the caller (a
         study records it before the run starts); None: a new one under ``results_dir``."""
@@ -111,6 +118,7 @@ class ExperimentOrchestrator:
         self.progress: Progress = progress or NullProgress()
         self.user_config = user_config
         self.energy_session_factory = energy_session_factory or default_energy_session
+        self.worker_target = worker_target  # launched runs: the workers' entry (tests inject)
         self.name = config.name or default_experiment_name(config.model, config.backend)
         self.state = ExperimentStateMachine()
         self.timer = PhaseTimer()
@@ -176,8 +184,11 @@ class ExperimentOrchestrator:
         self._stage("environment snapshot", "environment")
         self.record.environment = _collect_environment(self.record.warnings)
         backend = get_backend(self.config.backend)
-        _check_launch(backend.get_runtime_capabilities())
+        capabilities = backend.get_runtime_capabilities(self.config)
         self.record.warnings += backend_flags(backend.validate_config(self.config))
+        if capabilities.launch_mode == "processes":
+            return self._measure_launched(capabilities.n_processes, run_dir)
+        _check_launch(capabilities)
         try:
             self._stage("loading prompts", "prompts")
             cfg = self.config
@@ -237,6 +248,45 @@ class ExperimentOrchestrator:
         result = aggregate_process_results([raw])
         self.state.finish()
         return self._finalise(result, timeline)
+
+    def _measure_launched(self, n_processes: int, run_dir: Path) -> ExperimentResult:
+        """``launch_mode: processes``: workers measure, this process owns the energy session;
+        ``raw/launch.json`` is written, then the late aggregation builds the result."""
+        from llenergymeasure.core.energy.selection import probe_gpus
+        from llenergymeasure.datasets.loader import load_prompts
+        from llenergymeasure.orchestration.launcher import Launcher, plan_processes
+
+        self._stage("loading prompts", "prompts")
+        cfg = self.config
+        prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed)
+        self.record.dataset_info = prompts.summary()
+        self.record.warnings += backend_flags(prompts.notes, "dataset_note")
+        visible, _ = probe_gpus(None) if cfg.device != "cpu" else ([], None)
+        plans = plan_processes(cfg, n_processes, visible, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        timeline = run_dir / TIMESERIES_FILENAME if self._save_timeline() else None
+        outcome = Launcher(
+            cfg,
+            self.record,
+            run_dir,
+            plans,
+            prompts,
+            start_energy=lambda gpus: self._start_energy(gpus, timeline),
+            stage=self._stage,
+            on_measuring=self.state.start_measuring,
+            progress=self.progress,
+            worker_target=self.worker_target,
+        ).run()
+        self.state.finish()
+        self.timer.stop()
+        record = outcome.launch_record(
+            self.record,
+            self.state,
+            durations_s=dict(self.timer.durations_s),
+            setup_s=self.timer.total_s(*SETUP_PHASES),
+            timeline=timeline,
+        )
+        write_launch_record(record, run_dir)
+        return build_run_result(run_dir)
 
     def _finalise(self, result: ExperimentResult, timeline: Path | None) -> ExperimentResult:
         """Add what only the orchestrator knows: timings, states, timeline path."""
@@ -398,7 +448,7 @@ def _arch(model: str) -> ArchitectureSpec | None:
 
 
 def _check_launch(capabilities: RuntimeCapabilities) -> None:
-    """This orchestrator runs backends in its own process (``launch_mode: direct``)."""
+    """Launch modes other than ``processes`` (the launcher) run in this process: ``direct``."""
     if capabilities.launch_mode != "direct":
         raise ExperimentError(
             f"the backend asks for launch mode {capabilities.launch_mode!r}, which this "

@@ -2,7 +2,8 @@
 
 Checks: backend installed (with the pip command), model resolvable (catalogue name, local
 directory with config.json, or a Hub id that is cached or reachable), GPU visible when one is
-asked for, enough memory for the weights + KV cache (free VRAM via NVML on GPU, available RAM
+asked for, no more GPUs asked for (``gpus:``, one per ``pytorch.num_processes``) than are
+visible, enough memory for the weights + KV cache (free VRAM via NVML on GPU, available RAM
 via psutil on CPU), and the dataset readable. Nothing here imports torch.
 """
 
@@ -169,12 +170,35 @@ def check_gpus(config: ExperimentConfig) -> tuple[int, list[str]]:
         return 0, [
             "a GPU was asked for but none is visible -> check CUDA_VISIBLE_DEVICES, or use device: cpu"
         ]
-    bad = [i for i in (config.gpus or []) if i >= count]
+    return count, _gpu_count_problems(config, count)
+
+
+def _gpu_count_problems(config: ExperimentConfig, count: int) -> list[str]:
+    """``gpus:`` and ``pytorch.num_processes`` against the ``count`` visible GPUs (> 0)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "all of this machine"
+    problems: list[str] = []
+    gpus = config.gpus or []
+    if len(gpus) > count:
+        problems.append(
+            f"gpus lists {len(gpus)} GPU(s) but only {count} are visible ({where}) -> "
+            "list fewer GPUs or make more visible"
+        )
+    bad = [i for i in gpus if i >= count]
     if bad:
-        return count, [
+        problems.append(
             f"gpus {bad} are not visible: {count} GPU(s) visible (indices 0-{count - 1})"
-        ]
-    return count, []
+        )
+    processes = config.pytorch.num_processes if config.pytorch is not None else None
+    available = len(gpus) or count
+    if config.backend == "pytorch" and processes is not None and processes > available:
+        source = f"listed in gpus: {gpus}" if gpus else f"visible ({where})"
+        problems.append(
+            f"pytorch.num_processes is {processes} but only {available} GPU(s) are {source}: "
+            "each process needs its own GPU -> lower num_processes, make more GPUs "
+            "visible, or use device: cpu"
+        )
+    return problems
 
 
 def estimate_memory_bytes(config: ExperimentConfig) -> tuple[float | None, list[str]]:

@@ -16,8 +16,11 @@ Readers name the file they could not read (:class:`~llenergymeasure.exceptions.R
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,13 +28,18 @@ from typing import TYPE_CHECKING
 from llenergymeasure.domain.files import validate_json_file
 from llenergymeasure.exceptions import WriteError
 from llenergymeasure.results.filenames import (
+    LAUNCH_FILENAME,
+    RAW_DIRNAME,
     RESULT_FILENAME,
+    format_timestamp,
+    process_index_of,
+    process_marker_filename,
     process_result_filename,
     run_dir_name,
 )
 
 if TYPE_CHECKING:
-    from llenergymeasure.domain.results import ExperimentResult, RawProcessResult
+    from llenergymeasure.domain.results import ExperimentResult, LaunchRecord, RawProcessResult
 
 _MAX_SUFFIX = 10_000
 
@@ -154,20 +162,117 @@ def find_result_files(root: Path) -> list[Path]:
     return sorted(root.rglob(RESULT_FILENAME))
 
 
+def raw_dir(run_dir: Path) -> Path:
+    """``<run_dir>/raw``: where a launched run's per-process results live."""
+    return Path(run_dir) / RAW_DIRNAME
+
+
 def write_process_result(raw: RawProcessResult, run_dir: Path) -> Path:
-    """Write one process's raw result as ``process_<i>.json`` (atomic, never overwritten)."""
-    target = Path(run_dir) / process_result_filename(raw.process_index)
-    if target.exists():
+    """Write one process's raw result as ``raw/process_<i>.json``, then its completion
+    marker ``raw/process_<i>.done`` (both atomic; never overwritten).
+
+    The marker holds the JSON's sha256, so a reader can tell a complete raw result from one
+    a crash left half-done (no marker) or one replaced since (checksum differs).
+    """
+    directory = raw_dir(run_dir)
+    target = directory / process_result_filename(raw.process_index)
+    marker = directory / process_marker_filename(raw.process_index)
+    if target.exists() or marker.exists():
         raise FileExistsError(f"{target} already exists: process {raw.process_index} wrote twice")
-    return atomic_write_text(target, raw.model_dump_json(indent=2) + "\n")
+    data = (raw.model_dump_json(indent=2) + "\n").encode("utf-8")
+    atomic_write_bytes(target, data)
+    stamp = {"file": target.name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    atomic_write_text(marker, json.dumps(stamp) + "\n")
+    return target
+
+
+def write_launch_record(record: LaunchRecord, run_dir: Path) -> Path:
+    """Write the launching process's record as ``raw/launch.json`` (atomic, once)."""
+    target = raw_dir(run_dir) / LAUNCH_FILENAME
+    if target.exists():
+        raise FileExistsError(f"{target} already exists: the run was launched twice")
+    return atomic_write_text(target, record.model_dump_json(indent=2) + "\n")
+
+
+@dataclass
+class RawRun:
+    """What ``raw/`` of a run directory holds: complete raw results (marker present and
+    matching), the reason each other process file is unusable, and the launch record."""
+
+    raws: list[RawProcessResult]
+    unusable: dict[int, str] = field(default_factory=dict)
+    launch: LaunchRecord | None = None
+
+
+def read_raw_run(run_dir: Path) -> RawRun:
+    """Read ``<run_dir>/raw/``: raw results ordered by process index (see :class:`RawRun`).
+
+    Raises FileNotFoundError when the run has no ``raw/`` directory.
+    """
+    from llenergymeasure.domain.results import LaunchRecord, RawProcessResult
+
+    directory = raw_dir(run_dir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no raw/ directory (not a launched run)")
+    indices = sorted(
+        {i for p in directory.iterdir() if (i := process_index_of(p.name)) is not None}
+    )
+    raws: list[RawProcessResult] = []
+    unusable: dict[int, str] = {}
+    for index in indices:
+        data, why = _complete_bytes(directory, index)
+        if data is None:
+            unusable[index] = why
+            continue
+        try:
+            raws.append(RawProcessResult.model_validate_json(data))
+        except ValueError as e:
+            unusable[index] = f"{process_result_filename(index)} is not a valid raw result: {e}"
+    launch_path = directory / LAUNCH_FILENAME
+    launch = (
+        LaunchRecord.model_validate_json(launch_path.read_bytes()) if launch_path.exists() else None
+    )
+    return RawRun(sorted(raws, key=lambda r: r.process_index), unusable, launch)
+
+
+def _complete_bytes(directory: Path, index: int) -> tuple[bytes | None, str]:
+    """The raw JSON of process ``index`` if its marker vouches for it, else (None, why)."""
+    target = directory / process_result_filename(index)
+    marker = directory / process_marker_filename(index)
+    if not target.exists():
+        return None, f"{marker.name} without {target.name}"
+    if not marker.exists():
+        return None, f"{target.name} has no completion marker (the process stopped while writing)"
+    data = target.read_bytes()
+    try:
+        expected = json.loads(marker.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{marker.name} is unreadable"
+    if hashlib.sha256(data).hexdigest() != expected:
+        return None, f"{target.name} does not match its completion marker"
+    return data, ""
 
 
 def read_process_results(run_dir: Path) -> list[RawProcessResult]:
-    """Every ``process_<i>.json`` in ``run_dir``, ordered by process index."""
-    from llenergymeasure.domain.results import RawProcessResult
+    """Every complete ``raw/process_<i>.json`` of ``run_dir``, ordered by process index."""
+    return read_raw_run(run_dir).raws
 
-    raws = [
-        validate_json_file(RawProcessResult, p, "process result")
-        for p in Path(run_dir).glob("process_*.json")
-    ]
-    return sorted(raws, key=lambda r: r.process_index)
+
+def replace_result(result: ExperimentResult, run_dir: Path) -> tuple[Path, Path | None]:
+    """Write ``result.json`` for a re-aggregation; an existing, different one is kept as
+    ``result.replaced-<UTC timestamp>.json`` (nothing is lost). Returns (path, kept copy)."""
+    target = Path(run_dir) / RESULT_FILENAME
+    text = result.model_dump_json(indent=2) + "\n"
+    kept = None
+    if target.exists():
+        old = target.read_bytes()
+        if old == text.encode("utf-8"):
+            return target, None
+        kept = target.with_name(f"result.replaced-{format_timestamp()}.json")
+        for attempt in range(2, _MAX_SUFFIX):
+            if not kept.exists():
+                break
+            kept = target.with_name(f"result.replaced-{format_timestamp()}-{attempt}.json")
+        atomic_write_bytes(kept, old)
+    atomic_write_text(target, text)
+    return target, kept

@@ -211,7 +211,9 @@ class EngineBackend(abc.ABC):
         """Release the engine's workers before it is dropped (default: nothing)."""
 
     # ---- InferenceBackend ----------------------------------------------------------------
-    def get_runtime_capabilities(self) -> RuntimeCapabilities:
+    def get_runtime_capabilities(
+        self, config: ExperimentConfig | None = None
+    ) -> RuntimeCapabilities:
         """The engine starts its own workers and CUDA contexts; no per-token stream."""
         return RuntimeCapabilities(
             launch_mode="direct",
