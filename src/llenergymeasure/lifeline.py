@@ -84,3 +84,17 @@ def _set_pdeathsig(sig: int) -> bool:
         return int(libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """How a child process ended: ``exited with code N`` or ``killed by signal SIGKILL (9)``
+    (``did not exit`` while it runs)."""
+    if exitcode is None:
+        return "did not exit"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "signal"
+        return f"killed by signal {name} ({-exitcode})"
+    return f"exited with code {exitcode}"

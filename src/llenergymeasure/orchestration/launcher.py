@@ -32,7 +32,6 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
 import os
-import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from llenergymeasure.domain.results import LaunchRecord, ProcessOutcome, core_fields
 from llenergymeasure.exceptions import ExperimentError, PreflightError
+from llenergymeasure.lifeline import describe_exit
 from llenergymeasure.orchestration.process_worker import (
     Done,
     Energy,
@@ -506,26 +506,17 @@ class Launcher:
             )
         if h.stopped:
             return ProcessOutcome(status="stopped", reason=h.stopped, **common)
-        return ProcessOutcome(status="crashed", reason=exit_reason(h.process.exitcode), **common)
+        return ProcessOutcome(
+            status="crashed",
+            reason=f"{describe_exit(h.process.exitcode)} without reporting",
+            **common,
+        )
 
     def _reasons(self, handles: Sequence[_Handle]) -> str:
         return "; ".join(
             f"process {o.process_index}: {o.reason} (at {o.stage})"
             for o in (self._outcome(h) for h in handles)
         )
-
-
-def exit_reason(exitcode: int | None) -> str:
-    """``exited with code N`` or ``killed by signal SIGKILL (9)``."""
-    if exitcode is None:
-        return "did not exit"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = "signal"
-        return f"killed by signal {name} ({-exitcode}) without reporting"
-    return f"exited with code {exitcode} without reporting"
 
 
 def _worker_env(plan: ProcessPlan) -> dict[str, str]:

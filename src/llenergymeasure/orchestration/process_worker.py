@@ -25,7 +25,7 @@ says how far apart the windows were.
 from __future__ import annotations
 
 import contextlib
-import os
+import signal
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.clock import utc_now
 from llenergymeasure.domain.energy import EnergyReport, QualityFlag
+from llenergymeasure.lifeline import die_with_parent
 from llenergymeasure.orchestration.assemble import (
     RunRecord,
     Window,
@@ -249,7 +250,7 @@ class _Worker:
             from llenergymeasure.logging import setup_logging
 
             setup_logging(self.spec.verbosity)
-        _exit_with_parent(self.spec.parent_pid)
+        die_with_parent(self.spec.parent_pid, signal.SIGTERM)  # SIGTERM: it may clean up
         if self.spec.cpu_threads is not None:
             import torch
 
@@ -339,21 +340,6 @@ class _StartBarrier:
                 "waiting for the others",
             )
         )
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Linux: SIGTERM this worker when the launching process dies (best effort)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(Exception):
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
 
 
 def _one_line(error: BaseException) -> str:

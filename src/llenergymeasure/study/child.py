@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from llenergymeasure.lifeline import die_with_parent
+from llenergymeasure.lifeline import describe_exit, die_with_parent
 from llenergymeasure.study.signals import STOP_SIGNALS
 from llenergymeasure.study.worker import (
     DoneMessage,
@@ -146,7 +146,7 @@ def _outcome(message: FinalMessage | None, exitcode: int | None, wall_s: float) 
         return Outcome(ok=True, wall_s=wall_s, result_path=path, summary=message.summary)
     if isinstance(message, FailedMessage):
         return Outcome(ok=False, wall_s=wall_s, reason=message.reason, detail=message.traceback)
-    reason = _exit_reason(exitcode)
+    reason = describe_exit(exitcode)
     if exitcode is not None and -exitcode in STOP_SIGNALS:
         detail = f"The experiment process was {reason}: the study is being stopped."
         return Outcome(False, wall_s, reason=reason, detail=detail, stop_signal=-exitcode)
@@ -156,19 +156,6 @@ def _outcome(message: FinalMessage | None, exitcode: int | None, wall_s: float) 
         "or os._exit. Check the system log (dmesg) and the run directory, if any."
     )
     return Outcome(ok=False, wall_s=wall_s, reason=reason, detail=detail)
-
-
-def _exit_reason(exitcode: int | None) -> str:
-    """``exited with code N`` or ``killed by signal SIGKILL (9)``."""
-    if exitcode is None:
-        return "did not exit"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = "signal"
-        return f"killed by signal {name} ({-exitcode})"
-    return f"exited with code {exitcode}"
 
 
 def _timeout_outcome(timeout_s: float, wall_s: float) -> Outcome:
