@@ -51,6 +51,7 @@ class RequestTimingRecord(_Model):
     token_times_s: list[float] = Field(default_factory=list)
     input_tokens: int = Field(0, ge=0)
     output_tokens: int = Field(0, ge=0)
+    queue_s: float | None = Field(None, ge=0.0, description="engine scheduling delay (vLLM)")
 
 
 class ResultCore(_Model):
