@@ -150,13 +150,24 @@ class FlopsEstimate(_Metric):
 
 
 class MemoryMetrics(_Metric):
-    """Device memory, in decimal MB (10**6 bytes)."""
+    """Device memory, in decimal MB (10**6 bytes); each figure says how it was obtained."""
 
     model_memory_mb: float | None = Field(default=None, ge=0.0, description="weights resident")
-    peak_memory_mb: float | None = Field(default=None, ge=0.0, description="peak allocated")
+    model_memory_method: str | None = Field(default=None, description="how the weights were sized")
+    peak_memory_mb: float | None = Field(default=None, ge=0.0, description="peak over the window")
+    peak_memory_method: str | None = Field(
+        default=None, description="what the peak counts (allocator vs device-level)"
+    )
+    peak_memory_not_measured: str | None = Field(
+        default=None, description="why there is no peak (instead of a silent null)"
+    )
     kv_cache_estimate_mb: float | None = Field(
         default=None, ge=0.0, description="analytic KV cache size at the largest batch × sequence"
     )
+    kv_cache_reserved_mb: float | None = Field(
+        default=None, ge=0.0, description="KV cache the engine pre-allocated (vLLM)"
+    )
+    kv_cache_reserved_method: str | None = None
     device: str | None = Field(default=None, description='e.g. "cuda:0", "cpu"')
 
 
