@@ -161,7 +161,7 @@ def _run(engine: Engine, n: int = 10, **kw: Any) -> tuple[Any, Any, Any]:
     backend.initialize(_config("vllm", max_output_tokens=OUTPUT_TOKENS + 2, **kw), prompts)
     prepared = backend.tokenize(prompts)
     backend.warmup_step(prepared)
-    return backend, prepared, backend.run_inference(prepared)
+    return backend, prepared, backend.run_inference(prepared).finalize()
 
 
 def test_vllm_engine_starts_with_statistics_on_and_its_loggers_off(vllm_engine: Engine) -> None:
@@ -238,7 +238,7 @@ def test_vllm_without_statistics_falls_back_to_host_stamps(vllm_engine: Engine) 
     backend.initialize(_config("vllm", max_output_tokens=4), PROMPTS)
     prepared = backend.tokenize(PROMPTS)
     backend._llm.log_stats = False  # as if disable_log_stats had stayed True
-    out = backend.run_inference(prepared)
+    out = backend.run_inference(prepared).finalize()
     assert all(t.queue_s is None and t.has_every_token_time for t in out.timings)
     assert any("RequestOutput.metrics is None" in w for w in out.warnings)
 
@@ -358,3 +358,12 @@ def test_tensorrt_warmup_and_generate_errors(trt: Engine) -> None:
     trt.module.LLM.generate = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("engine died"))
     with pytest.raises(BackendError, match="generate failed: engine died"):
         backend.run_inference(prepared)
+
+
+def test_vllm_derives_its_timings_after_the_window(vllm_engine: Engine) -> None:
+    backend = vllm_engine.backend
+    backend.initialize(_config("vllm", max_output_tokens=4), PROMPTS)
+    out = backend.run_inference(backend.tokenize(PROMPTS))
+    assert out.timings == [] and out.duration_s > 0  # inside the window: stamps only
+    assert out.finalize() is out and out.n_requests == 10 and out.output_tokens == 40
+    assert out.finalize().n_requests == 10  # once

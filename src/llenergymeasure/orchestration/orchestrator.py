@@ -214,6 +214,7 @@ class ExperimentOrchestrator:
         finally:
             if session is not None:
                 session.stop()
+        output.finalize()  # what the backend derives from its stamps, after the window
         self.progress.prompts_done(output.n_requests, prepared.n_requests)
         self._stage("computing metrics", "metrics")
         self.record.warnings += backend_flags(output.warnings)

@@ -11,11 +11,13 @@ Call order (the orchestrator owns it; docs/measurement.md §1)::
     backend.synchronize(); window.begin()
     output = backend.run_inference(prepared) # generation only               (measured)
     backend.synchronize(); window.end()
+    output.finalize()                        # deferred derivations         (not measured)
     backend.cleanup()
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -140,6 +142,18 @@ class InferenceOutput:
     steps: list[StepTokens] = field(default_factory=list, repr=False)
     backend_details: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    _deferred: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def defer(self, fill: Callable[[], None]) -> None:
+        """Run ``fill`` at :meth:`finalize` (after the window) instead of inside it: a
+        backend that only stamps while generating derives its timings there."""
+        self._deferred.append(fill)
+
+    def finalize(self) -> InferenceOutput:
+        """Run the deferred derivations (once); call after the window has closed."""
+        while self._deferred:
+            self._deferred.pop(0)()
+        return self
 
     @property
     def n_requests(self) -> int:

@@ -10,7 +10,8 @@ is rendered and added (``LLMEngine.add_request``), then ``LLMEngine.step()`` is 
 until no request is left; after each step one ``time.perf_counter()`` stamp is appended
 (the step's outputs are kept, nothing else happens per token). Sampling parameters ask for
 ``RequestOutputKind.DELTA`` (each step's new tokens only) and ``detokenize=False`` (the
-engine runs with ``skip_tokenizer_init``). Everything else is derived after the window.
+engine runs with ``skip_tokenizer_init``). Everything else is derived after the window, at
+``InferenceOutput.finalize()``.
 
 **Per-request times** (``timing_method="engine_steps"``) need the engine's statistics:
 ``LLM()`` defaults to ``disable_log_stats=True``, which leaves every
@@ -172,22 +173,31 @@ class VLLMBackend(EngineBackend):
         return elapsed
 
     def run_inference(self, prepared: PreparedBatches) -> InferenceOutput:
-        """Add every prompt, step the engine until done, one host stamp per step."""
+        """Add every prompt, step the engine until done, one host stamp per step; the
+        timings are derived at ``output.finalize()``, after the window."""
         batch = prepared.batches[0]
         run = next(self._runs)
         clocks = ClockOffsets.now()
         start = time.perf_counter()
         loop = step_loop(self._llm, batch.payload, self._sampling, f"m{run}")
-        duration = time.perf_counter() - start
-        return assemble_output(
-            loop,
-            request_ids=batch.request_ids,
-            input_tokens=batch.input_tokens,
-            clocks=clocks,
-            duration_s=duration,
+        output = InferenceOutput(
+            timings=[],
+            n_batches=1,
             device=self._platform,
-            details=self._details,
+            timing_method=TIMING_METHOD,
+            duration_s=time.perf_counter() - start,
         )
+        output.defer(
+            lambda: fill_output(
+                output,
+                loop,
+                request_ids=batch.request_ids,
+                input_tokens=batch.input_tokens,
+                clocks=clocks,
+                details=self._details,
+            )
+        )
+        return output
 
     # ---- EngineBackend hooks -------------------------------------------------------------
     def _create_engine(self, config: ExperimentConfig, model: str, random_weights: bool) -> Any:
@@ -313,16 +323,15 @@ class _Request:
     cached_tokens: int = 0
 
 
-def assemble_output(
+def fill_output(
+    output: InferenceOutput,
     loop: StepLoop,
     *,
     request_ids: list[str],
     input_tokens: list[int],
     clocks: ClockOffsets,
-    duration_s: float,
-    device: str,
     details: dict[str, Any],
-) -> InferenceOutput:
+) -> None:
     """Per-request timings, per-step token records and engine facts from one loop."""
     from llenergymeasure.domain.phases import StepTokens
 
@@ -355,37 +364,30 @@ def assemble_output(
         lags += [lag] if lag is not None else []
         no_stats += r.metrics is None
     cached = sum(r.cached_tokens for r in ordered)
-    warnings = []
     if cached:
-        warnings.append(
+        output.warnings.append(
             f"prefix cache: {cached} of {sum(input_tokens)} prompt tokens in the window were "
             "served from vLLM's prefix cache (repeated prompts); set "
             "vllm.enable_prefix_caching: false to measure without it"
         )
     if no_stats:
-        warnings.append(f"{no_stats} request(s): {NO_STATS_REASON}")
+        output.warnings.append(f"{no_stats} request(s): {NO_STATS_REASON}")
     preemptions = sum(int(getattr(r.metrics, "num_preemptions", 0) or 0) for r in ordered)
-    run_details = {
+    output.timings = timings
+    output.output_token_ids = [r.token_ids for r in ordered]
+    output.steps = steps
+    output.backend_details = {
+        **details,
         "n_steps": len(loop.steps),
         "prefix_cached_tokens": cached,
         "preemptions": preemptions,
         "host_lag_ms_median": statistics.median(lags) * 1e3 if lags else None,
     }
-    return InferenceOutput(
-        timings=timings,
-        n_batches=1,
-        device=device,
-        timing_method=TIMING_METHOD,
-        duration_s=duration_s,
-        output_token_ids=[r.token_ids for r in ordered],
-        steps=steps,
-        warnings=warnings,
-        backend_details={**details, **run_details},
-        kv_cache_reserved_bytes=details.get("kv_cache_reserved_bytes"),
-        kv_cache_reserved_method=details.get("kv_cache_reserved_method"),
-        peak_memory_source="device_telemetry" if device != "cpu" else None,
-        peak_memory_not_measured_reason=None if device != "cpu" else CPU_PEAK_REASON,
-    )
+    output.kv_cache_reserved_bytes = details.get("kv_cache_reserved_bytes")
+    output.kv_cache_reserved_method = details.get("kv_cache_reserved_method")
+    on_cpu = output.device == "cpu"
+    output.peak_memory_source = None if on_cpu else "device_telemetry"
+    output.peak_memory_not_measured_reason = CPU_PEAK_REASON if on_cpu else None
 
 
 CPU_PEAK_REASON = (
