@@ -170,6 +170,9 @@ def test_vllm_engine_starts_with_statistics_on_and_its_loggers_off(vllm_engine: 
     assert llm.kwargs["disable_log_stats"] is False  # else every RequestOutput.metrics is None
     assert llm.llm_engine.logger_manager is None
     assert "kv_cache_memory_bytes" not in llm.kwargs  # cuda: vLLM sizes the KV cache itself
+    import os
+
+    assert os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stderr"  # stdout is for results
     sampling = vllm_engine.backend._sampling
     assert sampling.kwargs["output_kind"] == 1  # DELTA: each step's new tokens only
 

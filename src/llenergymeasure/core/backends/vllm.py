@@ -45,6 +45,7 @@ import gc
 import itertools
 import logging
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ from llenergymeasure.core.backends.vllm_support import (
 from llenergymeasure.exceptions import BackendError, ConfigError
 
 require_module("vllm", "vllm")
+# vLLM logs to stdout by default; llem keeps stdout for results (progress and logs go to
+# stderr). Set before vLLM is first imported; its engine processes inherit it.
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
 if TYPE_CHECKING:
     from llenergymeasure.catalogue.architectures import ArchitectureSpec
