@@ -4,7 +4,8 @@
 # Usage (GPU machine, repo root):  benchmarks/gpu_acceptance.sh [quick|full] [OUT_DIR] [PARTS]
 #   PARTS: comma list of tests,energy,experiment,harness,study,vllm (default: all)
 #   vllm: benchmarks/gpu_vllm.py once per max_num_seqs in $LLEM_VLLM_SEQS (default "64 256",
-#   ~8 min each on an H200 incl. engine start); skipped with a message when vllm does not
+#   ~8 min each on an H200 incl. engine start; $LLEM_VLLM_ARGS is passed on, e.g. "--budget-s
+#   420" to leave room in a 9-minute call); skipped with a message when vllm does not
 #   import (vLLM 0.26.0 for the GPU image: ../shared/device/vllm_chunks.sh, PYTHONPATH=/tmp/vsite)
 # OUT_DIR gets a few small files (JSON, logs, the study summary, one timeline); bulky run
 # directories go to $LLEM_ACCEPT_WORK (default OUT_DIR/work).
@@ -42,7 +43,7 @@ if has vllm; then
   if python3 -c "import vllm" >/dev/null 2>&1; then
     python3 -m llenergymeasure config 2>&1 | sed -n '/^Backends/,/^$/p' | tee "$out/llem_config_backends.txt"
     for seqs in ${LLEM_VLLM_SEQS:-64 256}; do
-      python3 benchmarks/gpu_vllm.py --max-num-seqs "$seqs" --out "$out/vllm_$seqs.json" $q \
+      python3 benchmarks/gpu_vllm.py --max-num-seqs "$seqs" --out "$out/vllm_$seqs.json" $q ${LLEM_VLLM_ARGS:-} \
         > "$out/vllm_$seqs.log" 2>&1
       tail -25 "$out/vllm_$seqs.log" | tee -a "$log"
     done
