@@ -24,7 +24,7 @@ from llenergymeasure._version import __version__
 from llenergymeasure.clock import utc_now
 from llenergymeasure.config.hashing import config_hash
 from llenergymeasure.domain.energy import QualityFlag
-from llenergymeasure.domain.results import ExperimentResult, core_fields
+from llenergymeasure.domain.results import ExperimentResult, RunnerContext, core_fields
 from llenergymeasure.exceptions import (
     BackendNotInstalledError,
     ConfigError,
@@ -98,8 +98,20 @@ class ExperimentOrchestrator:
         progress: Progress | None = None,
         user_config: UserConfig | None = None,
         energy_session_factory: EnergySessionFactory | None = None,
+        run_dir: Path | None = None,
+        runner: RunnerContext | None = None,
+        recorded_config: ExperimentConfig | None = None,
     ) -> None:
+        """``run_dir``: an existing, empty directory made for this run by the caller (a
+        study records it before the run starts); None: a new one under ``results_dir``.
+
+        ``runner``: how this run was started (default: local). ``recorded_config``: the
+        configuration to record as measured when ``config`` is a translation of it for
+        this process (a container sees its routed GPUs renumbered from 0, so it runs with
+        ``gpus`` rewritten while its result keeps the study's config and config hash).
+        """
         self.config = _with_user_defaults(config, user_config)
+        shown = _with_user_defaults(recorded_config, user_config) if recorded_config else None
         self.provenance = dict(provenance or {})
         self.results_dir = Path(results_dir)
         self.progress: Progress = progress or NullProgress()
@@ -109,12 +121,14 @@ class ExperimentOrchestrator:
         self.state = ExperimentStateMachine()
         self.timer = PhaseTimer()
         self.run_dir: Path | None = None
+        self._given_run_dir = Path(run_dir) if run_dir is not None else None
         self.record = RunRecord(
             experiment_id=uuid.uuid4().hex[:12],
             name=self.name,
-            config=self.config.model_dump(mode="json"),
-            config_hash=config_hash(self.config),
+            config=(shown or self.config).model_dump(mode="json"),
+            config_hash=config_hash(shown or self.config),
             provenance=self.provenance,
+            runner=runner or RunnerContext(),
             started_at=self.state.started_at,
             carbon_intensity_gco2_kwh=_pick(config.carbon_intensity_gco2_kwh, user_config, "ci"),
             datacenter_pue=_pick(config.datacenter_pue, user_config, "pue"),
@@ -139,7 +153,7 @@ class ExperimentOrchestrator:
             if self.config.output_dir
             else self.results_dir
         )
-        self.run_dir = new_run_dir(base, self.name)
+        self.run_dir = self._given_run_dir or new_run_dir(base, self.name)
         try:
             result = self._measure(self.run_dir)
         except BaseException as e:
@@ -306,10 +320,12 @@ def run_single_experiment(
     provenance: dict[str, str] | None,
     results_dir: Path,
     progress: Progress | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[ExperimentResult, Path]:
     """Run one experiment in this process; returns (result, path of its result.json).
 
-    Used by the study runner inside its per-experiment subprocess.
+    Used by the study runner inside its per-experiment subprocess (``run_dir``: the
+    directory the runner made for this attempt).
     """
     from llenergymeasure.config.user_config import load_user_config
 
@@ -319,6 +335,7 @@ def run_single_experiment(
         results_dir=results_dir,
         progress=progress,
         user_config=load_user_config(),
+        run_dir=run_dir,
     )
     result = orchestrator.run()
     assert orchestrator.result_path is not None
