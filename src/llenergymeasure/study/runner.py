@@ -1,8 +1,13 @@
-"""StudyRunner: run a study's experiments one by one, each in a fresh ``spawn`` subprocess.
+"""StudyRunner: run a study's experiments one by one, each in a fresh ``spawn`` subprocess
+or, for a backend whose runner is ``docker:<image>``, in a fresh container.
 
-Per experiment the parent starts a child (`study.worker.experiment_worker` by default)
+Per experiment the parent picks the runner of its backend (user config ``runners:``,
+`study.runners`): locally it starts a child (`study.worker.experiment_worker` by default)
 through `study.child.run_child`, then *blocks* on the pipe (``conn.poll(timeout)``) — no
-busy loop: a spinning parent would burn the energy being measured. Outcomes:
+busy loop: a spinning parent would burn the energy being measured; a Docker runner
+(`study.docker_runner`) blocks on the container's output the same way. Docker, the NVIDIA
+runtime and the images are checked before the study starts (all problems together).
+Outcomes, whichever the runner:
 
 * the child sends ("ok", ...)                    -> completed
 * it sends ("error", ...)                        -> failed (traceback written to a file)
@@ -41,7 +46,7 @@ from llenergymeasure.exceptions import StudyError
 from llenergymeasure.progress import ExperimentTick, NullProgress, Progress
 from llenergymeasure.results.filenames import STUDY_SUMMARY_FILENAME, safe_component
 from llenergymeasure.results.persistence import atomic_write_text, new_run_dir, read_result
-from llenergymeasure.study.child import Outcome, WorkerTarget, run_child
+from llenergymeasure.study.child import Outcome, WorkerTarget
 from llenergymeasure.study.manifest import (
     ManifestEntry,
     ManifestStatus,
@@ -52,6 +57,7 @@ from llenergymeasure.study.manifest import (
     read_manifest,
     write_manifest,
 )
+from llenergymeasure.study.runners import RunnerSet
 from llenergymeasure.study.worker import (
     ProgressMessage,
     StageMessage,
@@ -95,6 +101,7 @@ class StudyRunner:
         self.resume_dir = Path(resume_dir) if resume_dir is not None else None
         self.cli_overrides = cli_overrides
         self.worker_target: WorkerTarget = worker_target or experiment_worker
+        self.runners = RunnerSet(user_config, self.worker_target)
         self.verbosity = verbosity
         self._wake = threading.Event()  # never set: gaps are interruptible waits
         self._gap_s = 0.0
@@ -122,12 +129,18 @@ class StudyRunner:
         study_dir = self._dir_to_resume()
         if study_dir is None:
             plan = self._expand(self.study)
+            self.runners.preflight(p.config for p in plan.experiments)  # before any dir
             study_dir = new_run_dir(self._parent_dir(), plan.study_name)
             manifest = new_manifest(plan)
         else:
             manifest = read_manifest(study_dir)
             plan = self._expand(self._with_stored_seed(manifest))
             check_same_design(manifest, plan)
+            self.runners.preflight(p.config for p in plan.experiments)
+            for note in self.runners.remove_leftovers(
+                study_dir, [p.config for p in plan.experiments]
+            ):
+                self.progress.message(note)
             self._reopen(manifest, plan, study_dir)
         for note in plan.notes:
             self.progress.message(note)
@@ -248,7 +261,8 @@ class StudyRunner:
         )
         try:
             timeout_s = self.study.execution.experiment_timeout_seconds
-            outcome = run_child(self.worker_target, request, timeout_s, self._forward)
+            runner = self.runners.for_config(planned.config)
+            outcome = runner.run(request, timeout_s, self._forward)
         except KeyboardInterrupt:
             entry.status, entry.started_at = "pending", None
             raise
