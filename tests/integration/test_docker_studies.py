@@ -17,11 +17,12 @@ from typing import Any
 
 import psutil
 import pytest
-from study_helpers import only_study_dir, read_manifest_json, tiny_study
+from study_helpers import TINY_BASE, only_study_dir, read_manifest_json, tiny_study
 
 from fakes.fake_docker import CRASH_IMAGE, HANG_IMAGE, PYTORCH_IMAGE, VLLM_IMAGE, FakeDocker
+from llenergymeasure import run_experiment
 from llenergymeasure.config.user_config import UserConfig
-from llenergymeasure.exceptions import PreflightError
+from llenergymeasure.exceptions import ExperimentError, PreflightError
 from llenergymeasure.progress import NullProgress
 from llenergymeasure.results.persistence import read_result
 from llenergymeasure.study.docker import container_name
@@ -275,3 +276,20 @@ def test_preflight_problems_stop_the_study_before_any_directory(
     assert "docker build -f docker/vllm.Dockerfile" in err.value.problems[1]
     assert not (tmp_path / "results").exists()
     assert fake_docker.runs() == []
+
+
+def test_a_single_experiment_runs_in_its_backends_container(
+    fake_docker: FakeDocker, secret_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLEM_RUNNERS__VLLM", f"docker:{VLLM_IMAGE}")
+
+    result = run_experiment(backend="vllm", results_dir=tmp_path / "out", **TINY_BASE)
+
+    assert not result.failed and result.runner is not None and result.runner.image == VLLM_IMAGE
+    [run] = fake_docker.runs()
+    assert Path(result.run_dir) == Path(run[run.index("-v") + 1].split(":")[0])  # type: ignore[arg-type]
+    monkeypatch.setenv("LLEM_RUNNERS__VLLM", f"docker:{CRASH_IMAGE}")
+    with pytest.raises(ExperimentError, match="container exited with code 3") as err:
+        run_experiment(backend="vllm", results_dir=tmp_path / "out", **TINY_BASE)
+    assert "container.log" in str(err.value)
+    _assert_secret_nowhere(fake_docker, tmp_path / "out")

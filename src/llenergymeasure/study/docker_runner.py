@@ -10,7 +10,7 @@ The study runner picks it for a backend whose runner is ``docker:<image>`` (user
 3. starts ``docker run --rm --name <name> ...`` (`study.docker.docker_run_argv`) and reads
    its output, blocking on the pipe with the experiment's deadline (never a busy loop):
    ``@@llem-progress`` lines go to the study's progress, the rest to
-   ``<run dir>/container/container.log``;
+   ``<run dir>/container/container.log`` (whose first line is the command line);
 4. past the deadline, or when the study is interrupted (Ctrl-C), stops and removes the
    container (``docker stop --time 10``, then ``docker rm -f``) and its client;
 5. deletes the env-file, and reads the outcome: ``result.json`` in the run directory
@@ -180,10 +180,9 @@ class DockerRunner:
 
     def _run_dir(self, request: WorkerRequest) -> Path:
         """The attempt's run directory: the study's (when it made one) or a new one."""
-        given: Path | None = getattr(request, "run_dir", None)
-        if given is not None:
-            Path(given).mkdir(parents=True, exist_ok=True)
-            return Path(given)
+        if request.run_dir is not None:
+            Path(request.run_dir).mkdir(parents=True, exist_ok=True)
+            return Path(request.run_dir)
         config = request.config
         base = request.results_dir / config.output_dir if config.output_dir else request.results_dir
         name = config.name or default_experiment_name(config.model, config.backend)
@@ -262,6 +261,8 @@ class DockerRunner:
         """Start the container's client, pump its output until it ends or the deadline."""
         log_path = exchange_dir(run_dir) / LOG_FILENAME
         with open(log_path, "ab") as log:
+            log.write(f"$ {shlex.join(argv)}\n".encode())  # no secret: they are in the env-file
+            log.flush()
             try:
                 process = subprocess.Popen(
                     argv,

@@ -45,6 +45,9 @@ class WorkerRequest:
     cycle: int = 1
     label: str = ""
     verbosity: int | None = None  # None: leave logging alone (library use)
+    #: The run directory the parent made (and recorded in the manifest) for this attempt;
+    #: None: the orchestrator makes one under ``results_dir``.
+    run_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,11 @@ def run_real_experiment(request: WorkerRequest, progress: Any) -> tuple[Experime
     from llenergymeasure.orchestration.orchestrator import run_single_experiment
 
     return run_single_experiment(
-        request.config, request.provenance, request.results_dir, progress=progress
+        request.config,
+        request.provenance,
+        request.results_dir,
+        progress=progress,
+        run_dir=request.run_dir,
     )
 
 
