@@ -61,7 +61,8 @@ def _expected_argv(image: str, study_dir: Path, run_dir: Path, entry: dict[str, 
         "--label", f"llem.cycle={entry['cycle']}",
         "--label", f"llem.config_hash={entry['config_hash']}",
         "--user", f"{os.getuid()}:{os.getgid()}",
-        "-e", "HOME=/tmp", "-e", "HF_HOME=/llem/hf-cache", "-e", "XDG_CACHE_HOME=/llem/cache",
+        "-e", "HOME=/tmp", "-e", "USER=llem", "-e", "HF_HOME=/llem/hf-cache",
+        "-e", "XDG_CACHE_HOME=/llem/cache",
         "-e", "PYTHONUNBUFFERED=1", "-e", "HF_HUB_OFFLINE=1", "-e", "TRANSFORMERS_OFFLINE=1",
         "-e", "HF_DATASETS_OFFLINE=1",
         "--env-file", "<env-file>",
@@ -293,3 +294,23 @@ def test_a_single_experiment_runs_in_its_backends_container(
         run_experiment(backend="vllm", results_dir=tmp_path / "out", **TINY_BASE)
     assert "container.log" in str(err.value)
     _assert_secret_nowhere(fake_docker, tmp_path / "out")
+
+
+def test_an_experiment_whose_gpus_cannot_be_routed_fails_alone_without_a_container(
+    fake_docker: FakeDocker, secret_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_docker.set_runtimes("runc", "nvidia")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    study = tiny_study("route", {"gpus": [[1], [5]]}, max_consecutive_failures=5)
+    study.base["device"] = "cuda"
+    uc = _runners(pytorch=f"docker:{CRASH_IMAGE}")
+
+    result = StudyRunner(study, results_dir=tmp_path / "results", user_config=uc).run()
+
+    first, second = result.failures
+    assert first.reason == "container exited with code 3"  # routed: --gpus "device=1"
+    assert second.reason is not None and second.reason.startswith("container not started: gpus")
+    assert "CUDA_VISIBLE_DEVICES=0,1 lists 2" in second.reason
+    [run] = fake_docker.runs()
+    assert run[run.index("--gpus") + 1] == '"device=1"'
+    assert run[run.index("-e") : run.index("-e") + 2] == ["-e", "CUDA_VISIBLE_DEVICES=0"]

@@ -13,7 +13,8 @@ The command line of one experiment (:func:`docker_run_argv`)::
         --user <uid>:<gid>
         [--gpus "device=<ids>" | --gpus all]
         -e CUDA_VISIBLE_DEVICES=0,..  -e CUDA_DEVICE_ORDER=PCI_BUS_ID   (when GPUs are routed)
-        -e HOME=/tmp -e HF_HOME=/llem/hf-cache -e XDG_CACHE_HOME=/llem/cache -e PYTHONUNBUFFERED=1
+        -e HOME=/tmp -e USER=llem -e HF_HOME=/llem/hf-cache -e XDG_CACHE_HOME=/llem/cache
+        -e PYTHONUNBUFFERED=1
         -e HF_HUB_OFFLINE=...                                           (passed on when set)
         [--env-file <0600 temp file>]                                   (secrets: HF_TOKEN, ...)
         -v <run dir>:/llem/run -v <run dir>/container:/llem/exchange
@@ -279,6 +280,7 @@ def container_env(routing: GpuRouting, environ: Mapping[str, str]) -> tuple[tupl
         env += [("CUDA_VISIBLE_DEVICES", routing.visible), ("CUDA_DEVICE_ORDER", "PCI_BUS_ID")]
     env += [
         ("HOME", "/tmp"),
+        ("USER", "llem"),  # --user gives a uid without a passwd entry: getpass needs a name
         ("HF_HOME", CONTAINER_HF_HOME),
         ("XDG_CACHE_HOME", CONTAINER_CACHE_HOME),
         ("PYTHONUNBUFFERED", "1"),

@@ -140,43 +140,34 @@ class DockerRunner:
         """
         t0 = time.monotonic()
         run_dir = self._run_dir(request)
-        exchange = exchange_dir(run_dir)
-        exchange.mkdir(parents=True, exist_ok=True)
         name = dk.container_name(run_dir)
+        env_file: Path | None = None
         try:
+            exchange = exchange_dir(run_dir)
+            exchange.mkdir(parents=True, exist_ok=True)
             routing = dk.route_gpus(
                 request.config, self.environ.get("CUDA_VISIBLE_DEVICES"), self.host_gpu_count()
             )
             info = self.image_info(request.config.backend)
-        except (ConfigError, PreflightError) as e:
-            text = str(e)
-            return Outcome(
-                False, time.monotonic() - t0, reason=text.splitlines()[-1].strip(" -"), detail=text
+            context = RunnerContext(
+                kind="docker",
+                spec=self.spec,
+                image=self.image,
+                image_id=info.id,
+                image_repo_digests=list(info.repo_digests),
+                container_name=name,
+                gpu_devices=routing.devices,
             )
-        context = RunnerContext(
-            kind="docker",
-            spec=self.spec,
-            image=self.image,
-            image_id=info.id,
-            image_repo_digests=list(info.repo_digests),
-            container_name=name,
-            gpu_devices=routing.devices,
-        )
-        write_request(exchange, self._request(request, context, routing))
-        env_file = dk.write_env_file(dk.secrets_from(self.environ))
-        try:
+            write_request(exchange, self._request(request, context, routing))
+            env_file = dk.write_env_file(dk.secrets_from(self.environ))
             argv = dk.docker_run_argv(self._docker_run(request, run_dir, name, routing, env_file))
+        except (ConfigError, PreflightError, ValueError, OSError) as e:
+            dk.remove_env_file(env_file)
+            return _not_started(e, time.monotonic() - t0)
+        try:
             return self._supervise(argv, name, run_dir, timeout_s, on_progress, t0)
         finally:
             dk.remove_env_file(env_file)
-
-    def docker_run_argv(self, request: WorkerRequest, run_dir: Path) -> list[str]:
-        """The command line this runner would use for ``request`` (no env-file)."""
-        routing = dk.route_gpus(
-            request.config, self.environ.get("CUDA_VISIBLE_DEVICES"), self.host_gpu_count()
-        )
-        name = dk.container_name(run_dir)
-        return dk.docker_run_argv(self._docker_run(request, run_dir, name, routing, None))
 
     def _run_dir(self, request: WorkerRequest) -> Path:
         """The attempt's run directory: the study's (when it made one) or a new one."""
@@ -358,6 +349,14 @@ class DockerRunner:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+def _not_started(error: Exception, wall_s: float) -> Outcome:
+    """The container could not be started (bad GPU ordinal, image gone, unmountable path)."""
+    text = str(error)
+    lines = [ln.strip(" -") for ln in text.splitlines() if ln.strip(" -")]
+    reason = lines[-1] if lines else type(error).__name__
+    return Outcome(False, wall_s, reason=f"container not started: {reason}"[:300], detail=text)
+
+
 def _hash_of(request: WorkerRequest) -> str:
     """The config hash of the request's experiment (a container label)."""
     from llenergymeasure.config.hashing import config_hash
