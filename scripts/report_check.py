@@ -280,8 +280,8 @@ def check_page(
     screenshot: str | os.PathLike | None = None,
     width: int = 1400,
     height: int = 900,
-    timeout: float = 30.0,
-    render_timeout: float = 10.0,
+    timeout: float = 120.0,
+    render_timeout: float = 60.0,  # returns as soon as every chart rendered
     chromium: str | None = None,
 ) -> PageReport:
     chromium = chromium or find_chromium()

@@ -210,10 +210,18 @@ def _run_single(
     progress: Progress | None,
     user_config: UserConfig,
 ) -> StudyResult:
-    """Run one experiment in this process and wrap it as a one-experiment StudyResult."""
+    """Run one experiment in this process and wrap it as a one-experiment StudyResult.
+
+    A backend whose runner is ``docker:<image>`` (user config ``runners:``) runs in a
+    container of that image instead (`_run_single_in_runner`).
+    """
     from llenergymeasure.orchestration.orchestrator import ExperimentOrchestrator
     from llenergymeasure.study.signals import StopSignals
 
+    if user_config.runner_for(experiment.backend) != "local":
+        return _run_single_in_runner(
+            study, experiment, provenance, results_dir, progress, user_config
+        )
     t0 = time.perf_counter()
     orchestrator = ExperimentOrchestrator(
         experiment,
@@ -226,6 +234,65 @@ def _run_single(
         result = orchestrator.run()
     assert orchestrator.run_dir is not None
     return wrap_single_result(study, result, orchestrator.run_dir, time.perf_counter() - t0)
+
+
+def _run_single_in_runner(
+    study: StudyConfig,
+    experiment: ExperimentConfig,
+    provenance: dict[str, str],
+    results_dir: Path,
+    progress: Progress | None,
+    user_config: UserConfig,
+) -> StudyResult:
+    """One experiment through its backend's runner (a container), within the study
+    execution's ``experiment_timeout_seconds``; ExperimentError naming the reason and the
+    container log when it fails."""
+    from llenergymeasure.exceptions import ExperimentError
+    from llenergymeasure.logging import current_verbosity
+    from llenergymeasure.results.filenames import default_experiment_name
+    from llenergymeasure.results.persistence import new_run_dir, read_result
+    from llenergymeasure.study.exchange import LOG_FILENAME, exchange_dir
+    from llenergymeasure.study.runners import RunnerSet
+    from llenergymeasure.study.worker import (
+        ProgressMessage,
+        StageMessage,
+        WorkerRequest,
+        experiment_worker,
+    )
+
+    shown = progress
+
+    def forward(message: ProgressMessage) -> None:
+        if shown is None:
+            return
+        if isinstance(message, StageMessage):
+            shown.stage(message.name)
+        else:
+            shown.prompts_done(message.done, message.total)
+
+    runners = RunnerSet(user_config, experiment_worker)
+    runners.preflight([experiment])
+    name = experiment.name or default_experiment_name(experiment.model, experiment.backend)
+    base = results_dir / experiment.output_dir if experiment.output_dir else results_dir
+    run_dir = new_run_dir(base, name)
+    request = WorkerRequest(
+        config=experiment,
+        provenance=provenance,
+        results_dir=results_dir,
+        label=name,
+        verbosity=current_verbosity(),
+        run_dir=run_dir,
+    )
+    runner = runners.for_config(experiment)
+    t0 = time.perf_counter()
+    outcome = runner.run(request, study.execution.experiment_timeout_seconds, forward)
+    if not outcome.ok or outcome.result_path is None:
+        raise ExperimentError(
+            f"experiment {name!r} failed in {runner.spec}: {outcome.reason} "
+            f"(details: {exchange_dir(run_dir) / LOG_FILENAME})"
+        )
+    result = read_result(outcome.result_path)
+    return wrap_single_result(study, result, run_dir, time.perf_counter() - t0)
 
 
 def wrap_single_result(

@@ -10,6 +10,7 @@ from llenergymeasure import __version__
 from llenergymeasure.cli.app import app
 from llenergymeasure.cli.commands import config as config_cmd
 from llenergymeasure.config import ssot
+from llenergymeasure.config.user_config import UserConfig
 
 runner = CliRunner()
 
@@ -90,3 +91,30 @@ def _env(**fields):  # type: ignore[no-untyped-def]
 
     base = {"collected_at_unix_s": 0.0, "os": "Linux", "python_version": "3.11"}
     return EnvironmentSnapshot(**{**base, **fields})
+
+
+def test_runners_section_shows_each_backend_and_its_image(fake_docker, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fakes.fake_docker import VLLM_IMAGE
+
+    monkeypatch.setenv("LLEM_RUNNERS__VLLM", f"docker:{VLLM_IMAGE}")
+    monkeypatch.setenv("LLEM_RUNNERS__TENSORRT", "docker:llem-trt:missing")
+    out = runner.invoke(app, ["config"]).stdout
+    lines = {ln.split()[0]: ln for ln in out.split("Runners", 1)[1].splitlines()[1:5]}
+    assert lines["pytorch"].split() == ["pytorch", "local"]
+    assert f"docker:{VLLM_IMAGE}  image present (sha256:" in lines["vllm"]
+    assert (
+        "image not present -> build it from this checkout: docker build -f "
+        "docker/tensorrt.Dockerfile -t llem-trt:missing ." in lines["tensorrt"]
+    )
+    assert "reachable (server 99.0.0-fake), NVIDIA runtime: no -> install" in lines["docker"]
+
+
+def test_runners_section_when_docker_is_down_and_when_unused(fake_docker, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    fake_docker.daemon_down()
+    uc = UserConfig(runners={"vllm": "docker:img"})
+    text = config_cmd.runner_section(uc)
+    assert "docker:img  (image not checked: Docker is not reachable)" in text
+    assert "systemctl start docker" in text
+    calls = len(fake_docker.calls())
+    assert "docker " not in config_cmd.runner_section(UserConfig())  # all local
+    assert len(fake_docker.calls()) == calls  # ... and Docker was not asked

@@ -48,6 +48,17 @@ def test_dry_run_study_lists_12_experiments_interleaved() -> None:
     assert re.search(r"= \d+\.\d+ GB", out), "memory estimate missing"
 
 
+def test_dry_run_names_the_runners_when_one_is_a_container(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code, out, _ = invoke("run", str(STUDY), "--dry-run")
+    assert code == 0 and "Runners:" not in out  # all local: nothing to say
+    monkeypatch.setenv("LLEM_RUNNERS__PYTORCH", "docker:llem-pytorch")
+    code, out, err = invoke("run", str(STUDY), "--dry-run")
+    assert code == 0, err
+    assert "Runners: pytorch -> docker:llem-pytorch (one container per experiment" in out
+
+
 def test_dry_run_grouped_runs_all_cycles_of_a_config_together() -> None:
     code, out, _ = invoke("run", str(STUDY), "--dry-run", "--order", "grouped")
     assert code == 0

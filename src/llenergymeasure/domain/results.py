@@ -56,6 +56,37 @@ class RequestTimingRecord(_Model):
     queue_s: float | None = Field(None, ge=0.0, description="engine scheduling delay (vLLM)")
 
 
+class RunnerContext(_Model):
+    """How an experiment was run: in the llem process tree (``local``) or in a container.
+
+    A study picks a runner per backend (user config ``runners:``); a container runner
+    records the image it ran and that image's digest, so two results can be told apart
+    by the software they ran on even when their ``environment`` looks the same.
+    """
+
+    kind: Literal["local", "docker"] = "local"
+    spec: str = Field("local", description="the user config's runner: local | docker:<image>")
+    image: str | None = Field(None, description="the image reference the container ran")
+    image_id: str | None = Field(
+        None, description="the image's content digest (sha256:..., `docker image inspect` Id)"
+    )
+    image_repo_digests: list[str] = Field(
+        default_factory=list,
+        description="registry digests (repo@sha256:...); empty for an image built locally",
+    )
+    container_name: str | None = None
+    gpu_devices: list[str] | None = Field(
+        None,
+        description="host GPUs routed into the container (--gpus device=...); None: none "
+        "routed (CPU) or all",
+    )
+
+    @property
+    def in_container(self) -> bool:
+        """Whether the experiment ran in a container started for it."""
+        return self.kind != "local"
+
+
 class ResultCore(_Model):
     """The fields every result of an experiment carries: a per-process raw result, the
     aggregated result and a failed run's result alike. A field added here is added to all
@@ -77,6 +108,9 @@ class ResultCore(_Model):
         None, description="where the prompts came from: source, n, n_available, cycled, notes"
     )
     warnings: list[QualityFlag] = Field(default_factory=list)
+    runner: RunnerContext | None = Field(
+        None, description="how it was run: local, or a container (image, digest); None: older"
+    )
     started_at: datetime
     ended_at: datetime | None = None
 

@@ -15,7 +15,12 @@ from llenergymeasure.core.memory import weights_bytes, weights_precision
 from llenergymeasure.core.metrics import bytes_to_mb, kv_cache_bytes
 from llenergymeasure.domain.energy import EnergyReport, QualityFlag
 from llenergymeasure.domain.metrics import MemoryMetrics
-from llenergymeasure.domain.results import RawProcessResult, WarmupResult, core_fields
+from llenergymeasure.domain.results import (
+    RawProcessResult,
+    RunnerContext,
+    WarmupResult,
+    core_fields,
+)
 from llenergymeasure.results.derive import to_records
 
 if TYPE_CHECKING:
@@ -100,6 +105,7 @@ class RunRecord:
     energy: EnergyReport | None = None
     energy_not_measured_reason: str | None = None
     warnings: list[QualityFlag] = field(default_factory=list)
+    runner: RunnerContext | None = None
     carbon_intensity_gco2_kwh: float | None = None
     datacenter_pue: float | None = None
 

@@ -29,7 +29,7 @@ from llenergymeasure._version import __version__
 from llenergymeasure.clock import utc_now
 from llenergymeasure.config.hashing import config_hash
 from llenergymeasure.domain.energy import QualityFlag
-from llenergymeasure.domain.results import ExperimentResult, core_fields
+from llenergymeasure.domain.results import ExperimentResult, RunnerContext, core_fields
 from llenergymeasure.exceptions import (
     BackendNotInstalledError,
     ConfigError,
@@ -109,10 +109,20 @@ class ExperimentOrchestrator:
         energy_session_factory: EnergySessionFactory | None = None,
         run_dir: Path | None = None,
         worker_target: WorkerTarget | None = None,
+        runner: RunnerContext | None = None,
+        recorded_config: ExperimentConfig | None = None,
     ) -> None:
         """``run_dir``: an existing, empty directory made for this run by the caller (a
-        study records it before the run starts); None: a new one under ``results_dir``."""
+        study records it before the run starts); None: a new one under ``results_dir``.
+
+        ``worker_target``: the entry of launched worker processes (tests inject faults).
+        ``runner``: how this run was started (default: local). ``recorded_config``: the
+        configuration to record as measured when ``config`` is a translation of it for
+        this process (a container sees its routed GPUs renumbered from 0, so it runs with
+        ``gpus`` rewritten while its result keeps the study's config and config hash).
+        """
         self.config = _with_user_defaults(config, user_config)
+        shown = _with_user_defaults(recorded_config, user_config) if recorded_config else None
         self.provenance = dict(provenance or {})
         self.results_dir = Path(results_dir)
         self.progress: Progress = progress or NullProgress()
@@ -128,9 +138,10 @@ class ExperimentOrchestrator:
         self.record = RunRecord(
             experiment_id=uuid.uuid4().hex[:12],
             name=self.name,
-            config=redact(self.config.model_dump(mode="json")),  # no secrets at rest
-            config_hash=config_hash(self.config),
+            config=redact((shown or self.config).model_dump(mode="json")),  # no secrets at rest
+            config_hash=config_hash(shown or self.config),
             provenance=self.provenance,
+            runner=runner or RunnerContext(),
             started_at=self.state.started_at,
             carbon_intensity_gco2_kwh=_pick(config.carbon_intensity_gco2_kwh, user_config, "ci"),
             datacenter_pue=_pick(config.datacenter_pue, user_config, "pue"),

@@ -129,6 +129,8 @@ def result_row(result: ExperimentResult, path: Path | str | None = None) -> dict
             "gpu_name": result.environment.gpus[0].name
             if result.environment and result.environment.gpus
             else None,
+            "runner": result.runner.spec if result.runner else None,
+            "image_id": result.runner.image_id if result.runner else None,
             "warning_codes": ",".join(sorted({w.code for w in result.warnings})),
             "result_path": str(path) if path is not None else None,
         }

@@ -1,8 +1,13 @@
-"""StudyRunner: run a study's experiments one by one, each in a fresh ``spawn`` subprocess.
+"""StudyRunner: run a study's experiments one by one, each in a fresh ``spawn`` subprocess
+or, for a backend whose runner is ``docker:<image>``, in a fresh container.
 
-Per experiment the parent starts a child (`study.worker.experiment_worker` by default)
+Per experiment the parent picks the runner of its backend (user config ``runners:``,
+`study.runners`): locally it starts a child (`study.worker.experiment_worker` by default)
 through `study.child.run_child`, then *blocks* on the pipe (``conn.poll(timeout)``) — no
-busy loop: a spinning parent would burn the energy being measured. Outcomes:
+busy loop: a spinning parent would burn the energy being measured; a Docker runner
+(`study.docker_runner`) blocks on the container's output the same way. Docker, the NVIDIA
+runtime and the images are checked before the study starts (all problems together).
+Outcomes, whichever the runner:
 
 * the child sends ("ok", ...)                    -> completed
 * it sends ("error", ...)                        -> failed (traceback written to a file)
@@ -62,11 +67,12 @@ from llenergymeasure.results.filenames import (
 )
 from llenergymeasure.results.persistence import atomic_write_text, new_run_dir, read_result
 from llenergymeasure.study import recovery
-from llenergymeasure.study.child import Outcome, WorkerTarget, run_child
+from llenergymeasure.study.child import Outcome, WorkerTarget
 from llenergymeasure.study.lock import StudyLock
 from llenergymeasure.study.manifest import (
     ManifestEntry,
     ManifestStatus,
+    RunnerInfo,
     StudyManifest,
     check_same_design,
     find_resumable,
@@ -74,6 +80,7 @@ from llenergymeasure.study.manifest import (
     read_manifest,
     write_manifest,
 )
+from llenergymeasure.study.runners import RunnerSet
 from llenergymeasure.study.signals import Interrupted, StopSignals, signal_name, signal_of
 from llenergymeasure.study.worker import (
     ProgressMessage,
@@ -118,6 +125,7 @@ class StudyRunner:
         self.resume_dir = Path(resume_dir) if resume_dir is not None else None
         self.cli_overrides = cli_overrides
         self.worker_target: WorkerTarget = worker_target or experiment_worker
+        self.runners = RunnerSet(user_config, self.worker_target)
         self.verbosity = verbosity
         self._wake = threading.Event()  # never set: gaps are interruptible waits
         self._gap_s = 0.0
@@ -141,7 +149,7 @@ class StudyRunner:
                 plan, study_dir, manifest = self._open()
                 try:
                     if self._resuming:
-                        self._recover(study_dir, manifest)
+                        self._recover(plan, study_dir, manifest)
                     self._start(plan, study_dir, manifest)
                     self._run_pending(plan, study_dir, manifest)
                     return self._write_summary(plan, study_dir, manifest, time.monotonic() - t0)
@@ -163,6 +171,7 @@ class StudyRunner:
         self._resuming = study_dir is not None
         if study_dir is None:
             plan = self._expand(self.study)
+            self.runners.preflight(p.config for p in plan.experiments)  # before any dir
             study_dir = new_run_dir(self._parent_dir(), plan.study_name)
             self._lock = StudyLock.acquire(study_dir)
             manifest = new_manifest(plan)
@@ -178,6 +187,7 @@ class StudyRunner:
         manifest = read_manifest(study_dir)
         plan = self._expand(self._with_stored_seed(manifest))
         check_same_design(manifest, plan)
+        self.runners.preflight(p.config for p in plan.experiments)
         _register_secrets(plan)
         return plan, study_dir, manifest
 
@@ -223,11 +233,14 @@ class StudyRunner:
             update={"execution": ex.model_copy(update={"shuffle_seed": seed})}
         )
 
-    def _recover(self, study_dir: Path, manifest: StudyManifest) -> None:
+    def _recover(self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest) -> None:
         """What an earlier run left (`study.recovery`): wait for or stop live orphans
         first, then adopt finished results, set unreadable ones aside, and put back to
         pending whatever must run again. Old run dirs and files stay."""
         manifest.sessions += 1
+        configs = [p.config for p in plan.experiments]
+        for note in self.runners.remove_leftovers(study_dir, configs):
+            self.progress.message(note)  # containers an earlier run left: stopped, removed
         for e in manifest.entries:
             if e.status == "running":
                 self._settle_orphan(e)
@@ -366,15 +379,16 @@ class StudyRunner:
             run_dir=run_dir,
         )
 
-        def started(pid: int) -> None:
+        def started(info: RunnerInfo) -> None:
             with self._stops.critical():
-                entry.runner = recovery.local_runner(pid)
+                entry.runner = info
                 write_manifest(study_dir, manifest)
 
         try:
             self.progress.experiment_started(tick)
             timeout_s = self.study.execution.experiment_timeout_seconds
-            outcome = run_child(self.worker_target, request, timeout_s, self._forward, started)
+            runner = self.runners.for_config(planned.config)
+            outcome = runner.run(request, timeout_s, self._forward, started)
         except KeyboardInterrupt:
             self._after_stop(entry, study_dir)  # the child is stopped by now
             raise

@@ -1,7 +1,9 @@
 """``llem config``: what this machine can measure, and the effective user config.
 
 Shows GPUs (NVML), driver and CUDA, which backends and energy meters are usable (with the
-install command for each missing one), the user config with each value's source, and its
+install command for each missing one), each backend's runner (``local`` or
+``docker:<image>``: whether Docker is reachable, the NVIDIA runtime registered and the
+image present, with the fix for each), the user config with each value's source, and its
 path. ``--schema`` prints the JSON schema of the configuration files instead.
 
 Never imports torch or any backend: availability comes from ``importlib.util.find_spec``
@@ -64,14 +66,17 @@ def schema_text() -> str:
 
 def environment_report(verbose: bool = False) -> str:
     """All sections of ``llem config`` as text."""
+    from llenergymeasure.config.user_config import load_user_config
     from llenergymeasure.core.environment import collect_environment
 
     env = collect_environment()
+    uc = load_user_config()
     sections = [
         gpu_section(env),
         backend_section(),
+        runner_section(uc),
         meter_section(),
-        user_config_section(),
+        user_config_section(uc),
     ]
     if verbose:
         sections.insert(1, system_section(env))
@@ -166,6 +171,59 @@ def backend_version(name: str) -> str | None:
     return f"{label} {version}" if version else None
 
 
+def runner_section(uc: UserConfig) -> str:
+    """Each backend's runner; for Docker runners whether the image is present (and its
+    id), and one line on Docker itself. Docker is only asked when a runner uses it."""
+    from llenergymeasure.cli.display import render_pairs
+    from llenergymeasure.config import ssot
+    from llenergymeasure.study import docker as dk
+
+    specs = {name: uc.runner_for(name) for name in ssot.BACKENDS}
+    images = {name: dk.image_of(spec) for name, spec in specs.items()}
+    info = dk.docker_info() if any(images.values()) else None
+    pairs = []
+    for name, spec in specs.items():
+        image = images[name]
+        if image is None or info is None:
+            pairs.append((name, spec))
+        elif not info.reachable:
+            pairs.append((name, f"{spec}  (image not checked: Docker is not reachable)"))
+        else:
+            pairs.append((name, f"{spec}  {_image_state(name, image)}"))
+    if info is not None:
+        pairs.append(("docker", _docker_state(info)))
+    return "Runners (user config runners:)\n" + render_pairs(pairs)
+
+
+def _image_state(backend: str, image: str) -> str:
+    """``image present (sha256:...)`` or the missing-image fix."""
+    from llenergymeasure.study import docker as dk
+
+    try:
+        found = dk.inspect_image(image)
+    except dk.DockerError as e:
+        return f"image not checked: {e}"
+    if found is None:
+        fix = dk.missing_image_problem(backend, image).split(" -> ", 1)[1]
+        return f"image not present -> {fix}"
+    return f"image present ({found.id[:19]})"
+
+
+def _docker_state(info: Any) -> str:
+    """Docker reachable and the NVIDIA runtime, or what to do."""
+    from llenergymeasure.study import docker as dk
+
+    if not info.reachable:
+        return dk.unreachable_problem(info)
+    runtime = (
+        "NVIDIA runtime: yes"
+        if info.nvidia_runtime
+        else "NVIDIA runtime: no -> install the NVIDIA Container Toolkit, then `sudo nvidia-ctk "
+        "runtime configure --runtime=docker && sudo systemctl restart docker`"
+    )
+    return f"reachable (server {info.server_version}), {runtime}"
+
+
 def meter_section() -> str:
     """Energy meters available here and why (not)."""
     from llenergymeasure.cli.display import render_pairs
@@ -178,11 +236,11 @@ def meter_section() -> str:
     return "Energy meters\n" + render_pairs(pairs)
 
 
-def user_config_section() -> str:
+def user_config_section(uc: UserConfig | None = None) -> str:
     """The effective user config, each value with its source, and the file's path."""
     from llenergymeasure.config.user_config import load_user_config, user_config_path
 
-    uc = load_user_config()
+    uc = uc if uc is not None else load_user_config()
     path = user_config_path()
     state = "" if path.exists() else " (not present: defaults in use)"
     lines = [f"User config: {path}{state}", *user_config_lines(uc)]

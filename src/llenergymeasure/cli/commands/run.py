@@ -198,7 +198,19 @@ def dry_run_text(loaded: LoadedConfig) -> str:
 
     text = format_dry_run(plan, estimate, is_backend_available)  # find_spec: no import
     notes = [f"note: {n}" for n in dict.fromkeys(plan.notes) if n not in loaded.notes]
-    return "\n".join([text, *notes])
+    return "\n".join([text, *runner_lines(plan, loaded), *notes])
+
+
+def runner_lines(plan: Any, loaded: LoadedConfig) -> list[str]:
+    """Where the plan's backends run, when any of them is not local (Docker is not asked:
+    a real run checks it, the NVIDIA runtime and the images before it starts)."""
+    uc = loaded.user_config
+    backends = dict.fromkeys(p.config.backend for p in plan.experiments)
+    specs = {b: uc.runner_for(b) if uc is not None else "local" for b in backends}
+    if all(spec == "local" for spec in specs.values()):
+        return []
+    shown = ", ".join(f"{b} -> {spec}" for b, spec in specs.items())
+    return [f"Runners: {shown} (one container per experiment; checked when the study starts)"]
 
 
 def _run_experiment(request: RunRequest) -> None:
