@@ -19,6 +19,7 @@ and is re-raised as ``ExperimentError`` (configuration/pre-flight errors keep th
 from __future__ import annotations
 
 import os
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from llenergymeasure.clock import utc_now
 from llenergymeasure.config.hashing import config_hash
 from llenergymeasure.domain.energy import QualityFlag
 from llenergymeasure.domain.results import ExperimentResult, RunnerContext, core_fields
+from llenergymeasure.domain.timing import ENERGY_START, ENGINE_START, IMPORTS, START
 from llenergymeasure.exceptions import (
     BackendNotInstalledError,
     ConfigError,
@@ -49,7 +51,7 @@ from llenergymeasure.orchestration.assemble import (
 )
 from llenergymeasure.orchestration.preflight import run_preflight
 from llenergymeasure.orchestration.warmup import run_warmup
-from llenergymeasure.progress import NullProgress, Progress
+from llenergymeasure.progress import SAVING_STAGE, NullProgress, Progress
 from llenergymeasure.redaction import redact, register_secrets, scrub, secret_values
 from llenergymeasure.results.aggregation import aggregate_process_results, build_run_result
 from llenergymeasure.results.filenames import TIMESERIES_FILENAME, default_experiment_name
@@ -73,7 +75,18 @@ if TYPE_CHECKING:
 EnergySessionFactory = Callable[
     ["ExperimentConfig", "list[int] | None", "Path | None"], "EnergySession"
 ]
-SETUP_PHASES = ("prompts", "load", "tokenise", "warmup", "baseline")
+#: Phases summed into ``setup_s`` (imports and the energy start were inside prompts/load
+#: and baseline before they were timed apart: kept in, so setup_s means what it did).
+SETUP_PHASES = (
+    IMPORTS,
+    "prompts",
+    "load",
+    ENGINE_START,
+    "tokenise",
+    ENERGY_START,
+    "baseline",
+    "warmup",
+)
 
 
 def default_energy_session(
@@ -111,6 +124,7 @@ class ExperimentOrchestrator:
         worker_target: WorkerTarget | None = None,
         runner: RunnerContext | None = None,
         recorded_config: ExperimentConfig | None = None,
+        process_started_s: float | None = None,
     ) -> None:
         """``run_dir``: an existing, empty directory made for this run by the caller (a
         study records it before the run starts); None: a new one under ``results_dir``.
@@ -120,6 +134,9 @@ class ExperimentOrchestrator:
         configuration to record as measured when ``config`` is a translation of it for
         this process (a container sees its routed GPUs renumbered from 0, so it runs with
         ``gpus`` rewritten while its result keeps the study's config and config hash).
+        ``process_started_s``: when this process was started (``time.monotonic``; a study
+        child: the parent's spawn call): the time up to the first stage is recorded as the
+        phase ``start`` (interpreter start, imports).
         """
         self.config = _with_user_defaults(config, user_config)
         shown = _with_user_defaults(recorded_config, user_config) if recorded_config else None
@@ -132,6 +149,7 @@ class ExperimentOrchestrator:
         self.name = config.name or default_experiment_name(config.model, config.backend)
         self.state = ExperimentStateMachine()
         self.timer = PhaseTimer()
+        self._process_started_s = process_started_s
         self.run_dir: Path | None = None
         self._given_run_dir = Path(run_dir) if run_dir is not None else None
         register_secrets(secret_values(self.config.model_dump(mode="json")))
@@ -174,7 +192,7 @@ class ExperimentOrchestrator:
             if isinstance(e, (ConfigError, BackendNotInstalledError, KeyboardInterrupt)):
                 raise  # keep their exit codes (2, 2, 130)
             raise ExperimentError(f"experiment {self.name!r} failed: {e}") from e
-        self._stage("saving", "save")
+        self._stage(SAVING_STAGE, "save")
         result = result.model_copy(update={"run_dir": str(self.run_dir)})
         try:
             write_result(result, self.run_dir)
@@ -189,7 +207,7 @@ class ExperimentOrchestrator:
     # ---- the lifecycle ------------------------------------------------------------------
     def _measure(self, run_dir: Path) -> ExperimentResult:
         """Everything from the environment snapshot to the aggregated result."""
-        from llenergymeasure.core.backends.registry import get_backend
+        from llenergymeasure.core.backends.registry import get_backend, preload_backend
         from llenergymeasure.datasets.loader import cap_prompt_chars, load_prompts
 
         self._stage("environment snapshot", "environment")
@@ -200,6 +218,9 @@ class ExperimentOrchestrator:
         if capabilities.launch_mode == "processes":
             return self._measure_launched(capabilities.n_processes, run_dir)
         _check_launch(capabilities)
+        self._stage(f"importing {self.config.backend}", IMPORTS)
+        arch = _arch(self.config.model)
+        preload_backend(self.config.backend, arch.model_type if arch is not None else None)
         try:
             self._stage("loading prompts", "prompts")
             cfg = self.config
@@ -210,6 +231,7 @@ class ExperimentOrchestrator:
             self._stage("loading model", "load")
             backend.initialize(cfg, prompts)
             self._stage("tokenising", "tokenise")
+            self.timer.carve(ENGINE_START, "load", _engine_start_s(backend))
             prepared = backend.tokenize(prompts)
             self._record_prepared(prepared)
             return self._measure_window(backend, prepared, run_dir)
@@ -225,10 +247,11 @@ class ExperimentOrchestrator:
         warm-up directly precedes the window (no cool-down gap between them) and the
         telemetry timeline covers warm-up too.
         """
-        self._stage("idle baseline", "baseline")
+        self._stage("starting energy meters", ENERGY_START)
         timeline = run_dir / TIMESERIES_FILENAME if self._save_timeline() else None
         session = self._start_energy(self._gpu_indices(backend), timeline)
         try:
+            self._stage("idle baseline", "baseline")
             if session is not None and self.config.baseline.enabled:
                 session.measure_baseline()
             self._stage("warm-up", "warmup")
@@ -325,7 +348,11 @@ class ExperimentOrchestrator:
             self.record.warnings.append(_truncation_flag(prepared.truncated_requests))
 
     def _stage(self, label: str, phase: str) -> None:
-        """Report a stage to the progress callback and time it as ``phase``."""
+        """Report a stage to the progress callback and time it as ``phase`` (the first
+        stage also records how long the process took to get here, when known)."""
+        if self._process_started_s is not None:
+            self.timer.add(START, time.monotonic() - self._process_started_s)
+            self._process_started_s = None
         self.timer.start(phase)
         self.progress.stage(label)
 
@@ -396,11 +423,13 @@ def run_single_experiment(
     results_dir: Path,
     progress: Progress | None = None,
     run_dir: Path | None = None,
+    process_started_s: float | None = None,
 ) -> tuple[ExperimentResult, Path]:
     """Run one experiment in this process; returns (result, path of its result.json).
 
     Used by the study runner inside its per-experiment subprocess (``run_dir``: the
-    directory the runner made for this attempt).
+    directory the runner made for this attempt; ``process_started_s``: when it asked for
+    the process, on the ``time.monotonic`` clock).
     """
     from llenergymeasure.config.user_config import load_user_config
 
@@ -411,6 +440,7 @@ def run_single_experiment(
         progress=progress,
         user_config=load_user_config(),
         run_dir=run_dir,
+        process_started_s=process_started_s,
     )
     result = orchestrator.run()
     assert orchestrator.result_path is not None
@@ -458,6 +488,13 @@ def _arch(model: str) -> ArchitectureSpec | None:
     from llenergymeasure.results.aggregation import resolve_arch_quietly
 
     return resolve_arch_quietly(model)
+
+
+def _engine_start_s(backend: InferenceBackend) -> float:
+    """How long an engine backend's start took inside ``initialize`` (vLLM: ``LLM(...)``);
+    0 for a backend without an engine."""
+    value = getattr(backend, "engine_start_s", None)
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _check_launch(capabilities: RuntimeCapabilities) -> None:

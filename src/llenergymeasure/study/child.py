@@ -16,6 +16,7 @@ experiment).
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import multiprocessing.process
 import os
@@ -27,6 +28,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from llenergymeasure.lifeline import describe_exit, die_with_parent
+from llenergymeasure.progress import SAVING_STAGE
 from llenergymeasure.study.signals import STOP_SIGNALS
 from llenergymeasure.study.worker import (
     DoneMessage,
@@ -59,6 +61,8 @@ class Outcome:
     reason: str | None = None  # one line, for failures
     detail: str | None = None  # traceback text or explanation, for failures
     stop_signal: int | None = None  # the child died of SIGINT/SIGTERM/SIGHUP: stop the study
+    save_s: float | None = None  # from its "saving" stage to its report (writing result.json)
+    exit_s: float | None = None  # from its report to its exit (teardown)
 
 
 def child_main(
@@ -85,30 +89,49 @@ def run_child(
     """
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
+    t0 = time.monotonic()
     process = ctx.Process(
         target=child_main,
-        args=(target, request, sender, os.getpid()),
+        args=(target, dataclasses.replace(request, spawned_s=t0), sender, os.getpid()),
         name=f"llem-experiment-{request.position}",
     )
-    t0 = time.monotonic()
     process.start()
     sender.close()  # keep only the child's end open, so its exit wakes poll() with EOF
     try:
         if on_start is not None and process.pid is not None:
             on_start(process.pid)
-        message = _await(receiver, t0 + timeout_s, on_progress)
+        clock = _StageClock()
+        message = _await(receiver, t0 + timeout_s, on_progress, clock)
         if message is _TIMED_OUT:
             _stop(process)
             return _timeout_outcome(timeout_s, time.monotonic() - t0)
+        reported = time.monotonic()
         process.join(EXIT_GRACE_S)
+        ended = time.monotonic()
         final = message if isinstance(message, (DoneMessage, FailedMessage)) else None
-        return _outcome(final, process.exitcode, time.monotonic() - t0)
+        outcome = _outcome(final, process.exitcode, ended - t0)
+        if isinstance(final, DoneMessage):
+            outcome.exit_s = ended - reported
+            outcome.save_s = reported - clock.saving_s if clock.saving_s is not None else None
+        return outcome
     finally:
         _stop(process)
         receiver.close()
 
 
-def _await(conn: Connection, deadline: float, on_progress: ProgressSink) -> object:
+@dataclass
+class _StageClock:
+    """When the child reported it was saving its result (``time.monotonic``)."""
+
+    saving_s: float | None = None
+
+
+def _await(
+    conn: Connection,
+    deadline: float,
+    on_progress: ProgressSink,
+    clock: _StageClock | None = None,
+) -> object:
     """Block until the child's final message, its exit (None) or the deadline."""
     while True:
         remaining = deadline - time.monotonic()
@@ -119,6 +142,9 @@ def _await(conn: Connection, deadline: float, on_progress: ProgressSink) -> obje
         except (EOFError, OSError):
             return None  # the child exited without reporting
         if isinstance(message, (StageMessage, PromptsMessage)):
+            saving = isinstance(message, StageMessage) and message.name == SAVING_STAGE
+            if clock is not None and saving:
+                clock.saving_s = time.monotonic()
             on_progress(message)
             continue
         return message

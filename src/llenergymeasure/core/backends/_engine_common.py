@@ -188,6 +188,9 @@ class EngineBackend(abc.ABC):
         self._llm: Any = None
         self._tokenizer: Any = None
         self._sampling: Any = None
+        #: Seconds the engine took to start in :meth:`initialize` (the orchestrator records
+        #: it as the phase ``engine_start``, apart from the model load).
+        self.engine_start_s: float | None = None
 
     # ---- hooks ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -230,7 +233,9 @@ class EngineBackend(abc.ABC):
         random_weights = effective_weights(config) == "random"
         self._tokenizer = load_tokenizer(config, random_weights)
         model = str(random_model_dir(config)) if random_weights else config.model
+        start = time.perf_counter()
         self._llm = self._create_engine(config, model, random_weights)
+        self.engine_start_s = time.perf_counter() - start
         self._sampling = self._sampling_params(config, config.max_output_tokens)
 
     def tokenize(self, prompts: list[Prompt]) -> PreparedBatches:
