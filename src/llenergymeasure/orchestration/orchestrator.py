@@ -125,6 +125,7 @@ class ExperimentOrchestrator:
         runner: RunnerContext | None = None,
         recorded_config: ExperimentConfig | None = None,
         process_started_s: float | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         """``run_dir``: an existing, empty directory made for this run by the caller (a
         study records it before the run starts); None: a new one under ``results_dir``.
@@ -136,7 +137,9 @@ class ExperimentOrchestrator:
         ``gpus`` rewritten while its result keeps the study's config and config hash).
         ``process_started_s``: when this process was started (``time.monotonic``; a study
         child: the parent's spawn call): the time up to the first stage is recorded as the
-        phase ``start`` (interpreter start, imports).
+        phase ``start`` (interpreter start, imports). ``cache_dir``: a study's cache
+        (``<study dir>/cache``): synthetic prompts are built once per study there and read
+        back by its later experiments (`datasets.cache`); None builds them every time.
         """
         self.config = _with_user_defaults(config, user_config)
         shown = _with_user_defaults(recorded_config, user_config) if recorded_config else None
@@ -150,6 +153,7 @@ class ExperimentOrchestrator:
         self.state = ExperimentStateMachine()
         self.timer = PhaseTimer()
         self._process_started_s = process_started_s
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.run_dir: Path | None = None
         self._given_run_dir = Path(run_dir) if run_dir is not None else None
         register_secrets(secret_values(self.config.model_dump(mode="json")))
@@ -224,7 +228,7 @@ class ExperimentOrchestrator:
         try:
             self._stage("loading prompts", "prompts")
             cfg = self.config
-            prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed)
+            prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed, cache_dir=self.cache_dir)
             prompts = cap_prompt_chars(prompts, cfg.max_input_tokens)  # bounded tokenising
             self.record.dataset_info = prompts.summary()
             self.record.warnings += backend_flags(prompts.notes, "dataset_note")
@@ -294,7 +298,7 @@ class ExperimentOrchestrator:
 
         self._stage("loading prompts", "prompts")
         cfg = self.config
-        prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed)
+        prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed, cache_dir=self.cache_dir)
         self.record.dataset_info = prompts.summary()
         self.record.warnings += backend_flags(prompts.notes, "dataset_note")
         visible, _ = probe_gpus(None) if cfg.device != "cpu" else ([], None)
@@ -424,12 +428,13 @@ def run_single_experiment(
     progress: Progress | None = None,
     run_dir: Path | None = None,
     process_started_s: float | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[ExperimentResult, Path]:
     """Run one experiment in this process; returns (result, path of its result.json).
 
     Used by the study runner inside its per-experiment subprocess (``run_dir``: the
     directory the runner made for this attempt; ``process_started_s``: when it asked for
-    the process, on the ``time.monotonic`` clock).
+    the process, on the ``time.monotonic`` clock; ``cache_dir``: the study's cache).
     """
     from llenergymeasure.config.user_config import load_user_config
 
@@ -441,6 +446,7 @@ def run_single_experiment(
         user_config=load_user_config(),
         run_dir=run_dir,
         process_started_s=process_started_s,
+        cache_dir=cache_dir,
     )
     result = orchestrator.run()
     assert orchestrator.result_path is not None

@@ -98,6 +98,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: ``<study dir>/cache``: built once per study, shared by its experiments (never results).
+STUDY_CACHE_DIRNAME = "cache"
+
 
 class StudyRunner:
     """Runs a StudyConfig (see module docstring). One instance per run."""
@@ -376,6 +379,7 @@ class StudyRunner:
             label=entry.label,
             verbosity=self.verbosity,
             run_dir=run_dir,
+            cache_dir=study_dir / STUDY_CACHE_DIRNAME,
         )
 
         def started(info: RunnerInfo) -> None:

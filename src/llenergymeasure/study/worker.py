@@ -57,6 +57,9 @@ class WorkerRequest:
     #: `study.child.run_child`): the child records the time up to its first stage as the
     #: phase ``start`` (interpreter start, imports).
     spawned_s: float | None = None
+    #: The study's cache directory (``<study dir>/cache``): what its experiments build once
+    #: and share (synthetic prompts, vLLM's compile cache). None: nothing is shared.
+    cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ def run_real_experiment(request: WorkerRequest, progress: Any) -> tuple[Experime
         progress=progress,
         run_dir=request.run_dir,
         process_started_s=request.spawned_s,
+        cache_dir=request.cache_dir,
     )
 
 

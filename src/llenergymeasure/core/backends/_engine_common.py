@@ -92,18 +92,34 @@ def prepare_token_ids(
 ) -> PreparedBatches:
     """One batch with every prompt as token ids (truncated to max_input_tokens); the output
     length follows :func:`output_length`."""
-    max_input_tokens = config.max_input_tokens
     max_new_tokens, notes = output_length(config, prompts)
     ids, lengths, payload, truncated = [], [], [], 0
-    for i, prompt in enumerate(prompts):
-        tokens: list[int] = tokenizer(prompt.text)["input_ids"]
-        truncated += len(tokens) > max_input_tokens or prompt.cut
-        tokens = tokens[:max_input_tokens]
+    encoded = encode_prompts(tokenizer, prompts, config.max_input_tokens, allow_empty=True)
+    for i, (prompt, (tokens, cut)) in enumerate(zip(prompts, encoded, strict=True)):
+        truncated += cut
         ids.append(f"{prompt.id}#{i}")
         lengths.append(len(tokens))
         payload.append(tokens)
     batch = PreparedBatch(ids, lengths, max(lengths), payload)
     return PreparedBatches([batch], max_new_tokens, truncated_requests=truncated, notes=notes)
+
+
+def encode_prompts(
+    tokenizer: Any, prompts: list[Prompt], max_input_tokens: int, *, allow_empty: bool = False
+) -> list[tuple[list[int], bool]]:
+    """Token ids of every prompt, truncated to max_input_tokens: (ids, was_truncated) each.
+    One batch call (a fast tokenizer encodes the batch on every core; the ids are those of
+    one call per prompt). A prompt cut before tokenising (``prompt.cut``) counts as
+    truncated; one that encodes to nothing is a ConfigError unless ``allow_empty``."""
+    if not prompts:
+        return []
+    encoded: list[list[int]] = tokenizer([p.text for p in prompts])["input_ids"]
+    out = []
+    for prompt, ids in zip(prompts, encoded, strict=True):
+        if not ids and not allow_empty:
+            raise ConfigError(f"prompt {prompt.id!r} tokenises to nothing: remove empty prompts")
+        out.append((ids[:max_input_tokens], len(ids) > max_input_tokens or prompt.cut))
+    return out
 
 
 def wall_to_perf_offset_s() -> float:
