@@ -81,3 +81,16 @@ def test_sums_keep_unknown_fields_unknown() -> None:
     assert total.engine_start_s is None and total.imports_s == pytest.approx(2.0)
     assert sum_breakdowns([]) is None
     assert [name for name, _ in COLUMNS][-1] == "other_s"
+
+
+def test_phase_timer_moves_an_engine_start_out_of_the_load() -> None:
+    from llenergymeasure.orchestration.assemble import PhaseTimer
+
+    timer = PhaseTimer()
+    timer.durations_s["load"] = 50.0
+    timer.carve("engine_start", "load", 42.0)
+    timer.carve("engine_start", "load", 0.0)  # no engine: nothing moves
+    timer.add("start", 1.5)
+    assert timer.durations_s == {"load": 8.0, "engine_start": 42.0, "start": 1.5}
+    timer.carve("engine_start", "load", 100.0)  # never more than the load itself
+    assert timer.durations_s["load"] == 0.0 and timer.durations_s["engine_start"] == 50.0

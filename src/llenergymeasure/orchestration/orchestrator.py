@@ -217,6 +217,7 @@ class ExperimentOrchestrator:
         self._stage("environment snapshot", "environment")
         self.record.environment = _collect_environment(self.record.warnings)
         backend = get_backend(self.config.backend)
+        _share_study_cache(backend, self.cache_dir)
         capabilities = backend.get_runtime_capabilities(self.config)
         self.record.warnings += backend_flags(backend.validate_config(self.config))
         if capabilities.launch_mode == "processes":
@@ -494,6 +495,14 @@ def _arch(model: str) -> ArchitectureSpec | None:
     from llenergymeasure.results.aggregation import resolve_arch_quietly
 
     return resolve_arch_quietly(model)
+
+
+def _share_study_cache(backend: InferenceBackend, cache_dir: Path | None) -> None:
+    """Hand a study's cache directory to a backend that keeps something there (an engine's
+    model directory and compile cache), before it imports its framework."""
+    use = getattr(backend, "use_study_cache", None)
+    if cache_dir is not None and callable(use):
+        use(cache_dir)
 
 
 def _engine_start_s(backend: InferenceBackend) -> float:

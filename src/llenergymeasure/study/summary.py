@@ -97,7 +97,7 @@ def build_study_result(
         best_config_hash=next((c.config_hash for c in configs if c.best), None),
         best_note=best_note,
         confidence=CONFIDENCE,
-        timing=_timing(manifest.entries, gap_s, wall_time_s, results),
+        timing=study_timing(manifest.entries, gap_s, wall_time_s, results),
         warnings=all_warnings,
         stopped_reason=manifest.stopped_reason,
         experiments=[results[e.key] for e in manifest.entries if e.key in results],
@@ -221,7 +221,7 @@ def _failure(entry: ManifestEntry) -> StudyFailure:
     )
 
 
-def _timing(
+def study_timing(
     entries: Sequence[ManifestEntry],
     gap_s: float,
     wall_time_s: float,
