@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llenergymeasure.clock import utc_now
 from llenergymeasure.exceptions import StudyError
@@ -65,8 +65,19 @@ if TYPE_CHECKING:
     from llenergymeasure.domain.results import ExperimentResult
     from llenergymeasure.domain.study import StudyResult
     from llenergymeasure.study.grid import PlannedExperiment, StudyPlan
+    from llenergymeasure.study.slurm.submit import JobFunction, JobSystem
 
 logger = logging.getLogger(__name__)
+
+
+class TimeSource(Protocol):
+    """A clock and a blocking wait on it (tests give a ManualClock)."""
+
+    def now(self) -> float:
+        """Seconds, monotonic."""
+
+    def sleep(self, seconds: float) -> None:
+        """Wait that long."""
 
 
 class StudyRunner:
@@ -85,6 +96,10 @@ class StudyRunner:
         cli_overrides: Mapping[str, Any] | None = None,
         worker_target: WorkerTarget | None = None,
         verbosity: int | None = None,
+        retry_failed: bool = False,
+        job_system: JobSystem | None = None,
+        job_function: JobFunction | None = None,
+        time_source: TimeSource | None = None,
     ) -> None:
         self.study = study
         self.results_dir = Path(results_dir)
@@ -96,6 +111,10 @@ class StudyRunner:
         self.cli_overrides = cli_overrides
         self.worker_target: WorkerTarget = worker_target or experiment_worker
         self.verbosity = verbosity
+        self.retry_failed = retry_failed
+        self.job_system = job_system  # Slurm executor: None = submitit on this cluster
+        self.job_function = job_function  # Slurm executor: None = run_experiment_job
+        self.time_source = time_source  # Slurm executor: None = monotonic clock, Event.wait
         self._wake = threading.Event()  # never set: gaps are interruptible waits
         self._gap_s = 0.0
         self._durations_s: list[float] = []
@@ -172,14 +191,34 @@ class StudyRunner:
 
     def _reopen(self, manifest: StudyManifest, plan: StudyPlan, study_dir: Path) -> None:
         """Reset what must run again: running/failed entries, and completed ones whose
-        result file is gone. Their old run dirs stay untouched."""
+        result file is gone. Their old run dirs stay untouched.
+
+        Slurm: an entry running as a Slurm job stays running (the executor re-attaches to
+        its job), and a failed one is re-run only with ``retry_failed``."""
         manifest.sessions += 1
+        on_slurm = self.study.execution.executor == "slurm"
+        live_jobs = [e for e in manifest.entries if e.status == "running" and e.slurm_jobs]
+        if live_jobs and not on_slurm:
+            raise StudyError(
+                f"{len(live_jobs)} experiment(s) of {study_dir} run as Slurm jobs -> resume "
+                "with execution.executor: slurm (the jobs are re-attached, never re-submitted)"
+            )
         for e in manifest.entries:
             lost = e.status == "completed" and not _exists(study_dir, e.result_path)
             if lost:
                 self._warnings.append(f"{e.label} cycle {e.cycle}: result file missing, re-run")
+            keep = (e.status == "running" and on_slurm and bool(e.slurm_jobs)) or (
+                e.status == "failed" and on_slurm and not self.retry_failed
+            )
+            if keep:
+                continue
             if lost or e.status in ("running", "failed"):
                 e.status, e.result_path, e.failure_path, e.error = "pending", None, None, None
+        failed = sum(e.status == "failed" for e in manifest.entries)
+        if failed:
+            self.progress.message(
+                f"{failed} failed experiment(s) kept as failed: --retry-failed re-runs them"
+            )
         done = sum(e.status == "completed" for e in manifest.entries)
         self.progress.message(
             f"resuming {study_dir}: {done} of {len(manifest.entries)} experiments already done"
@@ -188,6 +227,9 @@ class StudyRunner:
     # ---- the loop -------------------------------------------------------------------------
     def _run_pending(self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest) -> None:
         """Run every pending entry in manifest order; stop after too many failures in a row."""
+        if self.study.execution.executor == "slurm":
+            self._run_on_slurm(plan, study_dir, manifest)
+            return
         by_key = {(p.config_hash, p.cycle): p for p in plan.experiments}
         pending = [e for e in manifest.entries if e.status == "pending"]
         limit = self.study.execution.max_consecutive_failures
@@ -233,19 +275,8 @@ class StudyRunner:
             label=entry.label,
             eta_s=eta_s,
         )
-        entry.status, entry.started_at, entry.ended_at = "running", utc_now(), None
-        entry.attempts += 1
-        write_manifest(study_dir, manifest)
+        request = self._begin_attempt(entry, planned, manifest, study_dir)
         self.progress.experiment_started(tick)
-        request = WorkerRequest(
-            config=planned.config,
-            provenance=dict(planned.provenance),
-            results_dir=study_dir,
-            position=entry.position,
-            cycle=entry.cycle,
-            label=entry.label,
-            verbosity=self.verbosity,
-        )
         try:
             timeout_s = self.study.execution.experiment_timeout_seconds
             outcome = run_child(self.worker_target, request, timeout_s, self._forward)
@@ -258,6 +289,71 @@ class StudyRunner:
         detail = "" if outcome.ok else (outcome.reason or "")
         self.progress.experiment_finished(tick, entry.status, detail)
         return outcome.ok
+
+    def _begin_attempt(
+        self,
+        entry: ManifestEntry,
+        planned: PlannedExperiment,
+        manifest: StudyManifest,
+        study_dir: Path,
+    ) -> WorkerRequest:
+        """Mark the entry running (one more attempt), write the manifest; its request."""
+        entry.status, entry.started_at, entry.ended_at = "running", utc_now(), None
+        entry.attempts += 1
+        write_manifest(study_dir, manifest)
+        return WorkerRequest(
+            config=planned.config,
+            provenance=dict(planned.provenance),
+            results_dir=study_dir,
+            position=entry.position,
+            cycle=entry.cycle,
+            label=entry.label,
+            verbosity=self.verbosity,
+        )
+
+    # ---- the Slurm executor ---------------------------------------------------------------
+    def _run_on_slurm(self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest) -> None:
+        """Every pending entry as a Slurm job (`study.slurm.executor`)."""
+        import contextlib
+
+        from llenergymeasure.study.slurm.executor import SlurmExecutor, StudyContext
+        from llenergymeasure.study.slurm.settings import job_folder
+        from llenergymeasure.study.slurm.submit import SubmititJobs
+
+        jobs = self.job_system or SubmititJobs(job_folder(study_dir), self.study.slurm.python)
+
+        def tick(entry: ManifestEntry) -> ExperimentTick:
+            return ExperimentTick(
+                index=entry.position + 1,
+                total=len(manifest.entries),
+                cycle=entry.cycle,
+                n_cycles=manifest.design.n_cycles,
+                label=entry.label,
+                eta_s=None,
+            )
+
+        ctx = StudyContext(
+            study=self.study,
+            plan=plan,
+            study_dir=study_dir,
+            manifest=manifest,
+            progress=self.progress,
+            no_gaps=self.no_gaps,
+            begin=lambda e, p: self._begin_attempt(e, p, manifest, study_dir),
+            record=lambda e, o: self._record(e, o, study_dir),
+            write=lambda: _write(study_dir, manifest),
+            critical=contextlib.nullcontext,
+            finish=lambda status, reason: self._finish(study_dir, manifest, status, reason),
+            wait=self.time_source.sleep if self.time_source else self._wake.wait,
+            tick=tick,
+            warnings=self._warnings,
+        )
+        try:
+            clock = self.time_source.now if self.time_source else time.monotonic
+            SlurmExecutor(ctx, jobs, self.job_function, clock=clock).run()
+        finally:
+            self._gap_s += ctx.gap_s
+            self._durations_s += ctx.durations_s
 
     def _record(self, entry: ManifestEntry, outcome: Outcome, study_dir: Path) -> None:
         """Write the outcome into the manifest entry (and the failure file)."""
@@ -373,6 +469,11 @@ def _write_failure(study_dir: Path, entry: ManifestEntry, outcome: Outcome) -> P
     ]
     atomic_write_text(path, "\n".join(header) + (outcome.detail or "") + "\n")
     return path
+
+
+def _write(study_dir: Path, manifest: StudyManifest) -> None:
+    """Rewrite the manifest (atomically)."""
+    write_manifest(study_dir, manifest)
 
 
 def _relative(path: Path, study_dir: Path) -> str:

@@ -1,0 +1,61 @@
+"""The function that runs one experiment inside its Slurm job (submitit calls it).
+
+submitit pickles ``run_experiment_job(request)`` at submission and calls it in the job's
+Python process on the compute node (the interpreter of the submitting process, or
+``slurm.python``). It runs the experiment in that process through the orchestrator, exactly
+as a local study child does, so the result lands in the shared study directory in the same
+layout as a local run (``<study_dir>/<experiment>_<timestamp>/result.json``, written
+atomically), then returns a small `JobReport` that submitit pickles for the study process.
+The result records the node and ``CUDA_VISIBLE_DEVICES`` Slurm set (``placement``).
+
+A raised error (a failed experiment: the orchestrator has written a failed result.json
+next to its traceback) goes into submitit's error pickle; the study records it as FAILED.
+SIGTERM does not reach Python here (submitit ignores it; SIGKILL follows after Slurm's
+KillWait), and submitit's USR2 handler interrupts the experiment wherever it is: nothing
+here relies on clean-up at a cancel or a time limit. A job requeued after preemption
+runs this function again from the start, in a new run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llenergymeasure.study.worker import ResultSummary, WorkerRequest
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """What a finished job returns to the study process (through the result pickle)."""
+
+    result_path: str  # absolute, on the shared file system
+    summary: ResultSummary
+    host: str = ""
+    cuda_visible_devices: str | None = None
+    environ: dict[str, str] = field(default_factory=dict)  # SLURM_JOB_ID, SLURM_JOB_GPUS...
+
+
+_REPORTED_ENV = ("SLURM_JOB_ID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_RESTART_COUNT")
+
+
+def run_experiment_job(request: WorkerRequest) -> JobReport:
+    """Measure one experiment in this (Slurm job) process; the report for the study."""
+    from llenergymeasure.progress import NullProgress
+    from llenergymeasure.study.worker import result_summary, run_real_experiment
+
+    if request.verbosity is not None:
+        from llenergymeasure.logging import setup_logging
+
+        setup_logging(request.verbosity)
+    result, path = run_real_experiment(request, NullProgress())
+    return JobReport(
+        result_path=str(Path(path).resolve()),
+        summary=result_summary(result),
+        host=socket.gethostname(),
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        environ={k: os.environ[k] for k in _REPORTED_ENV if k in os.environ},
+    )
