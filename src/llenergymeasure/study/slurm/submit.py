@@ -87,11 +87,11 @@ class SubmititJobs:
         self.folder = Path(folder)  # with %j: <study_dir>/slurm/%j
         self.python = python
         self._submitit = require_submitit()
-        for tool in ("sbatch", "sacct", "scancel"):
+        for tool in ("sbatch", "sacct", "squeue", "scancel"):
             if shutil.which(tool) is None:
                 raise StudyError(
                     f"{tool} not found on PATH: execution.executor: slurm runs on a Slurm "
-                    "login or compute node (with sbatch, sacct and scancel)"
+                    "login or compute node (with sbatch, sacct, squeue and scancel)"
                 )
         self._executor: Any = None
 
@@ -116,18 +116,18 @@ class SubmititJobs:
         return sacct.query(job_ids)
 
     def find(self, job_name: str, since_unix_s: float) -> list[str]:
-        """``sacct --name`` since the given time (a job's submission is recorded at once)."""
+        """Jobs named ``job_name``: ``squeue`` (slurmctld knows a job the moment sbatch
+        made it) and ``sacct`` since then (a job that already ended; accounting can lag
+        a submission by a second or more). Sorted by id, each once."""
         import time
 
         start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since_unix_s - 120))
-        command = ["sacct", "-n", "-P", "-X", "-o", "JobIDRaw", f"--name={job_name}", "-S", start]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise sacct.SacctError(f"sacct failed: {e}") from e
-        if done.returncode != 0:
-            raise sacct.SacctError(f"sacct --name failed: {done.stderr.strip()[:300]}")
-        return [line.strip() for line in done.stdout.splitlines() if line.strip()]
+        found = _ids(["squeue", "-h", f"--name={job_name}", "-o", "%i"], "squeue")
+        found |= _ids(
+            ["sacct", "-n", "-P", "-X", "-o", "JobIDRaw", f"--name={job_name}", "-S", start],
+            "sacct",
+        )
+        return sorted(found, key=lambda i: (len(i), i))
 
     def result(self, job_id: str) -> tuple[str, Any] | None:
         """The result pickle's content, once it exists (submitit writes it atomically)."""
@@ -152,6 +152,17 @@ class SubmititJobs:
     def files(self, job_id: str) -> JobFiles:
         """submitit's paths for task 0 of ``job_id``."""
         return job_files(self.folder, job_id)
+
+
+def _ids(command: list[str], what: str) -> set[str]:
+    """Job ids printed one per line by ``command``; SacctError when it fails."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise sacct.SacctError(f"{what} failed: {e}") from e
+    if done.returncode != 0:
+        raise sacct.SacctError(f"{what} failed: {done.stderr.strip()[:300]}")
+    return {line.strip() for line in done.stdout.splitlines() if line.strip()}
 
 
 def job_files(folder: Path, job_id: str) -> JobFiles:
