@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import datetime
 import functools
 import itertools
 import math
@@ -630,6 +631,7 @@ class FakeSlurm:
         duration_s: float = 10.0,
         fates: dict[str, str] | None = None,
         first_id: int = 100,
+        share_gpus: bool = False,
     ) -> None:
         from pathlib import Path
 
@@ -638,6 +640,7 @@ class FakeSlurm:
         self.n_gpus = n_gpus
         self.duration_s = duration_s
         self.fates = dict(fates or {})
+        self.share_gpus = share_gpus  # a misconfigured cluster: every job gets GPU 0
         self.jobs: dict[str, FakeJob] = {}
         self.sacct_calls = 0
         self._next_id = first_id
@@ -767,7 +770,7 @@ class FakeSlurm:
         for job in self.jobs.values():
             if job.start_s is not None or job.submitted_s > t:
                 continue
-            free = [g for g in range(self.n_gpus) if g not in busy]
+            free = [g for g in range(self.n_gpus) if g not in busy or self.share_gpus]
             if len(free) < job.gpus_needed:
                 break  # FIFO: later jobs wait behind it
             job.gpus = tuple(free[: job.gpus_needed])
@@ -797,11 +800,15 @@ class FakeSlurm:
         )
         run_dir = new_run_dir(request.results_dir, result.name)
         path = write_result(result, run_dir)
+        gpus = ",".join(str(g) for g in job.gpus)
         report = JobReport(
             result_path=str(path.resolve()),
             summary=result_summary(result),
             host="fakenode",
-            cuda_visible_devices=",".join(str(g) for g in job.gpus),
+            cuda_visible_devices=gpus,
+            environ={"SLURM_JOB_ID": job.job_id, "SLURM_JOB_GPUS": gpus},
+            started_at=datetime.datetime.fromtimestamp(job.start_s or 0.0, datetime.timezone.utc),
+            ended_at=datetime.datetime.fromtimestamp(job.end_s or 0.0, datetime.timezone.utc),
         )
         job.report = report
         return report

@@ -111,6 +111,19 @@ def test_max_parallel_2_never_two_on_one_gpu_and_each_gpu_rests_the_gap(
             assert (b.start_s or 0) - (a.end_s or 0) >= 4.0
 
 
+def test_a_cluster_that_shares_gpus_is_flagged(tmp_path: Path) -> None:
+    clock = ManualClock()
+    fake = FakeSlurm(clock, tmp_path / "jobs" / "%j", n_gpus=2, share_gpus=True)
+    result, _, _ = run(study(parallel=2, cycles=1), tmp_path, fake, clock)
+    shared = [w for w in result.warnings if "ran at the same time on GPU 0" in w]
+    assert shared, result.warnings
+
+
+def test_no_gpu_sharing_warning_when_slurm_keeps_gpus_apart(tmp_path: Path) -> None:
+    result, _, _ = run(study(parallel=2, cycles=1), tmp_path)
+    assert not [w for w in result.warnings if "same time" in w]
+
+
 def test_three_gpus_never_more_than_max_parallel(tmp_path: Path) -> None:
     clock = ManualClock()
     fake = FakeSlurm(clock, tmp_path / "jobs" / "%j", n_gpus=3)

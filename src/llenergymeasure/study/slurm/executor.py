@@ -136,6 +136,7 @@ class SlurmExecutor:
         self._sacct_failing_since: float | None = None
         self._announced_gap: int | None = None
         self._by_key = {(p.config_hash, p.cycle): p for p in ctx.plan.experiments}
+        self._reports: list[tuple[SlurmJobRecord, JobReport]] = []  # this session's successes
 
     # ---- top level ------------------------------------------------------------------------
     def run(self) -> None:
@@ -438,6 +439,7 @@ class SlurmExecutor:
             return None
         record.node = value.host or record.node
         record.cuda_visible_devices = value.cuda_visible_devices
+        self._check_gpu_sharing(record, value)
         path = Path(value.result_path)
         if not path.is_file():
             reason = f"Slurm job {record.job_id}: its result {path} is not on this file system"
@@ -447,6 +449,26 @@ class SlurmExecutor:
             )
             return Outcome(ok=False, wall_s=wall_s, reason=reason, detail=detail)
         return Outcome(ok=True, wall_s=wall_s, result_path=path, summary=value.summary)
+
+    def _check_gpu_sharing(self, record: SlurmJobRecord, report: JobReport) -> None:
+        """Warn (in the study's warnings) if this experiment overlapped in time with another
+        of the study on the same node and GPU: Slurm should never allow it (it would, with
+        GPU sharing: MPS or shards), and both energy figures would be wrong."""
+        gpus = report.gpus
+        if not gpus or report.started_at is None or report.ended_at is None:
+            return
+        for other_record, other in self._reports:
+            if other.host != report.host or not (gpus & other.gpus):
+                continue
+            if other.started_at is None or other.ended_at is None:
+                continue
+            if report.started_at < other.ended_at and other.started_at < report.ended_at:
+                self.ctx.warnings.append(
+                    f"Slurm jobs {record.job_id} and {other_record.job_id} ran at the same time "
+                    f"on GPU {','.join(sorted(gpus & other.gpus))} of {report.host}: their "
+                    "energy figures include each other's (does the cluster share GPUs?)"
+                )
+        self._reports.append((record, report))
 
     def _finished(self, tracked: _Tracked, outcome: Outcome) -> None:
         """Record an ended job's outcome; count failures in a row; free its slot."""

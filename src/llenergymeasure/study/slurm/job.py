@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,20 @@ class JobReport:
     host: str = ""
     cuda_visible_devices: str | None = None
     environ: dict[str, str] = field(default_factory=dict)  # SLURM_JOB_ID, SLURM_JOB_GPUS...
+    started_at: datetime | None = None  # the experiment's (from its result)
+    ended_at: datetime | None = None
+
+    @property
+    def gpus(self) -> frozenset[str]:
+        """The node's GPUs this job had: SLURM_JOB_GPUS (node indices), else
+        CUDA_VISIBLE_DEVICES; empty when unknown."""
+        text = (
+            self.environ.get("SLURM_JOB_GPUS")
+            or self.environ.get("SLURM_STEP_GPUS")
+            or self.cuda_visible_devices
+            or ""
+        )
+        return frozenset(g.strip() for g in text.split(",") if g.strip())
 
 
 _REPORTED_ENV = ("SLURM_JOB_ID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_RESTART_COUNT")
@@ -58,4 +73,6 @@ def run_experiment_job(request: WorkerRequest) -> JobReport:
         host=socket.gethostname(),
         cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
         environ={k: os.environ[k] for k in _REPORTED_ENV if k in os.environ},
+        started_at=result.started_at,
+        ended_at=result.ended_at,
     )
