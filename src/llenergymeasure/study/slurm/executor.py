@@ -490,6 +490,11 @@ class SlurmExecutor:
         self.ctx.progress.experiment_finished(
             self.ctx.tick(entry), entry.status, "" if outcome.ok else (outcome.reason or "")
         )
+        if self.slurm.max_parallel > 1:  # finishes interleave: say which one this was
+            self.ctx.progress.message(
+                f"{entry.label or 'experiment'} cycle {entry.cycle}: {entry.status} "
+                f"(Slurm job {record.job_id})"
+            )
         self._consecutive = 0 if entry.status == "completed" else self._consecutive + 1
         limit = self.ctx.study.execution.max_consecutive_failures
         if self._consecutive >= limit and self._stop_reason is None:
