@@ -1,7 +1,7 @@
 """Print the short table that ends a GPU acceptance run (benchmarks/gpu_acceptance.sh).
 
-Reads what the run left in OUT_DIR (energy.json, experiment.json, harness.json, study/,
-pytest_gpu.log) and prints one line per check with its target. Parts that did not run are
+Reads what the run left in OUT_DIR (energy.json, experiment.json, harness.json,
+launcher_tax.json, study/, pytest_gpu.log) and prints one line per check with its target. Parts that did not run are
 listed as "not run", never as passed.
 
     python benchmarks/acceptance_table.py OUT_DIR
@@ -128,6 +128,37 @@ def experiment_rows(data: Any) -> list[Row]:
     ]
 
 
+def launcher_rows(data: Any) -> list[Row]:
+    """num_processes: 1 through the launcher / the direct path (throughput, J/token)."""
+    if data is None:
+        return [("launcher tax", "not run", "", "")]
+    summary = data.get("summary", {})
+    tput = summary.get("throughput")
+    if not tput:
+        return [("launcher tax", "no complete pair", ">= 0.98", "MISSED")]
+    lo, hi = tput["median_ratio_ci95"]
+    rows: list[Row] = [
+        (
+            f"launcher/direct tok/s, {len(tput['ratios'])} pairs (median [95% CI])",
+            f"{tput['median_ratio']:.4f} [{lo:.3f},{hi:.3f}]",
+            ">= 0.98",
+            _status(tput["median_ratio"] >= 0.98),
+        )
+    ]
+    jt = summary.get("j_per_token")
+    if jt:
+        lo, hi = jt["median_ratio_ci95"]
+        rows.append(
+            (
+                "launcher/direct J/output token (median [95% CI])",
+                f"{jt['median_ratio']:.4f} [{lo:.3f},{hi:.3f}]",
+                "reported",
+                "",
+            )
+        )
+    return rows
+
+
 def study_rows(out: Path) -> list[Row]:
     """Counts from the study summary, if a study ran."""
     summaries = sorted(out.glob("study/**/study_summary.json"))
@@ -172,6 +203,7 @@ def main(argv: list[str]) -> int:
         *energy_rows(_load(out / "energy.json")),
         *experiment_rows(_load(out / "experiment.json")),
         *harness_rows(_load(out / "harness.json")),
+        *launcher_rows(_load(out / "launcher_tax.json")),
         *study_rows(out),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

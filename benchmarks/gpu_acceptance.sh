@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # One GPU acceptance check in one call: GPU test suite, energy meter accuracy/overhead,
-# experiments through the tool, harness tax, and a study; prints a short table last.
+# experiments through the tool, harness tax, launcher tax, and a study; prints a short table last.
 # Usage (GPU machine, repo root):  benchmarks/gpu_acceptance.sh [quick|full] [OUT_DIR] [PARTS]
-#   PARTS: comma list of tests,energy,experiment,harness,study (default: all)
+#   PARTS: comma list of tests,energy,experiment,harness,launcher,study (default: all)
 # OUT_DIR gets a few small files (JSON, logs, the study summary, one timeline); bulky run
 # directories go to $LLEM_ACCEPT_WORK (default OUT_DIR/work).
 set -u
 mode=${1:-quick}
 out=${2:-results/gpu_acceptance}
-parts=${3:-tests,energy,experiment,harness,study}
+parts=${3:-tests,energy,experiment,harness,launcher,study}
 work=${LLEM_ACCEPT_WORK:-$out/work}
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
@@ -28,6 +28,9 @@ if has experiment; then
 fi
 if has harness; then
   python3 benchmarks/gpu_experiment_harness.py --out "$out/harness.json" $q 2>&1 | tee -a "$log" | tail -30
+fi
+if has launcher; then
+  python3 benchmarks/gpu_launcher_tax.py --out "$out/launcher_tax.json" --results-dir "$work/launcher" $q 2>&1 | tee -a "$log" | tail -12
 fi
 if has study; then
   study=benchmarks/gpu_study.yaml; [ "$mode" = "quick" ] && study=benchmarks/gpu_study_quick.yaml

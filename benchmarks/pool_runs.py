@@ -7,6 +7,7 @@ median and the pooled median of all pairs with its bootstrap 95% CI.
 
     python benchmarks/pool_runs.py overhead RUN.json [RUN.json ...]   # gpu_energy.py output
     python benchmarks/pool_runs.py harness RUN.json [RUN.json ...]    # gpu_experiment_harness.py
+    python benchmarks/pool_runs.py launcher RUN.json [RUN.json ...]   # gpu_launcher_tax.py
 """
 
 from __future__ import annotations
@@ -35,9 +36,22 @@ def harness_ratios(data: dict[str, Any]) -> dict[str, list[float]]:
     return {f"{s['mode']}_b{s['batch_size']}": list(s["ratios"]) for s in data["settings"]}
 
 
+def launcher_ratios(data: dict[str, Any]) -> dict[str, list[float]]:
+    """Figure -> launcher/direct pair ratios of one gpu_launcher_tax.py JSON."""
+    summary = data.get("summary") or {}
+    return {
+        name: list(summary[name]["ratios"])
+        for name in ("throughput", "j_per_token")
+        if summary.get(name)
+    }
+
+
+READERS = {"overhead": overhead_ratios, "harness": harness_ratios, "launcher": launcher_ratios}
+
+
 def pool(kind: str, paths: list[Path]) -> dict[str, dict[str, Any]]:
     """Per setting: each run's median and the pooled median with its CI."""
-    read = overhead_ratios if kind == "overhead" else harness_ratios
+    read = READERS[kind]
     runs: dict[str, list[list[float]]] = {}
     for path in paths:
         for name, ratios in read(json.loads(path.read_text())).items():
@@ -55,7 +69,7 @@ def pool(kind: str, paths: list[Path]) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or argv[0] not in ("overhead", "harness"):
+    if len(argv) < 2 or argv[0] not in READERS:
         print(__doc__)
         return 2
     target = 0.99 if argv[0] == "overhead" else 0.98

@@ -166,6 +166,7 @@ def _run(
 
     uc = user_config if user_config is not None else load_user_config()
     out = Path(results_dir) if results_dir is not None else Path(uc.output.results_dir)
+    check_results_dir(out)
     if experiment is not None:
         return _run_single(study, experiment, provenance or {}, out, progress, uc)
     from llenergymeasure.logging import current_verbosity
@@ -190,6 +191,24 @@ def _run(
     return result
 
 
+def check_results_dir(path: Path) -> None:
+    """The results directory is a writable directory, or can be made in one; else a
+    ConfigError (exit 2) naming it and the fix, before anything runs."""
+    import os
+
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    fix = "give a writable directory with -o DIR (or set output.results_dir)"
+    if probe.exists() and not probe.is_dir():
+        where = "" if probe == Path(path) else f" (so {path} cannot be created)"
+        raise ConfigError(f"output: {probe} is a file, not a directory{where} -> {fix}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        read_only = hasattr(os, "statvfs") and bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        why = "a read-only file system" if read_only else "permission denied"
+        raise ConfigError(f"output: {probe} is not writable ({why}) -> {fix}")
+
+
 def _run_single(
     study: StudyConfig,
     experiment: ExperimentConfig,
@@ -200,6 +219,7 @@ def _run_single(
 ) -> StudyResult:
     """Run one experiment in this process and wrap it as a one-experiment StudyResult."""
     from llenergymeasure.orchestration.orchestrator import ExperimentOrchestrator
+    from llenergymeasure.study.signals import StopSignals
 
     t0 = time.perf_counter()
     orchestrator = ExperimentOrchestrator(
@@ -209,7 +229,8 @@ def _run_single(
         progress=progress,
         user_config=user_config,
     )
-    result = orchestrator.run()
+    with StopSignals():  # SIGTERM/SIGHUP stop it like Ctrl-C (failed result, exit 128+sig)
+        result = orchestrator.run()
     assert orchestrator.run_dir is not None
     return wrap_single_result(study, result, orchestrator.run_dir, time.perf_counter() - t0)
 
@@ -229,6 +250,7 @@ def wrap_single_result(
         StudyTiming,
     )
     from llenergymeasure.study.stats import summarise_cycles
+    from llenergymeasure.study.summary import energy_basis, flag_counts
 
     metrics = {}
     for prop, (_heading, unit) in STUDY_METRICS.items():
@@ -245,6 +267,9 @@ def wrap_single_result(
         result_paths=["result.json"],
         metrics=metrics,
         best=False,
+        energy_basis=energy_basis([result]),
+        flagged=1 if flag_counts([result]) else 0,
+        flag_codes=flag_counts([result]),
     )
     timing = ExperimentTiming(
         position=0,

@@ -16,6 +16,8 @@ import logging
 import sys
 from typing import Any
 
+from llenergymeasure.redaction import RedactingFormatter
+
 PACKAGE_LOGGER = "llenergymeasure"
 _HANDLER_MARK = "_llem_cli_handler"
 _VERBOSITY_ATTR = "_llem_verbosity"
@@ -58,7 +60,8 @@ def setup_logging(verbosity: int = 0) -> logging.Logger:
     for handler in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
         logger.removeHandler(handler)
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter(_FORMATS[clamped], datefmt="%H:%M:%S"))
+    # credential values registered by the run never reach the terminal or a log file
+    handler.setFormatter(RedactingFormatter(_FORMATS[clamped], datefmt="%H:%M:%S"))
     setattr(handler, _HANDLER_MARK, True)
     setattr(handler, _VERBOSITY_ATTR, clamped)
     logger.addHandler(handler)

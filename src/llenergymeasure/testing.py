@@ -4,7 +4,12 @@ Sections:
   1. Clocks        ManualClock: a clock you advance by hand (``sleep`` advances it).
   2. Fake NVML     FakeNVML / FakeDevice: scripted GPUs standing in for ``pynvml``.
   3. Study faults  FaultPlan / fault_injecting_worker: study worker targets that raise, exit
-                   hard or hang for chosen experiments (picklable under ``spawn``).
+                   hard, hang, stop at a gate while "measuring", crash after writing their
+                   result, or write a fast fake result (picklable under ``spawn``).
+  4. Launcher faults  LaunchFaults / fault_injecting_process_worker: worker targets of a
+                   launched (multi-process) run that exit hard or raise in chosen workers.
+  5. Fake Slurm    FakeSlurm: a scripted Slurm (JobSystem) on a ManualClock for the Slurm
+                   executor; fault_injecting_job: FaultPlan inside a real Slurm job.
 
 FakeNVML implements the ``pynvml`` functions that ``core/energy/_nvml.py`` calls, and raises
 real ``pynvml.NVMLError`` instances, so the adapter's own error translation is exercised.
@@ -47,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
+    from llenergymeasure.orchestration.process_worker import WorkerSpec
     from llenergymeasure.study.worker import WorkerRequest
 
 # ======================================================================================
@@ -509,13 +515,29 @@ class InjectedFault(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class FaultPlan:
-    """Which experiments fail, and how (see the section comment above)."""
+    """Which experiments fail, and how (see the section comment above).
+
+    ``gate_on``: the child reports the stage ``measuring``, creates the marker file
+    ``<gate_dir>/measuring-<position>-<pid>`` and blocks (opening a FIFO, no polling)
+    until the test calls :func:`open_gate` for that position — a test can act while a
+    child is known to be measuring, without sleeping. ``gate_after_result`` moves the gate
+    to after the result is written (before it is reported). ``crash_after_result_on``:
+    write the result, then exit hard without reporting it. ``fake_result``: experiments
+    that no fault stops write a small valid result of their config (no model, no torch:
+    fast) instead of running for real.
+    """
 
     raise_on: tuple[str, ...] = ()
     exit_on: tuple[str, ...] = ()
     hang_on: tuple[str, ...] = ()
     cycles: tuple[int, ...] | None = None
     hang_s: float = 3600.0
+    gate_on: tuple[str, ...] = ()
+    gate_dir: str | None = None
+    gate_after_result: bool = False
+    crash_after_result_on: tuple[str, ...] = ()
+    fake_result: bool = False
+    enospc_flag: str | None = None  # see inject_enospc: a "full disk" while this file exists
 
     def target(self) -> functools.partial[None]:
         """A worker target (picklable) that applies this plan."""
@@ -523,9 +545,12 @@ class FaultPlan:
 
 
 def fault_injecting_worker(request: WorkerRequest, conn: Connection, faults: FaultPlan) -> None:
-    """Exit hard, hang, raise, or run the real worker, as ``faults`` says for ``request``."""
+    """Exit hard, hang, raise, gate, or run the (real or fake) experiment, as ``faults`` says."""
     from llenergymeasure.study.worker import experiment_worker, serve
 
+    if faults.enospc_flag is not None:
+        inject_enospc(faults.enospc_flag)
+    gated = crash = False
     if faults.cycles is None or request.cycle in faults.cycles:
         if _matches_any(request, faults.exit_on):
             os._exit(INJECTED_EXIT_CODE)  # no message, no cleanup: like an OOM kill
@@ -534,13 +559,169 @@ def fault_injecting_worker(request: WorkerRequest, conn: Connection, faults: Fau
         if _matches_any(request, faults.raise_on):
             serve(request, conn, _raise_injected)
             return
-    experiment_worker(request, conn)
+        gated = _matches_any(request, faults.gate_on)
+        crash = _matches_any(request, faults.crash_after_result_on)
+    if not (gated or crash or faults.fake_result):
+        experiment_worker(request, conn)
+        return
+    measure = functools.partial(
+        _fake_measure,
+        gate_dir=faults.gate_dir if gated else None,
+        gate_after_result=faults.gate_after_result,
+        crash=crash,
+    )
+    serve(request, conn, measure)
 
 
 def _raise_injected(request: WorkerRequest, progress: Any) -> Any:
     """A Measure that fails the way a real experiment might."""
     progress.stage("loading model")
     raise InjectedFault(f"injected failure for {request.label!r} (cycle {request.cycle})")
+
+
+def _fake_measure(
+    request: WorkerRequest,
+    progress: Any,
+    gate_dir: str | None,
+    gate_after_result: bool,
+    crash: bool,
+) -> Any:
+    """A Measure that writes a small valid result (no model), gated and crashing as asked."""
+    progress.stage("measuring")
+    if gate_dir is not None and not gate_after_result:
+        wait_at_gate(gate_dir, request.position)
+    result, path = write_fake_result(request)
+    if gate_dir is not None and gate_after_result:
+        wait_at_gate(gate_dir, request.position)
+    if crash:
+        os._exit(INJECTED_EXIT_CODE)  # the result is on disk, but never reported
+    return result, path
+
+
+def write_fake_result(request: WorkerRequest) -> Any:
+    """A valid ExperimentResult of ``request.config`` in its run dir: (result, path).
+
+    Its figures are a pure function of the config (an estimated CPU energy of
+    ``max_output_tokens``² J over a 1 s window, ``n`` requests of ``max_output_tokens``
+    tokens, flagged ``estimate_used``): J/token grows with ``max_output_tokens``, so a
+    study of fake results has a best config, the smallest.
+    """
+    from pathlib import Path
+
+    from llenergymeasure.clock import utc_now
+    from llenergymeasure.results.persistence import new_run_dir, write_result
+
+    config = request.config
+    run_dir = request.run_dir or new_run_dir(Path(request.results_dir), config.name or "fake")
+    now = utc_now()
+    result = fake_result(config, started_at=now).model_copy(update={"run_dir": str(run_dir)})
+    return result, write_result(result, Path(run_dir))
+
+
+def fake_result(config: Any, started_at: Any = None, energy_j: float | None = None) -> Any:
+    """The ExperimentResult :func:`write_fake_result` writes for ``config`` (no file)."""
+    import uuid
+    from datetime import datetime, timezone
+
+    from llenergymeasure.config.hashing import config_hash
+    from llenergymeasure.domain.energy import (
+        EnergyMeasurement,
+        EnergyReport,
+        MeterSelection,
+        QualityFlag,
+    )
+    from llenergymeasure.domain.metrics import EnergyRatios, InferenceMetrics, Throughput
+    from llenergymeasure.domain.metrics import TokenCounts as Tokens
+    from llenergymeasure.domain.results import ExperimentResult
+    from llenergymeasure.redaction import redact
+
+    started_at = started_at or datetime(2026, 1, 1, tzinfo=timezone.utc)
+    n, out = config.n, config.max_output_tokens
+    joules = float(out * out) if energy_j is None else energy_j
+    measurement = EnergyMeasurement.from_devices(
+        meter="estimate",
+        window="measure",
+        scope="cpu_package",
+        method="estimate",
+        energy_j_by_device={"cpu:all": joules},
+        duration_s=1.0,
+    )
+    energy = EnergyReport(
+        window="measure",
+        duration_s=1.0,
+        measurements=[measurement],
+        cpu_energy_j=joules,
+        meter_selection=MeterSelection(requested="auto", meters=["estimate"], reason="fake"),
+    )
+    tokens = n * out
+    metrics = InferenceMetrics(
+        tokens=Tokens(input_tokens=n, output_tokens=tokens, total_tokens=n + tokens, n_requests=n),
+        throughput=Throughput(
+            output_tokens_per_s=float(tokens),
+            total_tokens_per_s=float(n + tokens),
+            requests_per_s=float(n),
+            duration_s=1.0,
+        ),
+        energy_ratios=EnergyRatios(
+            energy_j=joules,
+            energy_basis="cpu_package gross estimate",
+            j_per_output_token=joules / tokens,
+        ),
+    )
+    return ExperimentResult(
+        experiment_id=uuid.uuid4().hex[:12],
+        name=config.name or "fake",
+        config=redact(config.model_dump(mode="json")),  # as the orchestrator stores it
+        config_hash=config_hash(config),
+        energy=energy,
+        metrics=metrics,
+        warnings=[QualityFlag(code="estimate_used", message="fake: an estimate")],
+        started_at=started_at,
+        ended_at=started_at,
+        measurement_window_s=1.0,
+    )
+
+
+def wait_at_gate(gate_dir: str, position: int) -> None:
+    """Mark this child as measuring, then block until :func:`open_gate` (FIFO open)."""
+    from pathlib import Path
+
+    folder = Path(gate_dir)
+    fifo = folder / f"go-{position}"
+    with contextlib.suppress(FileExistsError):
+        os.mkfifo(fifo)
+    (folder / f"measuring-{position}-{os.getpid()}").write_text(str(os.getpid()))
+    with open(fifo, "rb") as f:  # blocks until a writer opens the FIFO
+        f.read()
+
+
+def open_gate(gate_dir: str | os.PathLike[str], position: int) -> None:
+    """Let the child waiting at ``position``'s gate go on (blocks until it is there)."""
+    from pathlib import Path
+
+    fifo = Path(gate_dir) / f"go-{position}"
+    with contextlib.suppress(FileExistsError):
+        os.mkfifo(fifo)
+    with open(fifo, "wb"):
+        pass
+
+
+def inject_enospc(flag: str | os.PathLike[str]) -> None:
+    """From now on, in this process, every ``os.fsync`` fails with ENOSPC while the file
+    ``flag`` exists: a full disk at the write call, where a test cannot mount a small file
+    system (atomic writes fsync before they rename, so nothing is half-written)."""
+    import errno
+    from pathlib import Path
+
+    real = os.fsync
+    marker = Path(flag)
+
+    def fsync(fd: Any) -> None:
+        if marker.exists():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    os.fsync = fsync
 
 
 def _matches_any(request: WorkerRequest, patterns: tuple[str, ...]) -> bool:
@@ -580,7 +761,71 @@ def fault_injecting_job(request: WorkerRequest, faults: FaultPlan) -> Any:
 
 
 # ======================================================================================
-# 4. Fake Slurm
+# 4. Launcher faults
+# ======================================================================================
+#
+# Usage::
+#
+#     target = LaunchFaults(exit_processes=(1,), after_batches=1).target()
+#     ExperimentOrchestrator(config, results_dir=tmp, worker_target=target).run()
+#
+# Worker ``i`` in ``exit_processes`` calls ``os._exit`` inside its measurement window after
+# ``after_batches`` generate calls (like an OOM kill mid-run: no message, no result); one in
+# ``raise_processes`` raises InjectedFault at the same point. Other workers run for real.
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchFaults:
+    """Which workers of a launched run fail inside their window, and how."""
+
+    exit_processes: tuple[int, ...] = ()
+    raise_processes: tuple[int, ...] = ()
+    after_batches: int = 1
+
+    def target(self) -> functools.partial[None]:
+        """A worker target (picklable) that applies these faults."""
+        return functools.partial(fault_injecting_process_worker, faults=self)
+
+
+def fault_injecting_process_worker(
+    spec: WorkerSpec, conn: Connection, faults: LaunchFaults
+) -> None:
+    """Run the real worker, with the pytorch backend's generate sabotaged in the window of
+    the workers ``faults`` names."""
+    from llenergymeasure.orchestration.process_worker import run_process_worker
+
+    index = spec.process_index
+    if index in faults.exit_processes or index in faults.raise_processes:
+        _sabotage_generate(hard=index in faults.exit_processes, after=faults.after_batches)
+    run_process_worker(spec, conn)
+
+
+def _sabotage_generate(*, hard: bool, after: int) -> None:
+    """Patch PyTorchBackend so that, inside run_inference, generate call ``after + 1`` fails."""
+    from llenergymeasure.core.backends.pytorch import PyTorchBackend
+
+    real_run, real_generate = PyTorchBackend.run_inference, PyTorchBackend._generate
+    state = {"measuring": False, "calls": 0}
+
+    def run_inference(self: Any, prepared: Any) -> Any:
+        state["measuring"] = True
+        return real_run(self, prepared)
+
+    def generate(self: Any, batch: Any, recorder: Any) -> Any:
+        if state["measuring"]:
+            if state["calls"] >= after:
+                if hard:
+                    os._exit(INJECTED_EXIT_CODE)
+                raise InjectedFault(f"injected failure after {after} batch(es) of the window")
+            state["calls"] += 1
+        return real_generate(self, batch, recorder)
+
+    PyTorchBackend.run_inference = run_inference  # type: ignore[method-assign]
+    PyTorchBackend._generate = generate  # type: ignore[method-assign]
+
+
+# ======================================================================================
+# 5. Fake Slurm
 # ======================================================================================
 #
 # FakeSlurm is a `study.slurm.submit.JobSystem` on a ManualClock: a queue, ``n_gpus`` GPUs

@@ -312,3 +312,50 @@ def test_backend_reports_reach_the_result(tmp_path: Path, monkeypatch: pytest.Mo
     assert "tokeniser note" in flags["backend_note"]
     assert "generation warning" in flags["backend_note"]
     assert read_result(tmp_path / Path(result.run_dir or "").name) == result
+
+
+# ---- bounded work on huge inputs (issue 11, case 8) ------------------------------------------
+MEASURE_CHILD = """
+import resource, subprocess, sys, time
+t0 = time.monotonic()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(done.returncode, round(time.monotonic() - t0, 1), round(peak_mb), flush=True)
+sys.stderr.write(done.stdout + done.stderr)
+"""
+
+
+@pytest.mark.slow
+def test_a_50mb_single_line_prompt_is_cut_before_tokenising(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from study_helpers import subprocess_env
+
+    big = tmp_path / "huge.txt"
+    with big.open("w") as f:  # one 50 MB line: one prompt
+        word = "lorem ipsum dolor sit amet "
+        f.write(word * (50 * 2**20 // len(word)) + "\n")
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        f"model: tiny-llama\ndevice: cpu\nprecision: fp32\ndataset: {big}\nn: 1\n"
+        "max_input_tokens: 64\nmax_output_tokens: 2\nwarmup: {n_warmup: 0}\n"
+        "baseline: {enabled: false}\ntelemetry: {enabled: false}\n"
+    )
+    llem = [sys.executable, "-m", "llenergymeasure", "run", str(config), "-o", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE_CHILD, *llem],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=600,
+    )
+    code, wall_s, peak_mb = done.stdout.split()
+    print(f"50 MB prompt: {wall_s} s, peak RSS {peak_mb} MB")
+    assert code == "0", done.stderr
+    assert float(wall_s) < 180, done.stderr  # was 6 minutes
+    assert int(peak_mb) < 2048, done.stderr  # was 7 GB
+    result = json.loads(next(tmp_path.rglob("result.json")).read_text())
+    codes = {w["code"]: w["message"] for w in result["warnings"]}
+    assert codes["prompts_truncated"] == "1 prompt(s) were truncated to max_input_tokens"
+    assert result["metrics"]["tokens"]["input_tokens"] == 64

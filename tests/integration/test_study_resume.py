@@ -1,8 +1,11 @@
-"""A 2x2 sweep x 2 cycles, SIGKILLed mid-run and resumed: nothing lost, duplicated or
-overwritten; CIs match a recomputation; a concurrent reader never sees a partial manifest."""
+"""A 2x2 sweep x 2 cycles, SIGKILLed mid-run - first the study process alone, then its
+whole process group - and resumed each time: nothing lost, duplicated or overwritten, no
+orphan left measuring; CIs match a recomputation; a concurrent reader never sees a partial
+manifest."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,8 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
-from study_helpers import read_manifest_json, subprocess_env, tiny_study
+from study_helpers import (
+    assert_results_match_manifest,
+    read_manifest_json,
+    subprocess_env,
+    tiny_study,
+)
 
 from llenergymeasure.domain.study import STUDY_METRICS
 from llenergymeasure.study.runner import StudyRunner
@@ -27,7 +36,8 @@ from pathlib import Path
 from llenergymeasure.config.models import StudyConfig
 from llenergymeasure.study.runner import StudyRunner
 study = StudyConfig.model_validate_json(Path(sys.argv[1]).read_text())
-StudyRunner(study, results_dir=Path(sys.argv[2])).run()
+resume_dir = Path(sys.argv[3]) if len(sys.argv) > 3 else None
+StudyRunner(study, results_dir=Path(sys.argv[2]), resume_dir=resume_dir).run()
 """
 
 # Reads every manifest under a folder as fast as it can until told to stop; prints counts.
@@ -72,17 +82,39 @@ def test_sigkill_mid_study_then_resume_completes_everything_once(tmp_path: Path)
     runner = subprocess.Popen(
         [sys.executable, "-c", RUN_STUDY, str(study_file), str(out)],
         env=env,
-        start_new_session=True,  # its own process group: SIGKILL takes the child with it
+        start_new_session=True,  # its own process group, to kill it with its child later
     )
-    try:
+    try:  # 1. SIGKILL of the study process alone: its running child must die with it
         study_dir = _wait_for_completed(out, at_least=2, timeout_s=400)
-    finally:
-        os.killpg(runner.pid, signal.SIGKILL)
+        child = _running_child(study_dir)
+        os.kill(runner.pid, signal.SIGKILL)
         runner.wait()
+        if child is not None:
+            _assert_gone(child)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
     killed = read_manifest_json(study_dir)
     assert killed["status"] == "running"  # nobody could mark it: SIGKILL
+    assert_results_match_manifest(study_dir)
     before = {p: p.read_bytes() for p in study_dir.rglob("result.json")}
     assert len(before) >= 2
+
+    resumed = subprocess.Popen(
+        [sys.executable, "-c", RUN_STUDY, str(study_file), str(out), str(study_dir)],
+        env=env,
+        start_new_session=True,
+    )
+    try:  # 2. SIGKILL of the whole group of the resumed run (parent and child together)
+        _wait_for_completed(out, at_least=len(before) + 1, timeout_s=400)
+    finally:
+        os.killpg(resumed.pid, signal.SIGKILL)
+        resumed.wait()
+    assert_results_match_manifest(study_dir)
+    for path, data in before.items():
+        assert path.read_bytes() == data
+    before = {p: p.read_bytes() for p in study_dir.rglob("result.json")}
 
     result = StudyRunner(study, results_dir=out, resume=True).run()
 
@@ -99,8 +131,10 @@ def test_sigkill_mid_study_then_resume_completes_everything_once(tmp_path: Path)
     assert len(referenced) == 8
     for path, data in before.items():  # earlier results untouched
         assert path.read_bytes() == data
-    # At most one extra result.json: a run that finished writing just as the kill landed.
-    assert len(list(study_dir.rglob("result.json"))) in (8, 9)
+    # A run that finished writing just as a kill landed is adopted, not run again.
+    assert len(list(study_dir.rglob("result.json"))) == 8
+    assert_results_match_manifest(study_dir)
+    assert manifest["sessions"] == 3
     _check_cis(result)
     table = format_study_table(result)
     assert max(len(line) for line in table.splitlines()) <= 120, table
@@ -130,6 +164,20 @@ def _check_cis(result) -> None:  # type: ignore[no-untyped-def]
     assert len(best) == 1
     best_mean = best[0].metrics["j_per_output_token"].stats.mean
     assert all(c.metrics["j_per_output_token"].stats.mean >= best_mean for c in result.configs)
+
+
+def _running_child(study_dir: Path) -> int | None:
+    """Pid of the experiment child the manifest says is running (None between two)."""
+    for e in read_manifest_json(study_dir)["entries"]:
+        if e["status"] == "running" and e.get("runner"):
+            return int(e["runner"]["pid"])
+    return None
+
+
+def _assert_gone(pid: int) -> None:
+    """The process exits within a minute (an orphan would go on measuring)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(timeout=60)
 
 
 def _wait_for_completed(out: Path, at_least: int, timeout_s: float) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import llenergymeasure
 from llenergymeasure.config.models import StudyConfig
@@ -321,3 +322,67 @@ def test_a_job_past_its_time_limit_is_recorded_and_rerun_on_retry_failed(
     assert entry["attempts"] == 2
     started = datetime.fromisoformat(entry["slurm_jobs"][1]["submitted_at"])
     assert started > datetime.fromisoformat(job["submitted_at"])
+
+
+# ---- the whole study inside one allocation: USR1 -> stop, requeue, --resume ---------------
+def test_whole_study_in_one_allocation_requeues_itself_on_usr1_and_resumes(
+    tmp_path: Path,
+) -> None:
+    # The local executor inside one job; `scancel --signal=USR1 --batch` stands in for
+    # `--signal=B:USR1@300` (which would need a real time limit to come near).
+    cfg = study("alloc", {"max_output_tokens": [2, 3, 4]}, executor="local")
+    study_file, out, log = tmp_path / "study.yaml", tmp_path / "out", tmp_path / "job.log"
+    data = cfg.model_dump(mode="json", exclude={"slurm"})
+    study_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    llem = Path(sys.executable).with_name("llem")
+    command = f"exec {llem} run {study_file} --resume --no-gaps -o {out}"
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--requeue",
+            "--open-mode=append",
+            f"--output={log}",
+            "--cpus-per-task=1",
+            "--time=10",
+            f"--job-name=llem-{cfg.study_name}",
+            "--wrap",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    job_id = submitted.stdout.strip().split(";")[0]
+    try:
+        wait_for(
+            "one experiment done", lambda: entries_where(out, lambda e: e["status"] == "completed")
+        )
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, timeout=60)
+
+        def finished() -> str | None:
+            done = subprocess.run(
+                ["sacct", "-n", "-P", "-X", "-D", "-j", job_id, "-o", "State"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            states = [s.split()[0] for s in done.stdout.split() if s.strip()]
+            if states and states[-1] not in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING"):
+                return ",".join(states)
+            return None
+
+        states = wait_for("the requeued job to finish", finished)
+    finally:
+        subprocess.run(["scancel", job_id], check=False, timeout=60)
+    text = log.read_text()
+    assert states == "REQUEUED,COMPLETED", (states, text[-3000:])
+    assert "interrupted by SIGUSR1" in text.replace("Interrupted", "interrupted"), text[-3000:]
+    assert f"requeued Slurm job {job_id}" in text, text[-3000:]
+    study_dir = study_dir_of(out)
+    assert study_dir is not None
+    final = manifest(study_dir)
+    assert final["status"] == "completed" and final["sessions"] >= 2
+    assert [e["status"] for e in final["entries"]] == ["completed"] * 3

@@ -33,7 +33,7 @@ from llenergymeasure.study.manifest import (
     StudyManifest,
     write_manifest,
 )
-from llenergymeasure.study.summary import _config_summary, _mark_best, _timing
+from llenergymeasure.study.summary import _config_summary, _mark_best, _timing, key_fields
 
 
 def cpu_estimate_report(energy_j: float, duration_s: float) -> EnergyReport:
@@ -171,7 +171,11 @@ def _write_summary(
         SimpleNamespace(config_hash=config_hash(c), label=f"batch_size={b}", config=c)
         for b, c in configs.items()
     ]
-    summaries = [_config_summary(u, manifest.entries, results, n_cycles) for u in uniques]  # type: ignore[arg-type]
+    fields = key_fields(uniques)  # type: ignore[arg-type]
+    summaries = [
+        _config_summary(u, f, manifest.entries, results, n_cycles)  # type: ignore[arg-type]
+        for u, f in zip(uniques, fields, strict=True)
+    ]
     _mark_best(summaries)
     n = len(manifest.entries)
     summary = StudyResult(

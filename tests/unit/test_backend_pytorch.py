@@ -172,14 +172,57 @@ def test_passthrough_kwargs_reach_generate() -> None:
     assert output.output_tokens == 2 * len(TEXTS)
 
 
-def test_validate_config_warns_about_unimplemented_choices() -> None:
+def test_validate_config_warns_about_choices_realised_differently() -> None:
     warnings = PyTorchBackend().validate_config(
         _config(
             pytorch={"num_processes": 2, "torch_compile": True, "cache_implementation": "dynamic"}
         )
     )
     text = " ".join(warnings)
-    assert "num_processes" in text and "overridden to static" in text
+    assert "overridden to static" in text
+    assert "num_processes" not in text  # implemented now: the launcher runs it
+
+
+@pytest.mark.parametrize(
+    ("processes", "mode", "n"), [(None, "direct", 1), (1, "processes", 1), (3, "processes", 3)]
+)
+def test_num_processes_set_even_to_one_asks_for_the_launcher(
+    processes: int | None, mode: str, n: int
+) -> None:
+    config = _config(pytorch={"num_processes": processes} if processes else {})
+    caps = PyTorchBackend().get_runtime_capabilities(config)
+    assert (caps.launch_mode, caps.n_processes) == (mode, n)
+
+
+def test_every_gpu_of_a_device_map_is_in_use() -> None:
+    """device_map: auto places modules on several GPUs (accelerate's hf_device_map): all
+    of them are measured; CPU/disk offload is not a GPU."""
+    import torch
+
+    from llenergymeasure.core.backends.pytorch import cuda_indices_of_device_map
+
+    device_map = {
+        "model.embed_tokens": 0,
+        "model.layers.0": 0,
+        "model.layers.1": "cuda:2",
+        "model.layers.2": torch.device("cuda", 3),
+        "model.layers.3": "cpu",
+        "model.norm": "disk",
+        "lm_head": 1,
+        "extra": torch.device("cpu"),
+    }
+    assert cuda_indices_of_device_map(device_map) == [0, 1, 2, 3]
+    assert cuda_indices_of_device_map({"": "cuda"}) == [0]
+    assert cuda_indices_of_device_map({"a": "cpu", "b": "disk"}) == []
+
+    class Sharded:  # what a device_map model looks like to the backend
+        hf_device_map = device_map
+        device = torch.device("cuda", 0)
+
+    backend = PyTorchBackend()
+    backend._model = Sharded()  # type: ignore[assignment]
+    backend._device = "cuda:0"
+    assert backend.device_indices() == [0, 1, 2, 3]
 
 
 def test_quantisation_needs_cuda() -> None:

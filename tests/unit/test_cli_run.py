@@ -307,3 +307,24 @@ def test_batch_size_on_a_study_replaces_the_swept_batch_sizes() -> None:
     assert "Total: 4 experiments = 2 configs x 2 cycles" in out
     note = "sweep key 'pytorch.batch_size' replaced by a command-line override"
     assert (out + err).count(note) == 1
+
+
+@pytest.mark.parametrize(("signum", "code"), [(2, 130), (15, 143), (1, 129)])
+def test_a_signalled_study_exits_128_plus_and_says_how_to_resume(
+    monkeypatch: pytest.MonkeyPatch, signum: int, code: int
+) -> None:
+    import signal
+
+    import llenergymeasure._api as api
+    from llenergymeasure.study.signals import Interrupted
+
+    stop = Interrupted(signum, study_dir=Path("results/s_1"))
+    monkeypatch.setattr(api, "run_loaded_study", _raise(stop))
+    got, out, err = invoke("run", str(STUDY), "--cycles", "3", "--no-gaps")
+    assert got == code
+    name = signal.Signals(signum).name
+    assert err.strip().splitlines()[-1] == (
+        f"Interrupted by {name}: study marked interrupted, summary of what finished written; "
+        f"resume: llem run {STUDY} --cycles 3 --no-gaps --resume-dir results/s_1"
+    )
+    assert "Traceback" not in out + err

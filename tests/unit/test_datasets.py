@@ -252,3 +252,33 @@ def test_config_synthetic_dataset_without_n_takes_experiment_n() -> None:
     assert len(prompts) == 3
     assert all(len(tok(p.text)["input_ids"]) == 8 for p in prompts)
     assert all(p.target_output_tokens == 4 for p in prompts)
+
+
+def test_prompts_longer_than_the_token_budget_allows_are_cut_before_tokenising() -> None:
+    from llenergymeasure.datasets.loader import MAX_CHARS_PER_TOKEN, cap_prompt_chars
+    from llenergymeasure.datasets.types import Prompt, PromptList
+
+    prompts = PromptList([Prompt("a", "x" * 10_000), Prompt("b", "short")], "test", 2)
+    assert cap_prompt_chars(prompts, 1_000) is prompts  # nothing that long: untouched
+
+    capped = cap_prompt_chars(prompts, 16)
+
+    assert len(capped[0].text) == 16 * MAX_CHARS_PER_TOKEN and capped[0].cut
+    assert capped[1] == prompts[1] and not capped[1].cut
+    assert "1 prompt(s) longer than 512 characters" in capped.notes[-1]
+    assert (capped.source, capped.n_available) == ("test", 2)
+
+
+def test_non_utf8_and_oversized_csv_fields_are_config_errors_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    from llenergymeasure.datasets.loader import load_file
+
+    latin = tmp_path / "p.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"p\.txt is not UTF-8 text"):
+        load_file(latin)
+    wide = tmp_path / "p.csv"
+    wide.write_text("prompt\n" + "y" * 200_000 + "\n")
+    with pytest.raises(ConfigError, match=r"p\.csv:\d+: a field is longer"):
+        load_file(wide)

@@ -14,7 +14,12 @@ from llenergymeasure.core.energy import BaselineCache, BaselineSettings, EnergyS
 from llenergymeasure.core.energy._nvml import nvml
 from llenergymeasure.core.energy.baseline import baseline_key, idle_state, power_trend_pct
 from llenergymeasure.core.energy.quality import BASELINE_SETTLED_PCT
-from llenergymeasure.domain.energy import BaselineAdjustment, EnergyReport, IdleBaseline
+from llenergymeasure.domain.energy import (
+    BaselineAdjustment,
+    EnergyReport,
+    IdleBaseline,
+    MeterSelection,
+)
 from llenergymeasure.results.aggregation import _merge_baselines
 from llenergymeasure.testing import (
     NVML_ERROR_NOT_SUPPORTED,
@@ -266,17 +271,35 @@ def _adjustment(key: str, idle_w: float, trend: float | None, processes: int) ->
     )
 
 
+def _reports(*adjustments: BaselineAdjustment) -> list[EnergyReport]:
+    return [
+        EnergyReport(
+            window="measure",
+            duration_s=5.0,
+            baseline=a,
+            meter_selection=MeterSelection(requested="auto", meters=["nvml"], reason="test"),
+        )
+        for a in adjustments
+    ]
+
+
 def test_merged_baseline_keeps_state_of_its_parts() -> None:
-    merged = _merge_baselines(
-        [_adjustment("GPU-0", 100.0, -3.0, 1), _adjustment("GPU-1", 300.0, 0.2, 1)]
+    merged, flags = _merge_baselines(
+        _reports(_adjustment("GPU-0", 100.0, -3.0, 1), _adjustment("GPU-1", 300.0, 0.2, 1)),
+        2000.0,
+        5.0,
     )
-    assert merged is not None
+    assert merged is not None and not flags
+    assert merged.idle_power_w == 400.0 and merged.idle_energy_j == 2000.0
+    assert merged.gross_energy_j == 2000.0 and merged.energy_above_idle_j == 0.0
     b = merged.baseline
     assert b.compute_processes == 2 and b.sm_clock_mhz == 1980.0 and b.temperature_c == 40.0
     assert b.power_trend_pct == pytest.approx((-3.0 * 100.0 + 0.2 * 300.0) / 400.0)
     assert b.settled is False  # one part was unsettled
-    unknown = _merge_baselines(
-        [_adjustment("GPU-0", 100.0, None, 0), _adjustment("GPU-1", 100.0, 0.0, 1)]
+    unknown, _ = _merge_baselines(
+        _reports(_adjustment("GPU-0", 100.0, None, 0), _adjustment("GPU-1", 100.0, 0.0, 1)),
+        2000.0,
+        5.0,
     )
     assert unknown is not None
     assert unknown.baseline.power_trend_pct is None and unknown.baseline.settled is None

@@ -84,14 +84,16 @@ def test_device_seen_by_two_processes_is_counted_once_and_flagged() -> None:
     assert any(w.code == "device_measured_twice" for w in merged.warnings)
 
 
-def test_missing_or_foreign_process_results_are_refused() -> None:
+def test_foreign_repeated_or_no_process_results_are_refused() -> None:
     p0, p1 = _two_processes()
-    with pytest.raises(ExperimentError, match="expected 2"):
-        aggregate_process_results([p0])
     other = p1.model_copy(update={"experiment_id": "other"})
     with pytest.raises(ExperimentError, match="different experiments"):
         aggregate_process_results([p0, other])
-    with pytest.raises(ExperimentError):
+    with pytest.raises(ExperimentError, match="repeated"):
+        aggregate_process_results([p0, p0])
+    with pytest.raises(ExperimentError, match="do not fit"):
+        aggregate_process_results([p0, p1.model_copy(update={"process_index": 2})])
+    with pytest.raises(ExperimentError, match="no process completed"):
         aggregate_process_results([])
 
 
@@ -110,11 +112,17 @@ def test_raw_results_on_disk_aggregate_into_result_json(tmp_path: Path) -> None:
     p0, p1 = _two_processes()
     for p in (p1, p0):
         write_process_result(p, tmp_path)
+    assert sorted(q.name for q in (tmp_path / "raw").iterdir()) == [
+        "process_0.done",
+        "process_0.json",
+        "process_1.done",
+        "process_1.json",
+    ]
     with pytest.raises(FileExistsError):
         write_process_result(p0, tmp_path)
     result, path = aggregate_run_dir(tmp_path)
     assert path == tmp_path / "result.json" and read_result(path) == result
-    assert result.process_results == ["process_0.json", "process_1.json"]
+    assert result.process_results == ["raw/process_0.json", "raw/process_1.json"]
     assert result.energy is not None and result.energy.gpu_energy_j == pytest.approx(160.0)
 
 

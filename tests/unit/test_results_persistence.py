@@ -110,3 +110,74 @@ def test_export_one_row_per_result(tmp_path: Path) -> None:
     assert table[0]["cpu_energy_j"] is None  # not measured: None, not 0
     csv_text = export_results(tmp_path, tmp_path / "all.csv").read_text()
     assert csv_text.count("\n") == 3 and "j_per_output_token" in csv_text
+
+
+# ---- files others can read (issue 11, case 9) ------------------------------------------------
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_follow_the_umask_not_mkstemps_0600(tmp_path: Path, umask: int) -> None:
+    import os
+    import stat
+
+    before = os.umask(umask)
+    try:
+        written = [
+            atomic_write_text(tmp_path / "a.json", "{}"),
+            write_result(_result(), new_run_dir(tmp_path, "r")),
+        ]
+    finally:
+        os.umask(before)
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+# ---- a write that fails names the path and the errno text (case 4) ----------------------------
+def test_a_failed_write_names_the_path_and_errno_text_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from llenergymeasure.exceptions import WriteError
+
+    target = tmp_path / "study_manifest.json"
+    target.write_text("old")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteError) as err:
+        atomic_write_text(target, "new")
+    assert str(target) in str(err.value) and "No space left on device" in str(err.value)
+    assert isinstance(err.value, OSError) and err.value.errno == errno.ENOSPC
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["study_manifest.json"]
+
+
+def test_run_dir_under_a_file_is_a_write_error(tmp_path: Path) -> None:
+    from llenergymeasure.exceptions import WriteError
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(WriteError, match="afile"):
+        new_run_dir(tmp_path / "afile", "x")
+
+
+# ---- corrupt files: readers name the file and skip it (case 5) --------------------------------
+def test_truncated_result_is_named_by_read_result_and_skipped_by_export(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from llenergymeasure.exceptions import ResultFileError
+
+    good = write_result(_result(), new_run_dir(tmp_path, "good"))
+    bad = new_run_dir(tmp_path, "bad") / "result.json"
+    bad.write_bytes(good.read_bytes()[:100])  # truncated mid-file
+    with pytest.raises(ResultFileError) as err:
+        read_result(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+    out = export_results(tmp_path, tmp_path / "all.csv")
+
+    assert len(out.read_text().splitlines()) == 2  # header + the one good result
+    assert any(str(bad) in r.getMessage() for r in caplog.records)

@@ -210,7 +210,7 @@ def test_study_process_stopped_then_resumed_submits_nothing_twice(tmp_path: Path
             if ended >= 2 and len(fake.jobs) == 4:
                 raise Killed
 
-    with pytest.raises(Killed):
+    with pytest.raises(KeyboardInterrupt):  # the runner may re-raise it as Interrupted
         StudyRunner(cfg, results_dir=tmp_path / "out", job_system=fake, time_source=Dying()).run()
     study_dir = next((tmp_path / "out").glob("fake_*"))
     left = manifest(study_dir)

@@ -82,3 +82,75 @@ def test_unreadable_manifest_is_a_study_error(tmp_path: Path) -> None:
     (tmp_path / "study_manifest.json").write_text('{"study_name": ')
     with pytest.raises(StudyError, match="not a valid study manifest"):
         read_manifest(tmp_path)
+
+
+# ---- resume identity: the expanded design, not the YAML's spelling (issue 11, case 6) -------
+def _plan(sweep: dict[str, list[object]], **base: object):  # type: ignore[no-untyped-def]
+    return expand_study(
+        StudyConfig(
+            study_name="s",
+            base={"model": "tiny-llama", "device": "cpu", "n": 2, **base},
+            sweep=sweep,
+            execution={"n_cycles": 2},
+        )
+    )
+
+
+def test_same_expanded_design_resumes_whatever_its_spelling() -> None:
+    manifest = new_manifest(_plan({"max_output_tokens": [8, 16]}))
+
+    check_same_design(manifest, _plan({"max_output_tokens": [8.0, 16.0]}))  # 8.0 is 8
+    spelled_out = _plan(
+        {"max_output_tokens": [8, 16]},
+        random_seed=42,  # defaults written out
+        decoder={"strategy": "greedy", "ignore_eos": True},
+        pytorch={},  # an empty section is no section
+    )
+    check_same_design(manifest, spelled_out)
+
+
+def test_a_changed_field_is_named_with_old_and_new_values() -> None:
+    manifest = new_manifest(_plan({"max_output_tokens": [8, 16]}))
+
+    with pytest.raises(StudyError) as err:
+        check_same_design(manifest, _plan({"max_output_tokens": [8, 16]}, n=3))
+    text = str(err.value)
+    assert "n: 2 -> 3 (every config)" in text
+    assert "config added" not in text  # the same grid points, one field changed
+
+    with pytest.raises(StudyError) as err:
+        check_same_design(manifest, _plan({"max_output_tokens": [8, 32]}))
+    text = str(err.value)
+    assert "config removed: max_output_tokens=16" in text
+    assert "config added: max_output_tokens=32" in text
+    assert "max_output_tokens: 16 -> 32" in text
+
+
+def test_a_refused_resume_is_an_input_error_exit_2(tmp_path: Path) -> None:
+    from llenergymeasure.cli._common import exit_code_for
+    from llenergymeasure.exceptions import StudyDirError
+
+    manifest = new_manifest(_plan({"max_output_tokens": [8]}))
+    with pytest.raises(StudyDirError) as err:
+        check_same_design(manifest, _plan({"max_output_tokens": [9]}))
+    assert exit_code_for(err.value) == 2
+    (tmp_path / "study_manifest.json").write_text('{"study_name": ')
+    with pytest.raises(StudyDirError) as bad:
+        read_manifest(tmp_path)
+    assert str(tmp_path / "study_manifest.json") in str(bad.value)
+    assert exit_code_for(bad.value) == 2
+
+
+def test_find_resumable_refuses_its_own_corrupt_manifest_but_not_another_studys(
+    tmp_path: Path,
+) -> None:
+    from llenergymeasure.exceptions import StudyDirError
+
+    other = tmp_path / "s_fast_20260101-000000"
+    other.mkdir()
+    (other / "study_manifest.json").write_text("{")  # another study named s_fast
+    assert find_resumable(tmp_path, "s") is None
+    own = new_run_dir(tmp_path, "s")
+    (own / "study_manifest.json").write_text('{"study_name": "s", "entr')
+    with pytest.raises(StudyDirError, match="not a valid study manifest"):
+        find_resumable(tmp_path, "s")

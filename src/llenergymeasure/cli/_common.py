@@ -2,7 +2,8 @@
 
 The app (``cli/app.py``) registers the commands (``cli/commands/``); both read the verbosity
 and map exceptions to exit codes here, so neither imports the other's module at run time.
-Exit codes: 0 ok; 1 runtime failure; 2 bad configuration or input; 130 interrupted.
+Exit codes: 0 ok; 1 runtime failure; 2 bad configuration or input; ``128 + signal`` when
+stopped by a signal (130 SIGINT / Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def set_verbosity(quiet: bool = False, verbose: int = 0) -> int:
 def exit_code_for(exc: BaseException) -> int:
     """The exit code an exception maps to (see the module docstring)."""
     if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
+        signum = getattr(exc, "signum", None)  # study.signals.Interrupted
+        return 128 + signum if isinstance(signum, int) else EXIT_INTERRUPTED
     if isinstance(exc, LLEMError):
         return EXIT_CONFIG if isinstance(exc, ConfigError) else int(exc.exit_code or 1)
     return EXIT_RUNTIME
@@ -42,16 +44,37 @@ def exit_code_for(exc: BaseException) -> int:
 def error_message(exc: BaseException) -> str:
     """The one message a user sees for an exception."""
     if isinstance(exc, KeyboardInterrupt):
-        return "Interrupted."
+        return interrupted_message(exc)
     if isinstance(exc, LLEMError):
         return f"Error: {exc}"
     detail = f"{type(exc).__name__}: {exc}"
     return f"Unexpected error: {detail}\n(run again with -v for the traceback)"
 
 
+def interrupted_message(exc: KeyboardInterrupt) -> str:
+    """One line: which signal, and for a study how to resume it."""
+    signum = getattr(exc, "signum", None)
+    what = "Interrupted"
+    if isinstance(signum, int):
+        import signal
+
+        try:
+            what += f" by {signal.Signals(signum).name}"
+        except ValueError:
+            what += f" by signal {signum}"
+    study_dir = getattr(exc, "study_dir", None)
+    if study_dir is None:
+        return f"{what}."
+    hint = getattr(exc, "resume_hint", None) or f"llem run <file> --resume-dir {study_dir}"
+    return f"{what}: study marked interrupted, summary of what finished written; resume: {hint}"
+
+
 def report_error(exc: BaseException) -> int:
     """Print the message (and the traceback when verbose) on stderr; return the exit code."""
+    from llenergymeasure.redaction import scrub
+
     if STATE["verbosity"] > 0:
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    typer.echo(error_message(exc), err=True)
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        sys.stderr.write(scrub(text))
+    typer.echo(scrub(error_message(exc)), err=True)
     return exit_code_for(exc)

@@ -85,6 +85,7 @@ def _root(
 
 def _register_commands() -> None:
     """Attach the subcommands (their modules import the library lazily)."""
+    from llenergymeasure.cli.commands import aggregate as aggregate_cmd
     from llenergymeasure.cli.commands import config as config_cmd
     from llenergymeasure.cli.commands import results as results_cmd
     from llenergymeasure.cli.commands import run as run_cmd
@@ -108,6 +109,11 @@ def _register_commands() -> None:
         app.command(name, help=text, context_settings={"help_option_names": ["-h", "--help"]})(
             function
         )
+    app.command(
+        "aggregate",
+        help=aggregate_cmd.HELP,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )(aggregate_cmd.aggregate)
 
 
 _register_commands()

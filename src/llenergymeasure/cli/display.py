@@ -189,10 +189,28 @@ def _energy_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
     ]
 
 
+def _process_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
+    """Multi-process runs: each process's devices and throughput (or why it is missing)."""
+    if not result.process_breakdown:
+        return []
+    parts = []
+    for p in result.process_breakdown:
+        if p.status == "missing":
+            parts.append(f"{p.process_index}: missing")
+            continue
+        where = ",".join(p.gpu_devices) or p.device or "?"
+        parts.append(f"{p.process_index}: {where} {fmt(p.output_tokens_per_s)} tok/s")
+    return [("processes", f"{result.n_processes} ({'; '.join(parts)})")]
+
+
 def format_experiment(result: ExperimentResult, result_dir: str | None = None) -> str:
     """The end-of-run summary of one experiment, with its warnings."""
     status = "FAILED" if result.failed else "completed"
-    pairs = _config_pairs(result) + _metric_pairs(result) + _energy_pairs(result)
+    if result.partial:
+        missing = sum(p.status == "missing" for p in result.process_breakdown)
+        status += f", PARTIAL: {missing} of {result.n_processes} processes missing"
+    pairs = _config_pairs(result) + _process_pairs(result) + _metric_pairs(result)
+    pairs += _energy_pairs(result)
     pairs.append(("results", result_dir or MISSING))
     lines = [
         f"Experiment {result.name} ({status}, config {result.config_hash[:8]})",
@@ -233,24 +251,46 @@ def _gb(value: float | None) -> str:
     return f"{value:.3f}" if value < 1 else f"{value:.2f}"
 
 
-def format_dry_run(plan: Any, estimate: Callable[[Any], Any]) -> str:
-    """The expanded study in run order, skipped points and totals (nothing is run)."""
-    rows = [
-        (
-            p.position + 1,
-            f"{p.cycle}/{plan.n_cycles}",
-            p.label,
-            p.config_hash[:8],
-            format_memory(estimate(p.config)),
-        )
-        for p in plan.experiments
-    ]
-    headers = ("#", "cycle", "experiment", "config", "est. GPU memory (weights + KV + overhead)")
+def format_dry_run(
+    plan: Any,
+    estimate: Callable[[Any], Any],
+    backend_status: Callable[[str], tuple[bool, str]] | None = None,
+) -> str:
+    """The expanded study in run order, skipped points and totals (nothing is run).
+
+    ``backend_status(name) -> (installed, reason)`` (never importing the backend): rows
+    whose backend is not installed get a ``backend`` column saying so, and a line per
+    missing backend gives the install command.
+    """
+    status = {}
+    if backend_status is not None:
+        for p in plan.experiments:
+            name = p.config.backend
+            if name not in status:
+                status[name] = backend_status(name)
+    missing = {name: why for name, (ok, why) in status.items() if not ok}
+    rows = []
+    for p in plan.experiments:
+        row = [p.position + 1, f"{p.cycle}/{plan.n_cycles}", p.label, p.config_hash[:8]]
+        row.append(format_memory(estimate(p.config)))
+        if missing:
+            backend = p.config.backend
+            row.append(f"{backend}: NOT INSTALLED" if backend in missing else "")
+        rows.append(row)
+    headers = ["#", "cycle", "experiment", "config", "est. GPU memory (weights + KV + overhead)"]
+    if missing:
+        headers.append("backend")
     seed = f", shuffle seed {plan.shuffle_seed}" if plan.shuffle_seed is not None else ""
     lines = [
         f"Dry run: order {plan.order}{seed}, design {str(plan.design_hash)[:8]}",
         render_table(headers, rows),
     ]
+    for name, why in missing.items():
+        which = [str(p.position + 1) for p in plan.experiments if p.config.backend == name]
+        lines.append(
+            f"Backend {name!r} is not installed ({why}): experiments {', '.join(which)} would "
+            "fail pre-flight"
+        )
     if plan.skipped:
         lines.append(f"Skipped grid points ({len(plan.skipped)}):")
         lines.extend(f"  - {_point_text(s.point)}: {s.reason}" for s in plan.skipped)

@@ -33,9 +33,18 @@ class PyTorchConfig(_Section):
     )
     load_in_4bit: bool | None = Field(None, description="bitsandbytes NF4 weights.")
     load_in_8bit: bool | None = Field(None, description="bitsandbytes LLM.int8() weights.")
-    device_map: str | None = Field(None, description='e.g. "auto" to shard across GPUs.')
+    device_map: str | None = Field(
+        None, description='"auto": one model split across the visible GPUs (all measured).'
+    )
     num_processes: int | None = Field(
-        None, ge=1, le=64, description="Data-parallel processes (accelerate), one per GPU."
+        None,
+        ge=1,
+        le=64,
+        description=(
+            "Data-parallel worker processes started by llem, one per GPU (CPU: processes on "
+            "the CPU); prompts are sharded round-robin. Set (even to 1): the run goes "
+            "through the launcher and writes raw/ per-process results."
+        ),
     )
 
     @model_validator(mode="after")

@@ -4,8 +4,12 @@
 field left at ``None`` = "the backend's default" does not count) and leaves out what does not
 change the measurement: its ``name``, ``output_dir``, and the CO2 accounting inputs
 (``carbon_intensity_gco2_kwh``, ``datacenter_pue``), which are applied after measuring.
-``study_design_hash`` covers what defines a study's design (base, sweep, experiments, cycles,
-order, shuffle seed) but not gaps, timeouts or names.
+Empty sections (``pytorch: {}``, or one whose fields are all ``None``) count as absent.
+``study_design_hash`` fingerprints a study's design as written (base, sweep, experiments,
+cycles, order, shuffle seed; not gaps, timeouts or names); ``run_order_hash`` identifies the
+*expanded* design — the (config hash, cycle) of every planned experiment, in run order —
+which is what a resume must match (``8.0`` for ``8`` or a default spelled out change the
+first, not the second).
 
 Usage::
 
@@ -17,9 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from llenergymeasure.config.models import ExperimentConfig, StudyConfig
+from llenergymeasure.redaction import redact
 
 #: Fields that do not change what is measured.
 HASH_EXCLUDED_FIELDS = frozenset(
@@ -39,8 +45,25 @@ def sha256_of(data: Any) -> str:
 
 def config_hash(cfg: ExperimentConfig) -> str:
     """SHA-256 of the experiment's measured configuration (see module docstring)."""
+    return sha256_of(hashed_fields(cfg))
+
+
+def hashed_fields(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The fields ``config_hash`` covers, as plain JSON data. Credential values are
+    redacted (`llenergymeasure.redaction`): a token does not change what is measured, and
+    the hash must be reproducible from a result's stored (redacted) config."""
     dumped = cfg.model_dump(mode="json", exclude_none=True, exclude=set(HASH_EXCLUDED_FIELDS))
-    return sha256_of(dumped)
+    return _without_empty_sections(redact(dumped))
+
+
+def _without_empty_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """Drop top-level mappings left empty by ``exclude_none`` (``pytorch: {}`` = absent)."""
+    return {k: v for k, v in data.items() if not (isinstance(v, dict) and not v)}
+
+
+def run_order_hash(pairs: Iterable[tuple[str, int]]) -> str:
+    """SHA-256 of a study's run order: ``(config_hash, cycle)`` of each planned experiment."""
+    return sha256_of([[h, c] for h, c in pairs])
 
 
 def short_hash(full_hash: str, length: int = 8) -> str:

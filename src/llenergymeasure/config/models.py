@@ -271,6 +271,32 @@ def cross_field_problems(data: Any) -> list[tuple[str, str]]:
                     f"precision {precision} conflicts with the pytorch load_in_* flag",
                 )
             )
+        problems += _process_problems(pytorch_section, data.get("n", 100))
+    return problems
+
+
+def _process_problems(section: dict[str, Any], n: Any) -> list[tuple[str, str]]:
+    """pytorch.num_processes against device_map and the number of prompts."""
+    processes = section.get("num_processes")
+    if not isinstance(processes, int) or processes <= 1:
+        return []
+    problems: list[tuple[str, str]] = []
+    if section.get("device_map") is not None:
+        problems.append(
+            (
+                "pytorch.num_processes",
+                f"pytorch.num_processes {processes} and pytorch.device_map cannot be combined "
+                "(data parallel puts one whole model on each GPU): drop one of them",
+            )
+        )
+    if isinstance(n, int) and processes > n:
+        problems.append(
+            (
+                "pytorch.num_processes",
+                f"pytorch.num_processes {processes} is more than the {n} prompts (n): every "
+                "process needs at least one prompt",
+            )
+        )
     return problems
 
 

@@ -12,11 +12,16 @@
 
 Sampling is deterministic for a seed. Asking for more prompts than a source has cycles
 through it again (reshuffled), logs a warning and records ``cycled=True`` on the result.
+
+``cap_prompt_chars`` bounds the work on huge inputs: a prompt is cut to
+``max_input_tokens x MAX_CHARS_PER_TOKEN`` characters before it is tokenised (a 50 MB
+one-line prompt took 6 minutes and 7 GB to tokenise only to keep its first 512 tokens).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -41,6 +46,11 @@ KNOWN_HF_DATASETS: dict[str, tuple[str, str, str | None]] = {
     "aienergyscore": ("AIEnergyScore/text_generation", "train", "text"),
 }
 HUB_HOST, HUB_PROBE_TIMEOUT_S = "huggingface.co", 3.0
+#: Characters kept per allowed input token before tokenising. Tokens of the usual BPE
+#: vocabularies span a few characters (long ones: runs of spaces or symbols, rarely 20+),
+#: so the first max_input_tokens tokens of a cut prompt are those of the whole prompt;
+#: a text whose tokens are longer still keeps every character up to the cut.
+MAX_CHARS_PER_TOKEN = 32
 
 Row = Mapping[str, Any]
 
@@ -98,6 +108,31 @@ def _rows_for(dataset: str) -> tuple[str, list[Prompt]]:
     )
 
 
+def cap_prompt_chars(prompts: PromptList, max_input_tokens: int) -> PromptList:
+    """``prompts`` with every text longer than ``max_input_tokens x MAX_CHARS_PER_TOKEN``
+    characters cut to that length and marked ``cut`` (the backends count it truncated);
+    the same list when none is that long."""
+    limit = max_input_tokens * MAX_CHARS_PER_TOKEN
+    n_cut = sum(len(p.text) > limit for p in prompts)
+    if not n_cut:
+        return prompts
+    capped = [
+        dataclasses.replace(p, text=p.text[:limit], cut=True) if len(p.text) > limit else p
+        for p in prompts
+    ]
+    note = (
+        f"{n_cut} prompt(s) longer than {limit:,} characters (max_input_tokens x "
+        f"{MAX_CHARS_PER_TOKEN}) were cut to that before tokenising"
+    )
+    return PromptList(
+        capped,
+        source=prompts.source,
+        n_available=prompts.n_available,
+        cycled=prompts.cycled,
+        notes=[*prompts.notes, note],
+    )
+
+
 # ---- sampling -----------------------------------------------------------------------------
 def sample_prompts(rows: list[Prompt], n: int | None, seed: int, source: str) -> PromptList:
     """``n`` prompts drawn without replacement (seeded); more than exist cycles with a warning.
@@ -142,12 +177,20 @@ def load_builtin() -> list[Prompt]:
 
 
 def load_file(path: Path) -> list[Prompt]:
-    """All prompts of a local file (format chosen by suffix)."""
+    """All prompts of a local file (format chosen by suffix). A file that is not UTF-8
+    text, or a CSV the csv module refuses, is a ConfigError naming the file and the fix."""
     _check_file(path)
     suffix = path.suffix.lower()
-    if suffix == ".txt":
-        return _from_text(path)
-    rows = _read_jsonl(path) if suffix == ".jsonl" else _read_json_or_csv(path, suffix)
+    try:
+        if suffix == ".txt":
+            return _from_text(path)
+        rows = _read_jsonl(path) if suffix == ".jsonl" else _read_json_or_csv(path, suffix)
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"dataset: {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+            f"{e.start:,} of a read block; a binary file?) -> save it as UTF-8 text "
+            "(e.g. iconv -f latin1 -t utf-8)"
+        ) from e
     if not rows:
         raise ConfigError(f"dataset: {path} has no rows -> add prompts to the file")
     return rows_to_prompts(rows, source=str(path), id_prefix=path.stem)
@@ -198,7 +241,7 @@ def _read_json_or_csv(path: Path, suffix: str) -> list[Row]:
     """Rows of a CSV (header required) or a JSON array / ``{"data": [...]}`` file."""
     with path.open(encoding="utf-8", newline="") as f:
         if suffix == ".csv":
-            return list(csv.DictReader(f))
+            return _read_csv(f, path)
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:
@@ -208,6 +251,22 @@ def _read_json_or_csv(path: Path, suffix: str) -> list[Row]:
     if not isinstance(data, list):
         raise ConfigError(f"dataset: {path} must hold a JSON array of rows -> or use JSONL")
     return [{"prompt": v} if isinstance(v, str) else v for v in data]
+
+
+def _read_csv(f: Any, path: Path) -> list[Row]:
+    """Rows of a CSV with a header; csv module errors name the file and line."""
+    reader = csv.DictReader(f)
+    try:
+        return list(reader)
+    except csv.Error as e:
+        line = reader.line_num
+        if "field larger than field limit" in str(e):
+            raise ConfigError(
+                f"dataset: {path}:{line}: a field is longer than the csv module's limit of "
+                f"{csv.field_size_limit():,} characters -> give prompts this long as JSONL "
+                "(one JSON object per line) or a .txt file (one prompt per line)"
+            ) from e
+        raise ConfigError(f"dataset: {path}:{line}: not valid CSV ({e}) -> fix the file") from e
 
 
 # ---- field detection ----------------------------------------------------------------------

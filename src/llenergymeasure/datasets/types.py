@@ -11,12 +11,15 @@ class Prompt:
 
     ``target_output_tokens`` is the number of new tokens to generate when the dataset fixes
     it (synthetic datasets); ``None`` leaves it to ``max_output_tokens`` of the config.
+    ``cut`` marks a text already shortened before tokenising (`loader.cap_prompt_chars`):
+    it counts as truncated to ``max_input_tokens`` whatever its token count.
     """
 
     id: str
     text: str
     task: str | None = None
     target_output_tokens: int | None = None
+    cut: bool = False
 
 
 class PromptList(list[Prompt]):

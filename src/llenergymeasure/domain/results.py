@@ -2,9 +2,11 @@
 
 Both are versioned pydantic v2 models that embed the effective config, its provenance and the
 environment, and round-trip through ``model_dump_json`` / ``model_validate_json``.
-A multi-process run writes one :class:`RawProcessResult` per process; they are combined
-late (pooled timings, energy summed over devices) by
-:func:`llenergymeasure.results.aggregation.aggregate_process_results`.
+A multi-process run writes one :class:`RawProcessResult` per process
+(``raw/process_<i>.json``) and the launching process's :class:`LaunchRecord`
+(``raw/launch.json``); they are combined late (pooled timings, energy summed over distinct
+devices) by :func:`llenergymeasure.results.aggregation.aggregate_process_results`, whose
+:class:`ExperimentResult` keeps a per-process and a per-device breakdown.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure.domain.co2 import CO2Estimate
-from llenergymeasure.domain.energy import EnergyReport, QualityFlag
+from llenergymeasure.domain.energy import EnergyReport, Method, QualityFlag, Scope
 from llenergymeasure.domain.environment import EnvironmentSnapshot, Placement
 from llenergymeasure.domain.metrics import InferenceMetrics, MemoryMetrics
 from llenergymeasure.state.machine import ExperimentState, StateTransition
@@ -91,16 +93,31 @@ def core_fields(source: object) -> dict[str, Any]:
 class RawProcessResult(ResultCore):
     """The raw measurement of one process of an experiment, before aggregation.
 
-    ``window_start_unix_s`` / ``window_end_unix_s`` are wall-clock times (``time.time``) so
-    windows of different processes can be aligned; per-token times use each process's own
-    monotonic clock and are only ever compared within one request.
+    ``window_start_unix_s`` / ``window_end_unix_s`` are wall-clock times (``time.time``) and
+    ``window_*_monotonic_s`` the same edges on ``time.monotonic`` (one clock for every process
+    of a host, immune to wall-clock steps), so windows of different processes can be aligned;
+    per-token times are only ever compared within one request. ``energy`` is the energy of
+    the devices this process ran on over the run's energy window (a launched worker gets it
+    from the parent, which owns the meters): a device shared by two processes appears in
+    both, and aggregation counts it once.
     """
 
     process_index: int = Field(0, ge=0)
     n_processes: int = Field(1, ge=1)
     device: str | None = None
+    gpu_devices: list[str] = Field(
+        default_factory=list,
+        description="GPUs this process ran on, as gpu:<nvml index> (empty on CPU)",
+    )
+    cuda_visible_devices: str | None = Field(
+        None, description="CUDA_VISIBLE_DEVICES of this process (launched workers: its own)"
+    )
     window_start_unix_s: float
     window_end_unix_s: float
+    window_start_monotonic_s: float | None = Field(
+        None, description="time.monotonic() at the window start (comparable within one host)"
+    )
+    window_end_monotonic_s: float | None = None
     duration_s: float = Field(gt=0.0, description="this process's window (monotonic clock)")
     timing_method: str = Field(
         "host_clock",
@@ -118,6 +135,79 @@ class RawProcessResult(ResultCore):
     memory: MemoryMetrics | None = None
     carbon_intensity_gco2_kwh: float | None = None
     datacenter_pue: float | None = None
+
+
+ProcessStatus = Literal["completed", "failed", "crashed", "stopped", "not_started"]
+
+
+class ProcessOutcome(_Model):
+    """What the launcher gave one worker process and how that worker ended."""
+
+    process_index: int = Field(ge=0)
+    status: ProcessStatus
+    reason: str | None = Field(None, description="why it did not complete (one line)")
+    detail: str | None = Field(None, description="traceback text, when the worker sent one")
+    stage: str | None = Field(None, description="the last stage the worker reported")
+    exit_code: int | None = None
+    gpu_devices: list[str] = Field(default_factory=list, description="GPUs assigned to it")
+    cuda_visible_devices: str | None = Field(None, description="what it was started with")
+
+
+class LaunchRecord(ResultCore):
+    """The launching (parent) process's part of a run with worker processes:
+    ``raw/launch.json``, written before aggregation so that ``llem aggregate`` can rebuild
+    ``result.json`` from the run directory alone.
+
+    ``energy`` is the parent's whole energy report (every GPU it measured, ``gpu:<index>``);
+    the raw results carry the part of it that belongs to their devices.
+    """
+
+    n_processes: int = Field(ge=1)
+    processes: list[ProcessOutcome] = Field(default_factory=list)
+    start_barrier: str | None = Field(
+        None, description="how the workers were released together (e.g. gloo barrier)"
+    )
+    llem_version: str | None = None
+    state: ExperimentState = ExperimentState.DONE
+    state_transitions: list[StateTransition] = Field(default_factory=list)
+    timeseries_path: str | None = None
+    setup_s: float | None = None
+    phase_durations_s: dict[str, float] = Field(default_factory=dict)
+
+
+class ProcessBreakdown(_Model):
+    """One process of an aggregated run: its window and work, or why it is missing."""
+
+    process_index: int = Field(ge=0)
+    status: Literal["completed", "missing"]
+    reason: str | None = Field(None, description="missing: why (from the launcher if known)")
+    result_file: str | None = Field(None, description="its raw result, relative to the run")
+    device: str | None = None
+    gpu_devices: list[str] = Field(default_factory=list)
+    cuda_visible_devices: str | None = None
+    window_start_unix_s: float | None = None
+    window_end_unix_s: float | None = None
+    duration_s: float | None = None
+    n_requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    output_tokens_per_s: float | None = Field(None, description="over its own window")
+    warmup_runs: int | None = None
+
+
+class DeviceBreakdown(_Model):
+    """One measured device of an aggregated run: its energy and who ran on it."""
+
+    device: str = Field(description="gpu:<nvml index>, cpu:package-<n>, dram:<n>, cpu:all")
+    scope: Scope
+    method: Method
+    meter: str
+    energy_j: float
+    processes: list[int] = Field(
+        default_factory=list, description="processes whose raw results carry this device"
+    )
+    counted: bool = Field(description="part of the aggregate's energy")
+    note: str | None = None
 
 
 class ExperimentResult(ResultCore):
@@ -147,6 +237,14 @@ class ExperimentResult(ResultCore):
     process_results: list[str] = Field(
         default_factory=list, description="raw per-process result files (relative)"
     )
+    process_breakdown: list[ProcessBreakdown] = Field(
+        default_factory=list,
+        description="multi-process runs: every planned process, completed or missing",
+    )
+    device_breakdown: list[DeviceBreakdown] = Field(
+        default_factory=list,
+        description="multi-process runs: energy per device and the processes that ran on it",
+    )
     state: ExperimentState = ExperimentState.DONE
     state_transitions: list[StateTransition] = Field(default_factory=list)
     failed: bool = False
@@ -159,6 +257,11 @@ class ExperimentResult(ResultCore):
     phase_durations_s: dict[str, float] = Field(default_factory=dict)
 
     # ---- convenience (used by studies and the CLI) ---------------------------------------
+    @property
+    def partial(self) -> bool:
+        """Some planned processes left no result: the figures cover the others only."""
+        return any(p.status == "missing" for p in self.process_breakdown)
+
     @property
     def energy_j(self) -> float | None:
         """GPU energy of the window (J); falls back to the total measured (CPU/DRAM)."""

@@ -10,13 +10,18 @@ Use `StudyResult.load(study_dir)` to read a summary back with its experiments.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llenergymeasure.domain.files import validate_json_file
 from llenergymeasure.domain.results import ExperimentResult
 from llenergymeasure.domain.stats import CycleSummary
+from llenergymeasure.exceptions import ResultFileError
+
+logger = logging.getLogger(__name__)
 
 STUDY_SCHEMA_VERSION = "1.0"
 
@@ -90,6 +95,17 @@ class ConfigSummary(_Model):
     result_paths: list[str] = Field(description="result.json files, relative to the study dir")
     metrics: dict[str, MetricStats]
     best: bool = False
+    energy_basis: str | None = Field(
+        None,
+        description="how energy_j was obtained over the cycles: method (counter | polled | "
+        "estimate) and scope, e.g. 'counter (gpu)'; None when never measured",
+    )
+    flagged: int = Field(
+        0, description="completed cycles whose result carries a warning or critical flag"
+    )
+    flag_codes: dict[str, int] = Field(
+        default_factory=dict, description="flag code -> completed cycles that carry it"
+    )
 
 
 class ExperimentTiming(_Model):
@@ -154,10 +170,26 @@ class StudyResult(_Model):
 
     @classmethod
     def load(cls, study_dir: Path) -> StudyResult:
-        """Read ``study_summary.json`` and attach the completed experiments' results."""
-        summary = cls.model_validate_json((study_dir / "study_summary.json").read_text())
+        """Read ``study_summary.json`` and attach the completed experiments' results.
+
+        A result file that is missing or not a valid result is skipped with a warning that
+        names it (logged, and added to ``warnings``); an invalid summary raises
+        ResultFileError naming it.
+        """
+        study_dir = Path(study_dir)
+        summary = validate_json_file(cls, study_dir / "study_summary.json", "study summary")
         paths = [p for c in summary.configs for p in c.result_paths]
-        summary.experiments = [
-            ExperimentResult.model_validate_json((study_dir / p).read_text()) for p in paths
-        ]
+        experiments = []
+        for p in paths:
+            try:
+                experiments.append(validate_json_file(ExperimentResult, study_dir / p, "result"))
+            except ResultFileError as e:
+                text = f"skipped {e}"
+                logger.warning("%s", text)
+                summary.warnings.append(text)
+            except OSError as e:
+                text = f"skipped {study_dir / p}: {e.strerror or e}"
+                logger.warning("%s", text)
+                summary.warnings.append(text)
+        summary.experiments = experiments
         return summary

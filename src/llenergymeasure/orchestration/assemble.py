@@ -7,6 +7,7 @@ while the measurement window is open.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,20 +54,25 @@ class PhaseTimer:
 
 @dataclass
 class Window:
-    """The measurement window's edges: wall clock (for alignment) and monotonic (length)."""
+    """The measurement window's edges: wall clock and ``time.monotonic`` (alignment across
+    the processes of a host) and ``perf_counter`` (length)."""
 
     start_unix_s: float = 0.0
     end_unix_s: float = 0.0
     start_perf_s: float = 0.0
     end_perf_s: float = 0.0
+    start_monotonic_s: float = 0.0
+    end_monotonic_s: float = 0.0
 
     def begin(self) -> None:
         """Stamp the opening edge."""
-        self.start_unix_s, self.start_perf_s = time.time(), time.perf_counter()
+        self.start_unix_s, self.start_monotonic_s = time.time(), time.monotonic()
+        self.start_perf_s = time.perf_counter()
 
     def end(self) -> None:
         """Stamp the closing edge."""
-        self.end_perf_s, self.end_unix_s = time.perf_counter(), time.time()
+        self.end_perf_s = time.perf_counter()
+        self.end_monotonic_s, self.end_unix_s = time.monotonic(), time.time()
 
     @property
     def duration_s(self) -> float:
@@ -128,13 +134,25 @@ def raw_result(
     window: Window,
     memory: MemoryMetrics,
     ended_at: datetime,
+    *,
+    process_index: int = 0,
+    n_processes: int = 1,
+    gpu_devices: Sequence[str] = (),
+    cuda_visible_devices: str | None = None,
 ) -> RawProcessResult:
-    """The single-process raw result of this run."""
+    """The raw result of this process (the only one, or worker ``process_index`` of
+    ``n_processes``)."""
     return RawProcessResult(
         **core_fields(record),
+        process_index=process_index,
+        n_processes=n_processes,
         device=output.device,
+        gpu_devices=list(gpu_devices),
+        cuda_visible_devices=cuda_visible_devices,
         window_start_unix_s=window.start_unix_s,
         window_end_unix_s=window.end_unix_s,
+        window_start_monotonic_s=window.start_monotonic_s or None,
+        window_end_monotonic_s=window.end_monotonic_s or None,
         duration_s=window.duration_s,
         timing_method=output.timing_method,
         ttft_not_measured_reason=output.ttft_not_measured_reason,

@@ -7,6 +7,10 @@ Sequence (docs/measurement.md §1, docs/ARCHITECTURE.md)::
     -> warm-up -> synchronize | begin window | run_inference | synchronize | end window
     -> metrics, quality flags, CO2 -> result.json (atomic) in a new run directory
 
+A backend asking for ``launch_mode: processes`` (pytorch with ``num_processes`` set) runs in
+worker processes instead (``launcher.py``): this process owns the energy session, writes
+``raw/launch.json``, and ``result.json`` is the late aggregation of ``raw/``.
+
 Only generation happens inside the window; the device is synchronised at both edges.
 A failure marks the state DONE with ``failed=True``, writes the result with the traceback,
 and is re-raised as ``ExperimentError`` (configuration/pre-flight errors keep their type).
@@ -14,6 +18,7 @@ and is re-raised as ``ExperimentError`` (configuration/pre-flight errors keep th
 
 from __future__ import annotations
 
+import os
 import traceback
 import uuid
 from collections.abc import Callable
@@ -31,6 +36,8 @@ from llenergymeasure.exceptions import (
     ExperimentError,
     MeterError,
     PreflightError,
+    ResultNotSavedError,
+    WriteError,
 )
 from llenergymeasure.orchestration.assemble import (
     PhaseTimer,
@@ -43,9 +50,10 @@ from llenergymeasure.orchestration.assemble import (
 from llenergymeasure.orchestration.preflight import run_preflight
 from llenergymeasure.orchestration.warmup import run_warmup
 from llenergymeasure.progress import NullProgress, Progress
-from llenergymeasure.results.aggregation import aggregate_process_results
+from llenergymeasure.redaction import redact, register_secrets, scrub, secret_values
+from llenergymeasure.results.aggregation import aggregate_process_results, build_run_result
 from llenergymeasure.results.filenames import TIMESERIES_FILENAME, default_experiment_name
-from llenergymeasure.results.persistence import new_run_dir, write_result
+from llenergymeasure.results.persistence import new_run_dir, write_launch_record, write_result
 from llenergymeasure.state.machine import ExperimentStateMachine
 
 if TYPE_CHECKING:
@@ -59,6 +67,7 @@ if TYPE_CHECKING:
     )
     from llenergymeasure.core.energy.session import EnergySession
     from llenergymeasure.domain.environment import EnvironmentSnapshot, Placement
+    from llenergymeasure.orchestration.launcher import WorkerTarget
 
 #: Builds the energy session: (config, gpu indices or None for all visible, timeline path).
 EnergySessionFactory = Callable[
@@ -98,21 +107,28 @@ class ExperimentOrchestrator:
         progress: Progress | None = None,
         user_config: UserConfig | None = None,
         energy_session_factory: EnergySessionFactory | None = None,
+        run_dir: Path | None = None,
+        worker_target: WorkerTarget | None = None,
     ) -> None:
+        """``run_dir``: an existing, empty directory made for this run by the caller (a
+        study records it before the run starts); None: a new one under ``results_dir``."""
         self.config = _with_user_defaults(config, user_config)
         self.provenance = dict(provenance or {})
         self.results_dir = Path(results_dir)
         self.progress: Progress = progress or NullProgress()
         self.user_config = user_config
         self.energy_session_factory = energy_session_factory or default_energy_session
+        self.worker_target = worker_target  # launched runs: the workers' entry (tests inject)
         self.name = config.name or default_experiment_name(config.model, config.backend)
         self.state = ExperimentStateMachine()
         self.timer = PhaseTimer()
         self.run_dir: Path | None = None
+        self._given_run_dir = Path(run_dir) if run_dir is not None else None
+        register_secrets(secret_values(self.config.model_dump(mode="json")))
         self.record = RunRecord(
             experiment_id=uuid.uuid4().hex[:12],
             name=self.name,
-            config=self.config.model_dump(mode="json"),
+            config=redact(self.config.model_dump(mode="json")),  # no secrets at rest
             config_hash=config_hash(self.config),
             provenance=self.provenance,
             started_at=self.state.started_at,
@@ -140,7 +156,7 @@ class ExperimentOrchestrator:
             if self.config.output_dir
             else self.results_dir
         )
-        self.run_dir = new_run_dir(base, self.name)
+        self.run_dir = self._given_run_dir or new_run_dir(base, self.name)
         try:
             result = self._measure(self.run_dir)
         except BaseException as e:
@@ -150,7 +166,13 @@ class ExperimentOrchestrator:
             raise ExperimentError(f"experiment {self.name!r} failed: {e}") from e
         self._stage("saving", "save")
         result = result.model_copy(update={"run_dir": str(self.run_dir)})
-        write_result(result, self.run_dir)
+        try:
+            write_result(result, self.run_dir)
+        except WriteError as e:  # a full disk must not lose what was measured
+            raise ResultNotSavedError(
+                f"experiment {self.name!r} was measured but its result was not saved: {e}",
+                result,
+            ) from e
         self.timer.stop()
         return result
 
@@ -158,17 +180,21 @@ class ExperimentOrchestrator:
     def _measure(self, run_dir: Path) -> ExperimentResult:
         """Everything from the environment snapshot to the aggregated result."""
         from llenergymeasure.core.backends.registry import get_backend
-        from llenergymeasure.datasets.loader import load_prompts
+        from llenergymeasure.datasets.loader import cap_prompt_chars, load_prompts
 
         self._stage("environment snapshot", "environment")
         self.record.environment = _collect_environment(self.record.warnings)
         backend = get_backend(self.config.backend)
-        _check_launch(backend.get_runtime_capabilities())
+        capabilities = backend.get_runtime_capabilities(self.config)
         self.record.warnings += backend_flags(backend.validate_config(self.config))
+        if capabilities.launch_mode == "processes":
+            return self._measure_launched(capabilities.n_processes, run_dir)
+        _check_launch(capabilities)
         try:
             self._stage("loading prompts", "prompts")
             cfg = self.config
             prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed)
+            prompts = cap_prompt_chars(prompts, cfg.max_input_tokens)  # bounded tokenising
             self.record.dataset_info = prompts.summary()
             self.record.warnings += backend_flags(prompts.notes, "dataset_note")
             self._stage("loading model", "load")
@@ -214,7 +240,7 @@ class ExperimentOrchestrator:
                 self.record.energy = session.end_window("measure")
         finally:
             if session is not None:
-                session.stop()
+                self._stop_energy(session)
         self.progress.prompts_done(output.n_requests, prepared.n_requests)
         self._stage("computing metrics", "metrics")
         self.record.warnings += backend_flags(output.warnings)
@@ -223,6 +249,45 @@ class ExperimentOrchestrator:
         result = aggregate_process_results([raw])
         self.state.finish()
         return self._finalise(result, timeline)
+
+    def _measure_launched(self, n_processes: int, run_dir: Path) -> ExperimentResult:
+        """``launch_mode: processes``: workers measure, this process owns the energy session;
+        ``raw/launch.json`` is written, then the late aggregation builds the result."""
+        from llenergymeasure.core.energy.selection import probe_gpus
+        from llenergymeasure.datasets.loader import load_prompts
+        from llenergymeasure.orchestration.launcher import Launcher, plan_processes
+
+        self._stage("loading prompts", "prompts")
+        cfg = self.config
+        prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed)
+        self.record.dataset_info = prompts.summary()
+        self.record.warnings += backend_flags(prompts.notes, "dataset_note")
+        visible, _ = probe_gpus(None) if cfg.device != "cpu" else ([], None)
+        plans = plan_processes(cfg, n_processes, visible, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        timeline = run_dir / TIMESERIES_FILENAME if self._save_timeline() else None
+        outcome = Launcher(
+            cfg,
+            self.record,
+            run_dir,
+            plans,
+            prompts,
+            start_energy=lambda gpus: self._start_energy(gpus, timeline),
+            stage=self._stage,
+            on_measuring=self.state.start_measuring,
+            progress=self.progress,
+            worker_target=self.worker_target,
+        ).run()
+        self.state.finish()
+        self.timer.stop()
+        record = outcome.launch_record(
+            self.record,
+            self.state,
+            durations_s=dict(self.timer.durations_s),
+            setup_s=self.timer.total_s(*SETUP_PHASES),
+            timeline=timeline,
+        )
+        write_launch_record(record, run_dir)
+        return build_run_result(run_dir)
 
     def _finalise(self, result: ExperimentResult, timeline: Path | None) -> ExperimentResult:
         """Add what only the orchestrator knows: timings, states, timeline path."""
@@ -277,9 +342,20 @@ class ExperimentOrchestrator:
             self.record.energy_not_measured_reason = f"energy session could not start: {e}"
             return None
 
+    def _stop_energy(self, session: EnergySession) -> None:
+        """Stop the session; a timeline that cannot be written (a full disk) is flagged,
+        not fatal: the energy figures are already in the report."""
+        try:
+            session.stop()
+        except OSError as e:
+            self.record.warnings.append(
+                QualityFlag(code="timeseries_not_saved", message=f"timeline not saved: {e}")
+            )
+
     def _write_failure(self, error: BaseException) -> None:
         """Mark DONE/failed and write a result carrying the traceback (never raises)."""
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        text = scrub(text)
         if self.state.state.value != "done":
             self.state.finish(failed=True, error=text)
         self.timer.stop()
@@ -307,10 +383,12 @@ def run_single_experiment(
     provenance: dict[str, str] | None,
     results_dir: Path,
     progress: Progress | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[ExperimentResult, Path]:
     """Run one experiment in this process; returns (result, path of its result.json).
 
-    Used by the study runner inside its per-experiment subprocess.
+    Used by the study runner inside its per-experiment subprocess (``run_dir``: the
+    directory the runner made for this attempt).
     """
     from llenergymeasure.config.user_config import load_user_config
 
@@ -320,6 +398,7 @@ def run_single_experiment(
         results_dir=results_dir,
         progress=progress,
         user_config=load_user_config(),
+        run_dir=run_dir,
     )
     result = orchestrator.run()
     assert orchestrator.result_path is not None
@@ -380,7 +459,7 @@ def _arch(model: str) -> ArchitectureSpec | None:
 
 
 def _check_launch(capabilities: RuntimeCapabilities) -> None:
-    """This orchestrator runs backends in its own process (``launch_mode: direct``)."""
+    """Launch modes other than ``processes`` (the launcher) run in this process: ``direct``."""
     if capabilities.launch_mode != "direct":
         raise ExperimentError(
             f"the backend asks for launch mode {capabilities.launch_mode!r}, which this "

@@ -2,7 +2,8 @@
 
 Checks: backend installed (with the pip command), model resolvable (catalogue name, local
 directory with config.json, or a Hub id that is cached or reachable), GPU visible when one is
-asked for, enough memory for the weights + KV cache (free VRAM via NVML on GPU, available RAM
+asked for, no more GPUs asked for (``gpus:``, one per ``pytorch.num_processes``) than are
+visible, enough memory for the weights + KV cache (free VRAM via NVML on GPU, available RAM
 via psutil on CPU), and the dataset readable. Nothing here imports torch.
 """
 
@@ -82,7 +83,32 @@ def check_model(config: ExperimentConfig) -> list[str]:
         return []
     if looks_like_path(model) or Path(model).expanduser().exists():
         return [f"model {model!r}: no such directory or config.json"]
-    return _check_hub_model(model, config.effective_weights)
+    problems = _check_hub_model(model, config.effective_weights)
+    close = _close_catalogue_name(model) if problems else None
+    if close is not None:  # most likely a typo of a built-in name, not a Hub id
+        return [
+            f"model {model!r} is not a built-in architecture, a local directory or a cached "
+            f"Hub id -> did you mean {close!r}? (built-in: {', '.join(_names())})"
+        ]
+    return problems
+
+
+def _names() -> list[str]:
+    from llenergymeasure.catalogue.architectures import list_architectures
+
+    return list(list_architectures())
+
+
+def _close_catalogue_name(model: str) -> str | None:
+    """The built-in architecture name closest to a bare ``model`` name (a typo), if any."""
+    import difflib
+
+    if "/" in model:  # org/name: a Hub id, not a misspelt built-in name
+        return None
+    names = _names()
+    lowered = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(model.lower(), list(lowered), n=1, cutoff=0.75)
+    return lowered[close[0]] if close else None
 
 
 def _hub_cached_config(model: str) -> str | None:
@@ -144,12 +170,35 @@ def check_gpus(config: ExperimentConfig) -> tuple[int, list[str]]:
         return 0, [
             "a GPU was asked for but none is visible -> check CUDA_VISIBLE_DEVICES, or use device: cpu"
         ]
-    bad = [i for i in (config.gpus or []) if i >= count]
+    return count, _gpu_count_problems(config, count)
+
+
+def _gpu_count_problems(config: ExperimentConfig, count: int) -> list[str]:
+    """``gpus:`` and ``pytorch.num_processes`` against the ``count`` visible GPUs (> 0)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "all of this machine"
+    problems: list[str] = []
+    gpus = config.gpus or []
+    if len(gpus) > count:
+        problems.append(
+            f"gpus lists {len(gpus)} GPU(s) but only {count} are visible ({where}) -> "
+            "list fewer GPUs or make more visible"
+        )
+    bad = [i for i in gpus if i >= count]
     if bad:
-        return count, [
+        problems.append(
             f"gpus {bad} are not visible: {count} GPU(s) visible (indices 0-{count - 1})"
-        ]
-    return count, []
+        )
+    processes = config.pytorch.num_processes if config.pytorch is not None else None
+    available = len(gpus) or count
+    if config.backend == "pytorch" and processes is not None and processes > available:
+        source = f"listed in gpus: {gpus}" if gpus else f"visible ({where})"
+        problems.append(
+            f"pytorch.num_processes is {processes} but only {available} GPU(s) are {source}: "
+            "each process needs its own GPU -> lower num_processes, make more GPUs "
+            "visible, or use device: cpu"
+        )
+    return problems
 
 
 def estimate_memory_bytes(config: ExperimentConfig) -> tuple[float | None, list[str]]:
@@ -200,15 +249,48 @@ def check_memory(config: ExperimentConfig, device: str, report: PreflightReport)
 
 
 def check_dataset(config: ExperimentConfig) -> list[str]:
-    """A dataset given as a file path exists and is readable."""
+    """A dataset given as a file path exists, is a readable file, and is UTF-8 text."""
     dataset = config.dataset
     if not isinstance(dataset, str) or dataset == "builtin" or dataset.startswith("hf:"):
         return []
     path = Path(dataset).expanduser()
     if not path.exists():
         if looks_like_path(dataset) or path.suffix in {".jsonl", ".json", ".csv", ".txt"}:
-            return [f"dataset {dataset!r}: no such file"]
+            return [f"dataset {dataset!r}: no such file -> check the path (or use 'builtin')"]
         return []  # a dataset name: the loader resolves it and says if it cannot
+    if path.is_dir():
+        return [f"dataset {dataset!r} is a directory -> point to a prompt file inside it"]
     if not path.is_file() or not os.access(path, os.R_OK):
-        return [f"dataset {dataset!r} is not a readable file"]
-    return []
+        return [f"dataset {dataset!r} is not a readable file -> check its permissions"]
+    problem = text_file_problem(path)
+    return [f"dataset {dataset!r} {problem}"] if problem else []
+
+
+def text_file_problem(path: Path, chunk_bytes: int = 1 << 20) -> str | None:
+    """Why ``path`` is not UTF-8 text (binary, or the first undecodable byte), or None.
+
+    Read in chunks with an incremental decoder: bounded memory on a huge file."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(chunk_bytes):
+                if b"\0" in chunk:
+                    at = offset + chunk.index(b"\0")
+                    return (
+                        f"looks binary (a NUL byte at offset {at:,}) -> give a text file: "
+                        "JSONL, JSON, CSV or one prompt per line"
+                    )
+                decoder.decode(chunk)
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        return (
+            f"is not UTF-8 text (byte 0x{e.object[e.start]:02x} near offset "
+            f"{offset + e.start:,}) -> save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        )
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e}) -> check the file"
+    return None

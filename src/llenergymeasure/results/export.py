@@ -14,13 +14,17 @@ zero. The study-aware export (study name, cycle, config label, swept fields) is
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from llenergymeasure.domain.metrics import LatencyStats
 from llenergymeasure.domain.results import ExperimentResult
+from llenergymeasure.exceptions import ResultFileError
 from llenergymeasure.results.persistence import atomic_write_bytes, find_result_files, read_result
+
+logger = logging.getLogger(__name__)
 
 CONFIG_COLUMNS = (
     "model", "weights", "backend", "precision", "n", "max_input_tokens", "max_output_tokens",
@@ -33,8 +37,15 @@ def export_results(source: Path | str | Iterable[Path | str], out: Path | str) -
     """Write one row per result to ``out`` (``.parquet`` or ``.csv``); returns ``out``.
 
     ``source`` is a results directory (searched recursively for result.json) or result paths.
+    A file that is not a valid result is skipped with a warning naming it.
     """
-    return write_rows([result_row(read_result(p), p) for p in _paths(source)], out)
+    rows = []
+    for path in _paths(source):
+        try:
+            rows.append(result_row(read_result(path), path))
+        except ResultFileError as e:
+            logger.warning("export: skipped %s", e)
+    return write_rows(rows, out)
 
 
 def write_rows(rows: list[dict[str, Any]], out: Path | str) -> Path:

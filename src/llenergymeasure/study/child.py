@@ -4,12 +4,21 @@ The parent *blocks* on the pipe (``conn.poll(timeout)``) and on ``join(timeout)`
 busy loop: a spinning parent would burn the energy being measured. Only the child's end of
 the pipe stays open after start, so the child's exit (even ``os._exit`` or an OOM kill)
 wakes ``poll`` with EOF at once. See `study.worker` for the message protocol.
+
+The child never outlives the parent: `child_main` arms the Linux parent-death signal
+(`llenergymeasure.lifeline`) before the experiment starts, and the worker checks the parent
+again at every progress message. In the child, SIGINT kills at once like SIGTERM and SIGHUP
+(no Python handler): stopping is the parent's job, and a child that died of one of those
+signals is reported as ``stop_signal`` so the study stops as interrupted instead of
+recording a failure (a terminal or a batch scheduler signals the whole job, not one
+experiment).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.process
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -17,6 +26,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from llenergymeasure.lifeline import describe_exit, die_with_parent
+from llenergymeasure.study.signals import STOP_SIGNALS
 from llenergymeasure.study.worker import (
     DoneMessage,
     FailedMessage,
@@ -31,6 +42,8 @@ from llenergymeasure.study.worker import (
 WorkerTarget = Callable[[WorkerRequest, Connection], None]
 #: Receives the child's progress messages.
 ProgressSink = Callable[[ProgressMessage], None]
+#: Told the child's pid as soon as it has started (the runner records it in the manifest).
+StartSink = Callable[[int], None]
 EXIT_GRACE_S = 60.0  # after reporting, how long a child may take to exit (CUDA teardown)
 TERMINATE_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
 
@@ -45,24 +58,44 @@ class Outcome:
     summary: ResultSummary | None = None
     reason: str | None = None  # one line, for failures
     detail: str | None = None  # traceback text or explanation, for failures
+    stop_signal: int | None = None  # the child died of SIGINT/SIGTERM/SIGHUP: stop the study
+
+
+def child_main(
+    target: WorkerTarget, request: WorkerRequest, conn: Connection, parent_pid: int
+) -> None:
+    """Entry point of every experiment child: die with the parent, then run ``target``."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    die_with_parent(parent_pid)
+    target(request, conn)
 
 
 def run_child(
-    target: WorkerTarget, request: WorkerRequest, timeout_s: float, on_progress: ProgressSink
+    target: WorkerTarget,
+    request: WorkerRequest,
+    timeout_s: float,
+    on_progress: ProgressSink,
+    on_start: StartSink | None = None,
 ) -> Outcome:
     """Run ``target(request, conn)`` in a spawn child; its report, crash or timeout.
 
-    KeyboardInterrupt in the parent stops the child (terminate, then kill) and propagates.
+    ``on_start(pid)`` runs as soon as the child exists. An exception in the parent
+    (KeyboardInterrupt, a stop signal, a failed write) stops the child (terminate, then
+    kill) and propagates.
     """
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     process = ctx.Process(
-        target=target, args=(request, sender), name=f"llem-experiment-{request.position}"
+        target=child_main,
+        args=(target, request, sender, os.getpid()),
+        name=f"llem-experiment-{request.position}",
     )
     t0 = time.monotonic()
     process.start()
     sender.close()  # keep only the child's end open, so its exit wakes poll() with EOF
     try:
+        if on_start is not None and process.pid is not None:
+            on_start(process.pid)
         message = _await(receiver, t0 + timeout_s, on_progress)
         if message is _TIMED_OUT:
             _stop(process)
@@ -113,26 +146,16 @@ def _outcome(message: FinalMessage | None, exitcode: int | None, wall_s: float) 
         return Outcome(ok=True, wall_s=wall_s, result_path=path, summary=message.summary)
     if isinstance(message, FailedMessage):
         return Outcome(ok=False, wall_s=wall_s, reason=message.reason, detail=message.traceback)
-    reason = _exit_reason(exitcode)
+    reason = describe_exit(exitcode)
+    if exitcode is not None and -exitcode in STOP_SIGNALS:
+        detail = f"The experiment process was {reason}: the study is being stopped."
+        return Outcome(False, wall_s, reason=reason, detail=detail, stop_signal=-exitcode)
     detail = (
         f"The experiment process {reason} without reporting a result or an error.\n"
         "Likely causes: out of memory (killed by the kernel), a crash in native code, "
         "or os._exit. Check the system log (dmesg) and the run directory, if any."
     )
     return Outcome(ok=False, wall_s=wall_s, reason=reason, detail=detail)
-
-
-def _exit_reason(exitcode: int | None) -> str:
-    """``exited with code N`` or ``killed by signal SIGKILL (9)``."""
-    if exitcode is None:
-        return "did not exit"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = "signal"
-        return f"killed by signal {name} ({-exitcode})"
-    return f"exited with code {exitcode}"
 
 
 def _timeout_outcome(timeout_s: float, wall_s: float) -> Outcome:

@@ -44,6 +44,7 @@ from llenergymeasure.config.study_design import (
 )
 from llenergymeasure.config.user_config import UserConfig
 from llenergymeasure.exceptions import ConfigIssue, ConfigValidationError
+from llenergymeasure.redaction import REDACTED, is_credential_key
 
 if TYPE_CHECKING:
     from llenergymeasure.config.loader import LoadedConfig
@@ -220,7 +221,8 @@ def _label(assignments: Mapping[str, Any]) -> str:
     parts = []
     for key, value in assignments.items():
         name = key.rsplit(".", 1)[-1]
-        parts.append(f"{name if lasts.count(name) == 1 else key}={_show(value)}")
+        shown = REDACTED if is_credential_key(name) else _show(value)  # labels name dirs
+        parts.append(f"{name if lasts.count(name) == 1 else key}={shown}")
     return " ".join(parts)
 
 

@@ -5,29 +5,41 @@ The manifest lists every planned experiment (config x cycle) in run order with i
 Writes go through `results.persistence.atomic_write_text` (temp file + fsync + os.replace),
 so a reader — or a resume after SIGKILL — sees the previous state or the next, never half.
 
-Resume rules (`check_same_design`): a study may be resumed only with the same design
-(same design hash). A different design is refused with a message naming what changed.
+Before an attempt starts, its entry records the attempt's **run directory** (made by the
+runner, so it is known even if nothing else is) and, once the child exists, **who runs
+it** (`RunnerInfo`: host, pid and process start time now; a job id for executors whose
+jobs outlive the study). That is what `study.recovery` needs on a resume: wait for or stop
+a still-live orphan, and adopt a result a dead runner never recorded.
+
+Resume rules (`check_same_design`): a study may be resumed only with the same design: the
+same expanded experiments (config hashes) and cycles in the same run order. A different
+design is refused with a message naming what changed, down to the field and its old and new
+values (`design_changes`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llenergymeasure.clock import utc_now
+from llenergymeasure.config.provenance import flatten
 from llenergymeasure.domain.study import StudyStatus
-from llenergymeasure.exceptions import StudyError
+from llenergymeasure.exceptions import StudyDirError
 from llenergymeasure.results.filenames import STUDY_MANIFEST_FILENAME
 from llenergymeasure.results.persistence import atomic_write_text
 
 if TYPE_CHECKING:
     from llenergymeasure.study.grid import StudyPlan
 
-MANIFEST_SCHEMA_VERSION = "1.0"
+MANIFEST_SCHEMA_VERSION = (
+    "1.2"  # 1.1: run_dir, runner, adopted, set_aside; design configs; 1.2: slurm_jobs
+)
 
 EntryStatus = Literal["pending", "running", "completed", "failed", "skipped"]
 ManifestStatus = StudyStatus  # a study's manifest and its summary share the statuses
@@ -42,6 +54,9 @@ class DesignConfig(_Model):
 
     config_hash: str
     label: str
+    config: dict[str, Any] | None = Field(
+        None, description="the hashed fields (credentials redacted), to name what changed"
+    )
 
 
 class DesignSummary(_Model):
@@ -51,6 +66,26 @@ class DesignSummary(_Model):
     n_cycles: int
     order: str
     shuffle_seed: int | None
+
+
+class RunnerInfo(_Model):
+    """Who runs (or ran) an attempt: enough to find it again after the study process died.
+
+    ``kind`` says how to find it: ``local`` is a child process of the study runner on
+    ``host`` (``pid`` + ``start_time`` identify it: a pid alone may be reused); other
+    executors (a container, a batch scheduler) record their own ``job_id``.
+    """
+
+    kind: str = "local"
+    host: str
+    pid: int | None = None
+    start_time: float | None = Field(
+        None, description="process start time, s since the epoch (psutil create_time)"
+    )
+    job_id: str | None = Field(
+        None, description="container / scheduler job id, for executors (None locally)"
+    )
+    study_pid: int | None = Field(None, description="the runner process that started it")
 
 
 class SlurmJobRecord(_Model):
@@ -93,6 +128,16 @@ class ManifestEntry(_Model):
     duration_s: float | None = Field(None, description="subprocess wall time")
     measurement_s: float | None = Field(None, description="measurement window")
     metrics: dict[str, float | None] = Field(default_factory=dict)
+    run_dir: str | None = Field(
+        None, description="the latest attempt's run directory, relative (made before it ran)"
+    )
+    runner: RunnerInfo | None = Field(None, description="who runs the latest attempt")
+    adopted: bool = Field(
+        False, description="completed from a result.json found on resume, not reported live"
+    )
+    set_aside: list[str] = Field(
+        default_factory=list, description="unreadable result files renamed aside (kept)"
+    )
     slurm_jobs: list[SlurmJobRecord] = Field(
         default_factory=list, description="every Slurm job submitted for it, oldest first"
     )
@@ -132,9 +177,12 @@ class StudyManifest(_Model):
 
 def design_summary(plan: StudyPlan) -> DesignSummary:
     """The design part of a plan, as stored in the manifest."""
+    from llenergymeasure.config.hashing import hashed_fields
+
     return DesignSummary(
         configs=[
-            DesignConfig(config_hash=u.config_hash, label=u.label) for u in plan.unique_configs
+            DesignConfig(config_hash=u.config_hash, label=u.label, config=hashed_fields(u.config))
+            for u in plan.unique_configs
         ],
         n_cycles=plan.n_cycles,
         order=plan.order,
@@ -168,17 +216,31 @@ def write_manifest(study_dir: Path, manifest: StudyManifest) -> Path:
 
 
 def read_manifest(study_dir: Path) -> StudyManifest:
-    """Read a study directory's manifest; StudyError if missing or unreadable."""
+    """Read a study directory's manifest; StudyDirError (exit 2) naming the file if it is
+    missing, unreadable or not a valid manifest. Never a reason to start afresh silently."""
     path = manifest_path(study_dir)
     if not path.is_file():
-        raise StudyError(f"{path} not found: is {study_dir} a study directory?")
+        raise StudyDirError(
+            f"{path} not found: is {study_dir} a study directory? -> give the directory "
+            "that holds study_manifest.json"
+        )
     try:
         return StudyManifest.model_validate_json(path.read_bytes())
-    except (ValidationError, json.JSONDecodeError) as e:
-        raise StudyError(
-            f"{path} is not a valid study manifest ({e.__class__.__name__}): "
-            "start the study afresh (without --resume)"
+    except (ValidationError, json.JSONDecodeError, OSError) as e:
+        raise StudyDirError(
+            f"{path} is not a valid study manifest ({_first_problem(e)}) -> restore it from "
+            "a backup, or move the directory aside and start the study afresh (without "
+            "--resume)"
         ) from e
+
+
+def _first_problem(error: Exception) -> str:
+    """One line describing why a manifest did not load."""
+    if isinstance(error, ValidationError) and error.errors():
+        first = error.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return f"{where}: {first['msg']}" if where else str(first["msg"])
+    return f"{type(error).__name__}: {error}"
 
 
 def find_resumable(results_dir: Path, study_name: str) -> Path | None:
@@ -189,24 +251,34 @@ def find_resumable(results_dir: Path, study_name: str) -> Path | None:
     (`check_same_design`), not silently started afresh.
     """
     found: list[tuple[datetime, Path]] = []
+    own = re.compile(rf"{re.escape(study_name)}_\d{{8}}-\d{{6}}(-\d+)?")  # run_dir_name
     for path in Path(results_dir).glob(f"{study_name}_*/{STUDY_MANIFEST_FILENAME}"):
-        try:
-            manifest = StudyManifest.model_validate_json(path.read_bytes())
-        except (ValidationError, ValueError, OSError):
-            continue
+        if not own.fullmatch(path.parent.name):
+            continue  # another study whose name starts with this one's
+        manifest = read_manifest(path.parent)  # a corrupt one is an error, not skipped
         if manifest.study_name == study_name and manifest.status != "completed":
             found.append((manifest.created_at, path.parent))
     return max(found)[1] if found else None
 
 
+def run_order(pairs: Any) -> list[tuple[str, int]]:
+    """``(config_hash, cycle)`` of manifest entries or planned experiments, in run order."""
+    return [(p.config_hash, p.cycle) for p in sorted(pairs, key=lambda p: p.position)]
+
+
 def check_same_design(manifest: StudyManifest, plan: StudyPlan) -> None:
-    """Refuse (StudyError) to resume ``manifest`` with a plan of a different design."""
-    if manifest.design_hash == plan.design_hash:
+    """Refuse (StudyDirError, exit 2) to resume ``manifest`` with a plan of another design.
+
+    The design is the expanded one: each experiment's config hash and cycle, in run order.
+    Writing ``8.0`` for ``8`` or spelling out a default changes nothing; a changed field is
+    named with its old and new values.
+    """
+    if run_order(manifest.entries) == run_order(plan.experiments):
         return
     changes = design_changes(manifest.design, design_summary(plan))
     if not changes:
-        changes = ["base/sweep/experiments settings changed (same configs after expansion)"]
-    raise StudyError(
+        changes = ["the run order changed (same configurations and cycles)"]
+    raise StudyDirError(
         "cannot resume: the study design changed since this study directory was started:\n"
         + "\n".join(f"  - {c}" for c in changes)
         + "\n-> restore the original study file, or run without --resume to start a new study"
@@ -214,17 +286,63 @@ def check_same_design(manifest: StudyManifest, plan: StudyPlan) -> None:
 
 
 def design_changes(old: DesignSummary, new: DesignSummary) -> list[str]:
-    """Human-readable differences between two designs."""
-    old_cfg = {c.config_hash: c.label for c in old.configs}
-    new_cfg = {c.config_hash: c.label for c in new.configs}
-    changes = [
-        f"config added: {new_cfg[h] or h[:8]} ({h[:8]})" for h in new_cfg if h not in old_cfg
-    ]
+    """Human-readable differences between two designs: configs added and removed, each
+    changed field with its old and new values, and cycles / order / seed."""
+    old_cfg = {c.config_hash: c for c in old.configs}
+    new_cfg = {c.config_hash: c for c in new.configs}
+    gone = [c for h, c in old_cfg.items() if h not in new_cfg]
+    came = [c for h, c in new_cfg.items() if h not in old_cfg]
+    pairs, gone, came = _pair_by_label(gone, came)
+    changes = [f"config added: {c.label or c.config_hash[:8]} ({c.config_hash[:8]})" for c in came]
     changes += [
-        f"config removed: {old_cfg[h] or h[:8]} ({h[:8]})" for h in old_cfg if h not in new_cfg
+        f"config removed: {c.label or c.config_hash[:8]} ({c.config_hash[:8]})" for c in gone
     ]
+    pairs += list(zip(gone, came, strict=False))  # what else changed between the leftovers
+    changes += _field_changes(pairs)
     for field in ("n_cycles", "order", "shuffle_seed"):
         before, after = getattr(old, field), getattr(new, field)
         if before != after:
             changes.append(f"{field}: {before} -> {after}")
     return changes
+
+
+def _pair_by_label(
+    gone: list[DesignConfig], came: list[DesignConfig]
+) -> tuple[list[tuple[DesignConfig, DesignConfig]], list[DesignConfig], list[DesignConfig]]:
+    """Changed configs that kept their label (the same grid point, a field changed)."""
+    by_label = {c.label: c for c in came}
+    pairs = [(g, by_label[g.label]) for g in gone if g.label in by_label]
+    paired = {id(x) for pair in pairs for x in pair}
+    return (
+        pairs,
+        [g for g in gone if id(g) not in paired],
+        [c for c in came if id(c) not in paired],
+    )
+
+
+def _field_changes(pairs: list[tuple[DesignConfig, DesignConfig]]) -> list[str]:
+    """``field: old -> new`` for each field that differs within a pair, merged over pairs."""
+    seen: dict[str, list[str]] = {}
+    for old, new in pairs:
+        if old.config is None or new.config is None:
+            continue
+        a, b = flatten(old.config), flatten(new.config)
+        for key in sorted(set(a) | set(b)):
+            if a.get(key, _ABSENT) != b.get(key, _ABSENT):
+                text = f"{key}: {_shown(a.get(key, _ABSENT))} -> {_shown(b.get(key, _ABSENT))}"
+                seen.setdefault(text, []).append(new.label or new.config_hash[:8])
+    total = len(pairs)
+    return [
+        text if total == 1 else f"{text} ({'every config' if len(ls) == total else ', '.join(ls)})"
+        for text, ls in seen.items()
+    ]
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    """A field value as a change message shows it."""
+    if value is _ABSENT:
+        return "(not set)"
+    return json.dumps(value) if isinstance(value, (str, dict, list)) else str(value)

@@ -11,13 +11,27 @@ busy loop: a spinning parent would burn the energy being measured. Outcomes:
 
 A failure fails that experiment only. ``max_consecutive_failures`` failures in a row stop
 the study: `run` still returns the partial StudyResult, with ``status="stopped"`` and
-``stopped_reason`` set (the CLI exits 1 then). Ctrl-C terminates the running child, marks
-it pending, marks the study ``interrupted``, writes the manifest and re-raises
-KeyboardInterrupt (CLI exit 130); everything stays resumable.
+``stopped_reason`` set (the CLI exits 1 then).
+
+Stopping (`study.signals`): SIGINT (Ctrl-C), SIGTERM (Slurm, Kubernetes, systemd) and
+SIGHUP all terminate the running child (then kill it), put its entry back to pending
+(or adopt its result if it finished), mark the study ``interrupted`` with the signal named,
+write the manifest and the summary of what finished, and raise
+``signals.Interrupted(signum)`` carrying the study directory (CLI exit ``128 + signum``).
+A child that dies of one of those signals stops the study the same way.
+
+Durability: one runner per study directory (`study.lock`); before an attempt starts its
+entry records the run directory the runner made for it, then the child's pid and start
+time; a resume first waits for (or stops) a still-live orphan, then adopts any result a
+dead runner never recorded, sets unreadable results aside and re-runs them
+(`study.recovery`). A failed manifest write (a full disk) ends the study with a
+WriteError naming the file; the manifest on disk stays the last consistent state, and the
+resume adopts what was written since.
 
 Layout: ``<results_dir>[/<output_dir>]/<study_name>_<timestamp>/`` holds the manifest, the
-summary, ``failures/<position>_<label>.txt`` and one run directory per experiment (made by
-the orchestrator; never reused, so a re-run after a crash never overwrites a partial one).
+summary, the lock file ``.study.lock``, ``failures/<position>_<label>.txt`` and one run
+directory per attempt (made here, never reused, so a re-run after a crash never
+overwrites a partial one).
 
 The idle-power baseline is shared across the study's experiments by the energy layer's
 on-disk cache (keyed by GPU, with a TTL); each child reads it, nothing here disables it.
@@ -30,6 +44,7 @@ blocking ``Event.wait`` that Ctrl-C interrupts; skipped with ``no_gaps=True``.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -37,11 +52,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from llenergymeasure.clock import utc_now
-from llenergymeasure.exceptions import StudyError
+from llenergymeasure.exceptions import ResultFileError, StudyDirError, StudyError
 from llenergymeasure.progress import ExperimentTick, NullProgress, Progress
-from llenergymeasure.results.filenames import STUDY_SUMMARY_FILENAME, safe_component
+from llenergymeasure.redaction import register_secrets, scrub, secret_values
+from llenergymeasure.results.filenames import (
+    STUDY_SUMMARY_FILENAME,
+    default_experiment_name,
+    safe_component,
+)
 from llenergymeasure.results.persistence import atomic_write_text, new_run_dir, read_result
+from llenergymeasure.study import recovery
 from llenergymeasure.study.child import Outcome, WorkerTarget, run_child
+from llenergymeasure.study.lock import StudyLock
 from llenergymeasure.study.manifest import (
     ManifestEntry,
     ManifestStatus,
@@ -52,6 +74,7 @@ from llenergymeasure.study.manifest import (
     read_manifest,
     write_manifest,
 )
+from llenergymeasure.study.signals import Interrupted, StopSignals, signal_name, signal_of
 from llenergymeasure.study.worker import (
     ProgressMessage,
     StageMessage,
@@ -60,7 +83,7 @@ from llenergymeasure.study.worker import (
 )
 
 if TYPE_CHECKING:
-    from llenergymeasure.config.models import StudyConfig
+    from llenergymeasure.config.models import ExperimentConfig, StudyConfig
     from llenergymeasure.config.user_config import UserConfig
     from llenergymeasure.domain.results import ExperimentResult
     from llenergymeasure.domain.study import StudyResult
@@ -119,40 +142,70 @@ class StudyRunner:
         self._gap_s = 0.0
         self._durations_s: list[float] = []
         self._warnings: list[str] = []
+        self._stops = StopSignals()
+        self._lock: StudyLock | None = None
+        self._resuming = False
 
     # ---- top level ------------------------------------------------------------------------
     def run(self) -> StudyResult:
-        """Run (or resume) the study; returns the StudyResult, also written to disk."""
-        t0 = time.monotonic()
-        plan, study_dir, manifest = self._prepare()
-        try:
-            self._run_pending(plan, study_dir, manifest)
-        except KeyboardInterrupt:
-            self._finish(study_dir, manifest, "interrupted", "interrupted by the user (Ctrl-C)")
-            self._write_summary(plan, study_dir, manifest, time.monotonic() - t0)
-            raise
-        except BaseException as e:
-            self._finish(study_dir, manifest, "failed", f"study runner error: {e!r}")
-            raise
-        return self._write_summary(plan, study_dir, manifest, time.monotonic() - t0)
+        """Run (or resume) the study; returns the StudyResult, also written to disk.
 
-    def _prepare(self) -> tuple[StudyPlan, Path, StudyManifest]:
-        """Expand the study and open a fresh study dir or the one to resume."""
+        Raises StudyLockedError / StudyDirError (exit 2) before touching anything when the
+        directory is held by another runner or cannot be resumed; ``Interrupted`` after a
+        stop signal (the study is then marked interrupted and summarised).
+        """
+        t0 = time.monotonic()
+        with self._stops:
+            try:
+                plan, study_dir, manifest = self._open()
+                try:
+                    if self._resuming:
+                        self._recover(study_dir, manifest)
+                    self._start(plan, study_dir, manifest)
+                    self._run_pending(plan, study_dir, manifest)
+                    return self._write_summary(plan, study_dir, manifest, time.monotonic() - t0)
+                except KeyboardInterrupt as e:
+                    stop = self._interrupted(e, plan, study_dir, manifest, time.monotonic() - t0)
+                    if stop is e:
+                        raise
+                    raise stop from e
+                except BaseException as e:
+                    self._finish_quietly(study_dir, manifest, "failed", f"study runner error: {e}")
+                    raise
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
+
+    def _open(self) -> tuple[StudyPlan, Path, StudyManifest]:
+        """Expand the study, open a fresh study dir or the one to resume, and lock it."""
         study_dir = self._dir_to_resume()
+        self._resuming = study_dir is not None
         if study_dir is None:
             plan = self._expand(self.study)
             study_dir = new_run_dir(self._parent_dir(), plan.study_name)
+            self._lock = StudyLock.acquire(study_dir)
             manifest = new_manifest(plan)
-        else:
-            manifest = read_manifest(study_dir)
-            plan = self._expand(self._with_stored_seed(manifest))
-            check_same_design(manifest, plan)
-            self._reopen(manifest, plan, study_dir)
+            write_manifest(study_dir, manifest)
+            _register_secrets(plan)
+            return plan, study_dir, manifest
+        if not study_dir.is_dir():
+            raise StudyDirError(
+                f"{study_dir} is not a directory -> give the study directory to resume "
+                "(the one holding study_manifest.json)"
+            )
+        self._lock = StudyLock.acquire(study_dir)  # before reading: the holder may write it
+        manifest = read_manifest(study_dir)
+        plan = self._expand(self._with_stored_seed(manifest))
+        check_same_design(manifest, plan)
+        _register_secrets(plan)
+        return plan, study_dir, manifest
+
+    def _start(self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest) -> None:
+        """Show the plan's notes and mark the study running."""
         for note in plan.notes:
             self.progress.message(note)
         manifest.status, manifest.stopped_reason = "running", None
         write_manifest(study_dir, manifest)
-        return plan, study_dir, manifest
 
     def _expand(self, study: StudyConfig) -> StudyPlan:
         """The plan (grid expansion, order, design hash)."""
@@ -189,12 +242,14 @@ class StudyRunner:
             update={"execution": ex.model_copy(update={"shuffle_seed": seed})}
         )
 
-    def _reopen(self, manifest: StudyManifest, plan: StudyPlan, study_dir: Path) -> None:
-        """Reset what must run again: running/failed entries, and completed ones whose
-        result file is gone. Their old run dirs stay untouched.
+    def _recover(self, study_dir: Path, manifest: StudyManifest) -> None:
+        """What an earlier run left (`study.recovery`): wait for or stop live orphans
+        first, then adopt finished results, set unreadable ones aside, and put back to
+        pending whatever must run again. Old run dirs and files stay.
 
         Slurm: an entry running as a Slurm job stays running (the executor re-attaches to
-        its job), and a failed one is re-run only with ``retry_failed``."""
+        its job, by id or name: never a second job), and a failed one stays failed unless
+        ``retry_failed``; a local resume of a study with live Slurm jobs is refused."""
         manifest.sessions += 1
         on_slurm = self.study.execution.executor == "slurm"
         live_jobs = [e for e in manifest.entries if e.status == "running" and e.slurm_jobs]
@@ -204,16 +259,11 @@ class StudyRunner:
                 "with execution.executor: slurm (the jobs are re-attached, never re-submitted)"
             )
         for e in manifest.entries:
-            lost = e.status == "completed" and not _exists(study_dir, e.result_path)
-            if lost:
-                self._warnings.append(f"{e.label} cycle {e.cycle}: result file missing, re-run")
-            keep = (e.status == "running" and on_slurm and bool(e.slurm_jobs)) or (
-                e.status == "failed" and on_slurm and not self.retry_failed
-            )
-            if keep:
-                continue
-            if lost or e.status in ("running", "failed"):
-                e.status, e.result_path, e.failure_path, e.error = "pending", None, None, None
+            if e.status == "running":
+                self._settle_orphan(e)
+        for e in manifest.entries:
+            self._recover_entry(e, study_dir)
+        write_manifest(study_dir, manifest)
         failed = sum(e.status == "failed" for e in manifest.entries)
         if failed:
             self.progress.message(
@@ -223,6 +273,73 @@ class StudyRunner:
         self.progress.message(
             f"resuming {study_dir}: {done} of {len(manifest.entries)} experiments already done"
         )
+
+    def _recover_entry(self, e: ManifestEntry, study_dir: Path) -> None:
+        """One entry on resume: keep, adopt or reset (see `_recover`)."""
+        where = f"{e.label} cycle {e.cycle}"
+        on_slurm = self.study.execution.executor == "slurm"
+        if on_slurm and e.status == "running" and e.slurm_jobs:
+            return  # the Slurm executor re-attaches to its job and collects (or adopts) it
+        if e.status == "completed":
+            problem = self._completed_problem(e, study_dir)
+            if problem is None:
+                return
+            self._warnings.append(f"{where}: {problem}: re-run")
+            _reset(e)
+            return
+        found = recovery.adoptable_result(study_dir, e)
+        if found is not None:
+            recovery.adopt(e, found, study_dir)
+            self._warnings.append(
+                f"{where}: adopted the finished result an earlier run did not record "
+                f"({e.result_path})"
+            )
+            self.progress.message(f"{where}: adopted {e.result_path} (finished, not recorded)")
+            return
+        if e.status == "failed" and on_slurm and not self.retry_failed:
+            return  # kept: a Slurm failure re-runs only with --retry-failed
+        if e.status in ("running", "failed"):
+            _reset(e)
+
+    def _completed_problem(self, e: ManifestEntry, study_dir: Path) -> str | None:
+        """Why a completed entry's result cannot be used (None: it can). An unreadable
+        file is renamed aside, never deleted."""
+        path = study_dir / e.result_path if e.result_path else None
+        if path is None or not path.is_file():
+            return "result file missing"
+        try:
+            read_result(path)
+        except ResultFileError as err:  # not a result: renamed aside, never deleted
+            aside = recovery.set_aside(path)
+            e.set_aside = [*e.set_aside, recovery.relative(aside, study_dir)]
+            return f"unreadable result ({err}); kept as {aside.name}"
+        except OSError as err:  # cannot be read (permissions, I/O): left where it is
+            return f"unreadable result {path} ({err.strerror or err})"
+        return None
+
+    def _settle_orphan(self, e: ManifestEntry) -> None:
+        """An experiment process of an earlier run still alive: wait for it (up to its
+        timeout), then stop it. Nothing else starts meanwhile (one experiment at a time)."""
+        info = e.runner
+        if info is None or info.kind != "local" or info.pid is None:
+            return
+        where = f"{e.label} cycle {e.cycle}"
+        if info.host != socket.gethostname():
+            self._warnings.append(
+                f"{where}: its experiment ran on host {info.host} (pid {info.pid}); this host "
+                "cannot check it: if it still runs there, stop it"
+            )
+            return
+        if not recovery.is_alive(info):
+            return
+        wait_s = recovery.remaining_s(e, self.study.execution.experiment_timeout_seconds)
+        self.progress.message(
+            f"{where}: its experiment process from an earlier run (pid {info.pid}) is still "
+            f"running: waiting up to {wait_s:.0f} s for it before anything else starts"
+        )
+        if not recovery.wait_for_exit(info.pid, wait_s):
+            self.progress.message(f"{where}: stopping pid {info.pid} (past its timeout)")
+            recovery.stop_process(info.pid)
 
     # ---- the loop -------------------------------------------------------------------------
     def _run_pending(self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest) -> None:
@@ -276,19 +393,46 @@ class StudyRunner:
             eta_s=eta_s,
         )
         request = self._begin_attempt(entry, planned, manifest, study_dir)
-        self.progress.experiment_started(tick)
+
+        def started(pid: int) -> None:
+            with self._stops.critical():
+                entry.runner = recovery.local_runner(pid)
+                write_manifest(study_dir, manifest)
+
         try:
+            self.progress.experiment_started(tick)
             timeout_s = self.study.execution.experiment_timeout_seconds
-            outcome = run_child(self.worker_target, request, timeout_s, self._forward)
+            outcome = run_child(self.worker_target, request, timeout_s, self._forward, started)
         except KeyboardInterrupt:
-            entry.status, entry.started_at = "pending", None
+            self._after_stop(entry, study_dir)  # the child is stopped by now
             raise
-        self._durations_s.append(outcome.wall_s)
-        self._record(entry, outcome, study_dir)
-        write_manifest(study_dir, manifest)
+        with self._stops.critical():
+            if outcome.stop_signal is not None:
+                self._after_stop(entry, study_dir)
+            else:
+                self._durations_s.append(outcome.wall_s)
+                self._record(entry, outcome, study_dir)
+            write_manifest(study_dir, manifest)
+        if outcome.stop_signal is not None:
+            self._stops.raise_stop(outcome.stop_signal)  # the job was signalled: stop it all
         detail = "" if outcome.ok else (outcome.reason or "")
         self.progress.experiment_finished(tick, entry.status, detail)
-        return outcome.ok
+        return _is_completed(entry)
+
+    def _attempt_dir(self, config: ExperimentConfig, study_dir: Path) -> Path:
+        """A new run directory for one attempt (the orchestrator's naming and layout)."""
+        base = study_dir / config.output_dir if config.output_dir else study_dir
+        name = config.name or default_experiment_name(config.model, config.backend)
+        return new_run_dir(base, name)
+
+    def _after_stop(self, entry: ManifestEntry, study_dir: Path) -> None:
+        """The study is stopping and the entry's child is dead: adopt its result if it got
+        written, else put the entry back to pending (its attempt still counts)."""
+        found = recovery.adoptable_result(study_dir, entry)
+        if found is not None:
+            recovery.adopt(entry, found, study_dir)
+            return
+        entry.status, entry.started_at = "pending", None
 
     def _begin_attempt(
         self,
@@ -297,10 +441,14 @@ class StudyRunner:
         manifest: StudyManifest,
         study_dir: Path,
     ) -> WorkerRequest:
-        """Mark the entry running (one more attempt), write the manifest; its request."""
-        entry.status, entry.started_at, entry.ended_at = "running", utc_now(), None
-        entry.attempts += 1
-        write_manifest(study_dir, manifest)
+        """Mark the entry running (one more attempt) in a new run directory made here, and
+        write the manifest; the request for whoever runs it (a child, a Slurm job)."""
+        with self._stops.critical():
+            run_dir = self._attempt_dir(planned.config, study_dir)
+            entry.status, entry.started_at, entry.ended_at = "running", utc_now(), None
+            entry.run_dir, entry.runner = recovery.relative(run_dir, study_dir), None
+            entry.attempts += 1
+            write_manifest(study_dir, manifest)
         return WorkerRequest(
             config=planned.config,
             provenance=dict(planned.provenance),
@@ -309,13 +457,12 @@ class StudyRunner:
             cycle=entry.cycle,
             label=entry.label,
             verbosity=self.verbosity,
+            run_dir=run_dir,
         )
 
     # ---- the Slurm executor ---------------------------------------------------------------
     def _run_on_slurm(self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest) -> None:
         """Every pending entry as a Slurm job (`study.slurm.executor`)."""
-        import contextlib
-
         from llenergymeasure.study.slurm.executor import SlurmExecutor, StudyContext
         from llenergymeasure.study.slurm.settings import job_folder
         from llenergymeasure.study.slurm.submit import SubmititJobs
@@ -342,7 +489,7 @@ class StudyRunner:
             begin=lambda e, p: self._begin_attempt(e, p, manifest, study_dir),
             record=lambda e, o: self._record(e, o, study_dir),
             write=lambda: _write(study_dir, manifest),
-            critical=contextlib.nullcontext,
+            critical=self._stops.critical,
             finish=lambda status, reason: self._finish(study_dir, manifest, status, reason),
             wait=self.time_source.sleep if self.time_source else self._wake.wait,
             tick=tick,
@@ -366,8 +513,17 @@ class StudyRunner:
                 entry.measurement_s = outcome.summary.measurement_s
                 entry.metrics = dict(outcome.summary.metrics)
             return
+        found = recovery.adoptable_result(study_dir, entry)
+        if found is not None:  # it wrote its result, then crashed: the result stands
+            recovery.adopt(entry, found, study_dir)
+            entry.duration_s = outcome.wall_s
+            self._warnings.append(
+                f"{entry.label} cycle {entry.cycle}: {outcome.reason} after writing a "
+                "complete result: the result was kept"
+            )
+            return
         entry.status = "failed"
-        entry.error = outcome.reason
+        entry.error = scrub(outcome.reason) if outcome.reason else None
         entry.measurement_s = None
         path = _write_failure(study_dir, entry, outcome)
         entry.failure_path = _relative(path, study_dir)
@@ -412,6 +568,61 @@ class StudyRunner:
         manifest.status = status
         manifest.stopped_reason = reason
         write_manifest(study_dir, manifest)
+
+    def _finish_quietly(
+        self,
+        study_dir: Path,
+        manifest: StudyManifest,
+        status: ManifestStatus,
+        reason: str | None,
+    ) -> None:
+        """`_finish` while another error propagates: a failing write (a full disk) is
+        logged, not raised over the error that matters."""
+        try:
+            self._finish(study_dir, manifest, status, reason)
+        except Exception as err:
+            logger.warning("could not mark the study %s: %s", status, err)
+
+    def _interrupted(
+        self,
+        error: KeyboardInterrupt,
+        plan: StudyPlan,
+        study_dir: Path,
+        manifest: StudyManifest,
+        wall_s: float,
+    ) -> Interrupted:
+        """Mark the study interrupted (naming the signal) and write the summary of what
+        finished; the Interrupted to raise, with the study directory and summary."""
+        self._stops.stopping = True  # from now on further stop signals are ignored
+        signum = signal_of(error)
+        self._finish_quietly(
+            study_dir, manifest, "interrupted", f"interrupted by {signal_name(signum)}"
+        )
+        result = None
+        try:
+            result = self._write_summary(plan, study_dir, manifest, wall_s)
+        except Exception as err:
+            logger.warning("could not write the study summary: %s", err)
+        stop = error if isinstance(error, Interrupted) else Interrupted(signum)
+        stop.study_dir, stop.result = study_dir, result
+        self._requeue_if_asked(signum)
+        return stop
+
+    def _requeue_if_asked(self, signum: int) -> None:
+        """Inside a Slurm job, SIGUSR1 (``--signal=B:USR1@<s>``) means the time is nearly up:
+        requeue this job so that ``llem run ... --resume`` continues (`study.allocation`)."""
+        from llenergymeasure.study.allocation import REQUEUE_SIGNAL, requeue_self, slurm_job_id
+
+        job_id = slurm_job_id()
+        if signum != REQUEUE_SIGNAL or job_id is None:
+            return
+        problem = requeue_self(job_id)
+        if problem is None:
+            self.progress.message(
+                f"requeued Slurm job {job_id}: it runs again and --resume continues the study"
+            )
+        else:
+            self.progress.message(f"could not requeue Slurm job {job_id}: {problem}")
 
     def _write_summary(
         self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest, wall_s: float
@@ -467,7 +678,7 @@ def _write_failure(study_dir: Path, entry: ManifestEntry, outcome: Outcome) -> P
         f"reason: {outcome.reason}",
         "",
     ]
-    atomic_write_text(path, "\n".join(header) + (outcome.detail or "") + "\n")
+    atomic_write_text(path, scrub("\n".join(header) + (outcome.detail or "") + "\n"))
     return path
 
 
@@ -478,12 +689,20 @@ def _write(study_dir: Path, manifest: StudyManifest) -> None:
 
 def _relative(path: Path, study_dir: Path) -> str:
     """``path`` relative to the study dir when inside it, else absolute."""
-    try:
-        return str(Path(path).resolve().relative_to(study_dir.resolve()))
-    except ValueError:
-        return str(Path(path).resolve())
+    return recovery.relative(path, study_dir)
 
 
-def _exists(study_dir: Path, relative: str | None) -> bool:
-    """Whether a manifest path (relative to the study dir, or absolute) exists."""
-    return relative is not None and (study_dir / relative).is_file()
+def _register_secrets(plan: StudyPlan) -> None:
+    """Credential values of the study's configs: scrubbed from failure files and logs."""
+    for u in plan.unique_configs:
+        register_secrets(secret_values(u.config.model_dump(mode="json")))
+
+
+def _is_completed(entry: ManifestEntry) -> bool:
+    """Whether the entry ended completed (its status changes under the caller's feet)."""
+    return entry.status == "completed"
+
+
+def _reset(entry: ManifestEntry) -> None:
+    """Back to pending: it runs again (its run dir and files stay where they are)."""
+    entry.status, entry.result_path, entry.failure_path, entry.error = "pending", None, None, None

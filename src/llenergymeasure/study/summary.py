@@ -28,6 +28,7 @@ from llenergymeasure.domain.study import (
     StudyResult,
     StudyTiming,
 )
+from llenergymeasure.redaction import redact
 from llenergymeasure.study.stats import summarise_cycles
 
 if TYPE_CHECKING:
@@ -54,8 +55,10 @@ def build_study_result(
     warnings: Sequence[str] = (),
 ) -> StudyResult:
     """Assemble the StudyResult; ``results`` maps (config_hash, cycle) -> loaded result."""
+    fields = key_fields(plan.unique_configs)  # over all configs: the swept ones differ
     configs = [
-        _config_summary(u, manifest.entries, results, plan.n_cycles) for u in plan.unique_configs
+        _config_summary(u, f, manifest.entries, results, plan.n_cycles)
+        for u, f in zip(plan.unique_configs, fields, strict=True)
     ]
     best_note = _mark_best(configs)
     all_warnings = list(warnings)
@@ -95,7 +98,7 @@ def build_study_result(
 
 def key_fields(unique: Sequence[UniqueConfig]) -> list[dict[str, Any]]:
     """Per config: model/backend/precision plus every field whose value differs between configs."""
-    flat = [flatten(u.config.model_dump(mode="json", exclude_none=True)) for u in unique]
+    flat = [flatten(redact(u.config.model_dump(mode="json", exclude_none=True))) for u in unique]
     keys = sorted({k for f in flat for k in f} - NOT_KEY_FIELDS)
     varying = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
     chosen = [*ALWAYS_SHOWN_FIELDS, *(k for k in varying if k not in ALWAYS_SHOWN_FIELDS)]
@@ -104,6 +107,7 @@ def key_fields(unique: Sequence[UniqueConfig]) -> list[dict[str, Any]]:
 
 def _config_summary(
     unique: UniqueConfig,
+    fields: dict[str, Any],
     entries: Sequence[ManifestEntry],
     results: Mapping[tuple[str, int], ExperimentResult],
     n_cycles: int,
@@ -112,7 +116,7 @@ def _config_summary(
     done = [e for e in entries if e.config_hash == unique.config_hash and e.status == "completed"]
     done.sort(key=lambda e: e.cycle)
     loaded = [results[e.key] for e in done if e.key in results]
-    fields = key_fields([unique])[0]
+    codes = flag_counts(loaded)
     return ConfigSummary(
         config_hash=unique.config_hash,
         label=unique.label or unique.config.name or unique.config_hash[:8],
@@ -121,7 +125,40 @@ def _config_summary(
         cycles_completed=len(loaded),
         result_paths=[e.result_path for e in done if e.result_path and e.key in results],
         metrics={name: _metric(name, loaded) for name in STUDY_METRICS},
+        energy_basis=energy_basis(loaded),
+        flagged=sum(1 for r in loaded if _flags(r)),
+        flag_codes=codes,
     )
+
+
+def energy_basis(results: Sequence[ExperimentResult]) -> str | None:
+    """How ``energy_j`` was obtained: ``counter (gpu)``, ``estimate (cpu_package)``, ...
+    (several joined by `` / `` when cycles differ); None when no cycle measured energy."""
+    seen: dict[str, None] = {}
+    for r in results:
+        e = r.energy
+        if e is None or r.energy_j is None:
+            continue
+        gpu = e.gpu_energy_j is not None
+        used = [m for m in e.measurements if m.scope == "gpu"] if gpu else e.measurements
+        methods = sorted({f"{m.method} ({m.scope})" for m in used})
+        if methods:
+            seen[" + ".join(methods)] = None
+    return " / ".join(seen) or None
+
+
+def _flags(result: ExperimentResult) -> set[str]:
+    """Codes of the result's quality flags that lower trust (warning or critical)."""
+    return {w.code for w in result.warnings if w.severity != "info"}
+
+
+def flag_counts(results: Sequence[ExperimentResult]) -> dict[str, int]:
+    """Flag code -> how many of ``results`` carry it (warning or critical)."""
+    counts: dict[str, int] = {}
+    for r in results:
+        for code in sorted(_flags(r)):
+            counts[code] = counts.get(code, 0) + 1
+    return counts
 
 
 def _metric(name: str, loaded: Sequence[ExperimentResult]) -> MetricStats:
@@ -226,7 +263,11 @@ def format_study_table(result: StudyResult) -> str:
     ``n/a[k]`` with footnote k naming the reason. Fits 120 columns for usual magnitudes.
     """
     pct = round(result.confidence * 100)
+    bases = {c.energy_basis for c in result.configs if c.energy_basis}
+    mixed = len(bases) > 1  # then each config says its own basis
+    flags = any(c.flag_codes for c in result.configs)
     header = ["config", "cycles", *(h for h, _, _ in _COLUMNS)]
+    header += ["flagged"] * flags + ["energy basis"] * mixed
     table: list[list[str]] = [header]
     reasons: dict[str, int] = {}
     for c in result.configs:
@@ -236,10 +277,27 @@ def format_study_table(result: StudyResult) -> str:
             mean, ci = _metric_cells(c.metrics[name], scale, reasons)
             means.append(mean)
             cis.append(ci)
+        if flags:
+            means.append(f"{c.flagged}/{c.cycles_completed}")
+            cis.append("")
+        if mixed:
+            means.append(_short_basis(c.energy_basis))
+            cis.append("")
         table += [means, cis] if any(cis) else [means]
     lines = _align(table)
     lines.insert(1, f"  (second line of each config: {pct}% CI of the mean over cycles)")
+    if bases and not mixed:
+        lines.insert(2, f"  energy: {_basis_text(next(iter(bases)))}")
     notes = [f"n/a[{n}]: not measured: {text}" for text, n in reasons.items()]
+    if mixed:
+        notes.append("energy basis differs between configs: compare energy figures with care")
+    if flags:
+        codes: dict[str, int] = {}
+        for c in result.configs:
+            for code, n in c.flag_codes.items():
+                codes[code] = codes.get(code, 0) + n
+        listed = ", ".join(f"{code} ({n})" for code, n in sorted(codes.items()))
+        notes.append(f"flagged: completed cycles with quality warnings: {listed}")
     if any(c.best for c in result.configs):
         notes.append(f"* best: {result.best_criterion}")
     elif result.best_note:
@@ -264,6 +322,20 @@ def _outcome_notes(result: StudyResult) -> list[str]:
     if result.counts.not_run:
         notes.append(f"{result.counts.not_run} experiment(s) not run: resume with --resume")
     return notes + [f"warning: {w}" for w in result.warnings]
+
+
+def _basis_text(basis: str) -> str:
+    """The energy basis for the table's header, saying when it is not a measurement."""
+    if "estimate" in basis:
+        return f"{basis}: an ESTIMATE (not a measurement) -> see each result's flags"
+    return f"{basis}, measured"
+
+
+def _short_basis(basis: str | None) -> str:
+    """A basis short enough for a column: ``counter/gpu``, ``estimate/cpu_package``."""
+    if basis is None:
+        return "-"
+    return basis.replace(" (", "/").replace(")", "")
 
 
 def _label_cell(c: ConfigSummary) -> str:

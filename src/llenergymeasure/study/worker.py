@@ -7,6 +7,9 @@ Protocol on the (one-way, child -> parent) pipe, every message a small frozen da
     DoneMessage(result_path, summary)    the experiment finished; summary: `ResultSummary`
     FailedMessage(reason, traceback)     it raised; the parent records the traceback
 
+Every message is also a safe point: a child whose parent has gone exits there at once
+(`lifeline.exit_if_orphaned`), in case the parent-death signal is not available.
+
 A child that exits without sending "ok" or "error" crashed (os._exit, OOM kill, segfault):
 the parent reads the exit code. KeyboardInterrupt propagates (the parent is stopping the
 study); every other BaseException, SystemExit included, is reported as an error.
@@ -22,6 +25,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from llenergymeasure.lifeline import exit_if_orphaned
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -45,6 +50,9 @@ class WorkerRequest:
     cycle: int = 1
     label: str = ""
     verbosity: int | None = None  # None: leave logging alone (library use)
+    #: The run directory the parent made (and recorded in the manifest) for this attempt;
+    #: None: the orchestrator makes one under ``results_dir``.
+    run_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,7 @@ class PipeProgress:
         self._conn = conn
 
     def _send(self, message: ProgressMessage) -> None:
-        # If the parent is gone the result still lands on disk: nothing to do here.
+        exit_if_orphaned()  # a safe point: an orphan must not go on measuring
         with contextlib.suppress(OSError, ValueError):
             self._conn.send(message)
 
@@ -138,7 +146,11 @@ def run_real_experiment(request: WorkerRequest, progress: Any) -> tuple[Experime
     from llenergymeasure.orchestration.orchestrator import run_single_experiment
 
     return run_single_experiment(
-        request.config, request.provenance, request.results_dir, progress=progress
+        request.config,
+        request.provenance,
+        request.results_dir,
+        progress=progress,
+        run_dir=request.run_dir,
     )
 
 

@@ -127,7 +127,13 @@ def run(
     if (resume or resume_dir or retry_failed) and not as_study:
         hint = "--retry-failed" if retry_failed and not (resume or resume_dir) else "--resume"
         raise typer.BadParameter(f"{hint} applies to studies only", param_hint=hint)
-    request = RunRequest(loaded, overrides, output, quiet)
+    rerun = rerun_args(
+        config,
+        {"-m": model, "-b": backend, "-d": dataset, "-n": n, "--batch-size": batch_size},
+        {"--precision": precision, "--cycles": cycles, "--order": order.value if order else None},
+        no_gaps,
+    )
+    request = RunRequest(loaded, overrides, output, quiet, rerun)
     if as_study:
         _run_study(request, no_gaps, resume or retry_failed, resume_dir, retry_failed=retry_failed)
     else:
@@ -143,6 +149,28 @@ class RunRequest:
     overrides: dict[str, Any]
     output: Path | None
     quiet: bool
+    rerun: tuple[str, ...] = ()  # `llem run` arguments that give the same design again
+
+
+def rerun_args(config: Path | None, *option_groups: dict[str, Any] | bool) -> tuple[str, ...]:
+    """The ``llem run`` arguments that load this configuration again (for resume hints)."""
+    args = [str(config)] if config is not None else []
+    for group in option_groups:
+        if isinstance(group, bool):
+            args += ["--no-gaps"] if group else []
+            continue
+        for flag, value in group.items():
+            if value is not None:
+                args += [flag, str(value)]
+    return tuple(args)
+
+
+def resume_command(request: RunRequest, study_dir: Path | str) -> str:
+    """``llem run <file> [options] --resume-dir <dir>``, quoted for a POSIX shell."""
+    import shlex
+
+    words = ["llem", "run", *request.rerun, "--resume-dir", str(study_dir)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def base_overrides(**options: Any) -> dict[str, Any]:
@@ -163,6 +191,7 @@ def load(
 def dry_run_text(loaded: LoadedConfig) -> str:
     """The plan of a dry run: experiments in run order with memory estimates, skipped points."""
     from llenergymeasure.cli.display import format_dry_run
+    from llenergymeasure.core.backends.registry import is_backend_available
     from llenergymeasure.core.memory import estimate_memory
     from llenergymeasure.study.grid import plan_loaded
 
@@ -175,7 +204,7 @@ def dry_run_text(loaded: LoadedConfig) -> str:
             cache[key] = estimate_memory(cfg)
         return cache[key]
 
-    text = format_dry_run(plan, estimate)
+    text = format_dry_run(plan, estimate, is_backend_available)  # find_spec: no import
     notes = [f"note: {n}" for n in dict.fromkeys(plan.notes) if n not in loaded.notes]
     parts = [text, *notes]
     if (
@@ -194,12 +223,17 @@ def _run_experiment(request: RunRequest) -> None:
     from llenergymeasure._api import run_loaded_experiment
     from llenergymeasure.cli.display import format_experiment
     from llenergymeasure.cli.progress_bars import CliProgress
+    from llenergymeasure.exceptions import ResultNotSavedError
 
     progress = CliProgress(quiet=request.quiet)
     try:
         result = run_loaded_experiment(
             request.loaded, results_dir=request.output, progress=progress
         )
+    except ResultNotSavedError as e:  # measured, not saved: the summary is all there is
+        progress.close()
+        typer.echo(format_experiment(e.result, "NOT SAVED (the write failed: see the error)"))
+        raise
     finally:
         progress.close()
     typer.echo(format_experiment(result, result.run_dir))
@@ -217,6 +251,7 @@ def _run_study(
     """Run a study (each experiment in its own subprocess) and print its summary table."""
     from llenergymeasure._api import run_loaded_study
     from llenergymeasure.cli.progress_bars import CliProgress
+    from llenergymeasure.study.signals import Interrupted
     from llenergymeasure.study.summary import format_study_table
 
     progress = CliProgress(quiet=request.quiet)
@@ -230,6 +265,14 @@ def _run_study(
             no_gaps=no_gaps,
             retry_failed=retry_failed,
         )
+    except Interrupted as stop:  # a signal: show what finished, say how to go on
+        progress.close()
+        if stop.result is not None:
+            typer.echo(format_study_table(stop.result))
+        if stop.study_dir is not None:
+            typer.echo(f"results: {stop.study_dir}")
+            stop.resume_hint = resume_command(request, stop.study_dir)
+        raise
     finally:
         progress.close()
     typer.echo(format_study_table(result))
@@ -241,7 +284,8 @@ def _run_study(
 
 
 def study_exit_code(status: str, n_failed: int) -> int:
-    """0 when every experiment completed, 130 when interrupted, 1 otherwise."""
+    """0 when every experiment completed, 130 when interrupted (a signal raises instead:
+    ``128 + signum``, see cli/_common.py), 1 otherwise."""
     if status == "interrupted":
         return 130
     return 0 if status == "completed" and n_failed == 0 else 1

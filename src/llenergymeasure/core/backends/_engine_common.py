@@ -97,7 +97,7 @@ def prepare_token_ids(
     ids, lengths, payload, truncated = [], [], [], 0
     for i, prompt in enumerate(prompts):
         tokens: list[int] = tokenizer(prompt.text)["input_ids"]
-        truncated += len(tokens) > max_input_tokens
+        truncated += len(tokens) > max_input_tokens or prompt.cut
         tokens = tokens[:max_input_tokens]
         ids.append(f"{prompt.id}#{i}")
         lengths.append(len(tokens))
@@ -211,7 +211,9 @@ class EngineBackend(abc.ABC):
         """Release the engine's workers before it is dropped (default: nothing)."""
 
     # ---- InferenceBackend ----------------------------------------------------------------
-    def get_runtime_capabilities(self) -> RuntimeCapabilities:
+    def get_runtime_capabilities(
+        self, config: ExperimentConfig | None = None
+    ) -> RuntimeCapabilities:
         """The engine starts its own workers and CUDA contexts; no per-token stream."""
         return RuntimeCapabilities(
             launch_mode="direct",

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from llenergymeasure.core.metrics import RequestTiming
     from llenergymeasure.datasets.types import Prompt
 
-LaunchMode = Literal["direct", "accelerate"]
+#: ``direct``: the orchestrator runs the backend in its own process; ``processes``: it starts
+#: ``n_processes`` worker processes, each running the backend on its shard of the prompts
+#: (``orchestration/launcher.py``).
+LaunchMode = Literal["direct", "processes"]
 CudaManagement = Literal["orchestrator", "backend"]
 TimingMethod = Literal["cuda_events", "host_clock", "e2e_only", "engine_metrics"]
 
@@ -35,7 +38,8 @@ class RuntimeCapabilities:
 
     ``cuda_management="backend"`` means the backend creates its own CUDA context/processes
     (vLLM, TensorRT-LLM workers): the orchestrator must not touch CUDA before
-    ``initialize``. ``supports_streaming_timestamps`` is False when per-token times are not
+    ``initialize``. ``launch_mode="processes"`` asks the orchestrator for ``n_processes``
+    data-parallel worker processes (see ``LaunchMode``). ``supports_streaming_timestamps`` is False when per-token times are not
     observable (then TTFT/ITL are not measured and ``InferenceOutput`` says why).
     """
 
@@ -147,8 +151,11 @@ class InferenceBackend(Protocol):
 
     name: str
 
-    def get_runtime_capabilities(self) -> RuntimeCapabilities:
-        """How to launch this backend and what it can time; callable before initialize."""
+    def get_runtime_capabilities(
+        self, config: ExperimentConfig | None = None
+    ) -> RuntimeCapabilities:
+        """How to launch this backend for ``config`` (or as initialised) and what it can
+        time; callable before initialize."""
         ...
 
     def validate_config(self, config: ExperimentConfig) -> list[str]:

@@ -72,26 +72,27 @@ class PyTorchBackend:
         self._device = "cpu"
 
     # ---- description -----------------------------------------------------------------------
-    def get_runtime_capabilities(self) -> RuntimeCapabilities:
-        """Direct launch, one process; CUDA owned by the orchestrator; streaming timestamps
-        except with beam search."""
-        beams = self._config is not None and self._config.decoder.strategy == "beam_search"
+    def get_runtime_capabilities(
+        self, config: ExperimentConfig | None = None
+    ) -> RuntimeCapabilities:
+        """Direct launch in the orchestrator's process, or — with ``pytorch.num_processes``
+        set, even to 1 — ``processes``: that many data-parallel workers started by the
+        orchestrator, each on its own GPU (or CPU). CUDA owned by the orchestrator;
+        streaming timestamps except with beam search."""
+        config = config if config is not None else self._config
+        beams = config is not None and config.decoder.strategy == "beam_search"
+        processes = section_of(config).num_processes if config is not None else None
         return RuntimeCapabilities(
-            launch_mode="direct",
+            launch_mode="direct" if processes is None else "processes",
             cuda_management="orchestrator",
             supports_streaming_timestamps=not beams,
-            notes=("data-parallel (num_processes > 1) is not implemented yet",),
+            n_processes=processes or 1,
         )
 
     def validate_config(self, config: ExperimentConfig) -> list[str]:
         """Warnings about choices this backend realises differently than asked."""
         section = section_of(config)
         warnings: list[str] = []
-        if (section.num_processes or 1) > 1:
-            warnings.append(
-                "pytorch.num_processes > 1 (data parallel via accelerate) is not implemented "
-                "yet: the experiment runs in one process on one device"
-            )
         if section.torch_compile and section.cache_implementation == "dynamic":
             warnings.append(
                 "pytorch.torch_compile uses transformers' static-cache compile path: "
@@ -288,13 +289,13 @@ class PyTorchBackend:
             torch.cuda.synchronize(index)
 
     def device_indices(self) -> list[int]:
-        """CUDA indices the model lives on (several with a device_map), [] on CPU."""
+        """CUDA indices the model lives on (every GPU of a device_map), [] on CPU."""
         model = self._model
         if model is None or not self._device.startswith("cuda"):
             return []
         device_map = getattr(model, "hf_device_map", None)
         if device_map:
-            return sorted({d for d in device_map.values() if isinstance(d, int)})
+            return cuda_indices_of_device_map(device_map)
         return [model.device.index or 0]
 
     def _reset_peak_memory(self) -> None:
@@ -351,6 +352,34 @@ class PyTorchBackend:
 # ---- pure helpers --------------------------------------------------------------------------
 
 
+def cuda_indices_of_device_map(device_map: dict[str, Any]) -> list[int]:
+    """The CUDA ordinals an ``hf_device_map`` places modules on, sorted.
+
+    accelerate writes a bare int for a GPU, but ``"cuda:1"``, ``"cuda"`` (ordinal 0) and
+    ``torch.device`` values occur too (user-given maps); ``"cpu"``, ``"disk"``, ``"meta"``
+    and other device types are not GPUs.
+    """
+    indices: set[int] = set()
+    for where in device_map.values():
+        if isinstance(where, bool):
+            continue
+        if isinstance(where, int):
+            indices.add(where)
+            continue
+        kind = getattr(where, "type", None)
+        if kind is not None:  # a torch.device
+            if kind == "cuda":
+                indices.add(getattr(where, "index", None) or 0)
+            continue
+        text = str(where).strip()
+        if text.isdigit():
+            indices.add(int(text))
+        elif text == "cuda" or text.startswith("cuda:"):
+            tail = text.partition(":")[2]
+            indices.add(int(tail) if tail.isdigit() else 0)
+    return sorted(indices)
+
+
 def _beam_reason() -> str:
     from llenergymeasure.core.latency import BEAM_SEARCH_NO_TTFT_REASON
 
@@ -358,11 +387,12 @@ def _beam_reason() -> str:
 
 
 def _encode(tokenizer: Any, prompt: Prompt, max_input_tokens: int) -> tuple[list[int], bool]:
-    """Token ids of one prompt, truncated to max_input_tokens; (ids, was_truncated)."""
+    """Token ids of one prompt, truncated to max_input_tokens; (ids, was_truncated). A
+    prompt cut before tokenising (``prompt.cut``) counts as truncated."""
     ids: list[int] = tokenizer(prompt.text)["input_ids"]
     if not ids:
         raise ConfigError(f"prompt {prompt.id!r} tokenises to nothing: remove empty prompts")
-    return ids[:max_input_tokens], len(ids) > max_input_tokens
+    return ids[:max_input_tokens], len(ids) > max_input_tokens or prompt.cut
 
 
 def _unique_request_ids(prompts: list[Prompt]) -> list[str]:

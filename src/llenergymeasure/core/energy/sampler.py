@@ -9,6 +9,9 @@ talks to it over that pipe:
   - ``"flush"``: take one sample now, send everything not yet sent;
   - ``"stop"``: take a last sample, send the rest, exit.
 
+The child dies with the process that started it (`lifeline.die_with_parent`: the Linux
+parent-death signal), so a killed experiment never leaves a sampler polling the GPU.
+
 Timestamps are ``time.monotonic()`` (CLOCK_MONOTONIC is system-wide on Linux, so parent and
 child agree) plus ``time.time()`` for plots.
 
@@ -37,6 +40,7 @@ from typing import Any, Protocol
 from llenergymeasure.core.energy._nvml import NvmlError, NvmlNotSupported, nvml
 from llenergymeasure.core.energy.timeline import Timeline
 from llenergymeasure.exceptions import MeterError
+from llenergymeasure.lifeline import die_with_parent
 
 ReadFn = Callable[[], list[dict[str, Any]]]
 
@@ -108,6 +112,7 @@ class _NvmlReader:
 
 def run_sampler(source: SampleSource, interval_s: float, conn: Connection) -> None:
     """Child process entry point (top level so that spawn can import it)."""
+    die_with_parent()
     try:
         read = source.open()
     except BaseException:

@@ -155,13 +155,15 @@ class EnergySession:
     def stop(self) -> Path | None:
         """Stop meters and sampler; write the timeline if asked. Returns its path (or None)."""
         written = None
-        if self.sampler is not None:
-            self.sampler.stop()
-            if self.timeline_path is not None and self.sampler.timeline.rows:
-                written = self.sampler.timeline.to_parquet(self.timeline_path)
-        if self.plan is not None:
-            for meter in self.plan.meters:
-                meter.stop()
+        try:
+            if self.sampler is not None:
+                self.sampler.stop()
+                if self.timeline_path is not None and self.sampler.timeline.rows:
+                    written = self.sampler.timeline.to_parquet(self.timeline_path)
+        finally:  # a timeline that cannot be written (a full disk) still stops the meters
+            if self.plan is not None:
+                for meter in self.plan.meters:
+                    meter.stop()
         return written
 
     def __enter__(self) -> EnergySession:

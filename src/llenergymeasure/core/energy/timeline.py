@@ -14,6 +14,7 @@ of the counter (and the fallback where there is none): with 100 ms samples it ca
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 from llenergymeasure.core.energy._nvml import throttle_names
 from llenergymeasure.domain.energy import ThermalSummary
+from llenergymeasure.exceptions import WriteError
 
 COLUMNS = (
     "t_s",
@@ -164,16 +166,23 @@ class Timeline:
         return out
 
     def to_parquet(self, path: Path) -> Path:
-        """Write the timeline as Parquet (atomic: temp file + rename)."""
+        """Write the timeline as Parquet (atomic: temp file + rename; the process umask
+        sets its mode). A failed write raises WriteError naming ``path``, leaving no
+        temporary file."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        path.parent.mkdir(parents=True, exist_ok=True)
         columns = {c: [r.get(c) for r in self.rows] for c in COLUMNS}
         table = pa.table(columns, schema=_schema())
         tmp = path.with_suffix(path.suffix + ".tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, tmp)
+            tmp.replace(path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise WriteError(path, e) from e
         return path
 
 

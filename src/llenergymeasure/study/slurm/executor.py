@@ -43,6 +43,8 @@ failing for ``SACCT_GIVE_UP_S`` in a row stops the study with that error.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -53,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from llenergymeasure.clock import utc_now
 from llenergymeasure.exceptions import StudyError
 from llenergymeasure.study.child import Outcome
-from llenergymeasure.study.manifest import ManifestEntry, SlurmJobRecord
+from llenergymeasure.study.manifest import ManifestEntry, RunnerInfo, SlurmJobRecord
 from llenergymeasure.study.slurm import settings
 from llenergymeasure.study.slurm.job import JobReport, run_experiment_job
 from llenergymeasure.study.slurm.sacct import SacctError, SacctRecord
@@ -241,6 +243,9 @@ class SlurmExecutor:
             files = self.jobs.files(job_id)
             record.job_id = job_id
             record.state = "SUBMITTED"
+            entry.runner = RunnerInfo(
+                kind="slurm", host=socket.gethostname(), job_id=job_id, study_pid=os.getpid()
+            )
             record.folder = _relative(files.folder, study_dir)
             record.stdout = _relative(files.stdout, study_dir)
             record.stderr = _relative(files.stderr, study_dir)
@@ -341,6 +346,9 @@ class SlurmExecutor:
             record.state = state
             record.node = rec.node_list or record.node
             record.exit_code = rec.exit_code or record.exit_code
+            runner = tracked.entry.runner
+            if record.node and runner is not None and runner.job_id == record.job_id:
+                tracked.entry.runner = runner.model_copy(update={"host": record.node})
             changed = True
         result = self.jobs.result(record.job_id)
         if result is not None:

@@ -13,7 +13,9 @@ next to its traceback) goes into submitit's error pickle; the study records it a
 SIGTERM does not reach Python here (submitit ignores it; SIGKILL follows after Slurm's
 KillWait), and submitit's USR2 handler interrupts the experiment wherever it is: nothing
 here relies on clean-up at a cancel or a time limit. A job requeued after preemption
-runs this function again from the start, in a new run directory.
+runs this function again from the start; what the cut-short run left in the run directory
+(the study runner made it before submitting) is moved aside to ``<run dir>.restart-<n>``
+first, so the result is measured afresh and nothing is overwritten.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def run_experiment_job(request: WorkerRequest) -> JobReport:
         from llenergymeasure.logging import setup_logging
 
         setup_logging(request.verbosity)
+    if request.run_dir is not None:
+        _fresh_run_dir(Path(request.run_dir))
     result, path = run_real_experiment(request, NullProgress())
     return JobReport(
         result_path=str(Path(path).resolve()),
@@ -76,3 +80,14 @@ def run_experiment_job(request: WorkerRequest) -> JobReport:
         started_at=result.started_at,
         ended_at=result.ended_at,
     )
+
+
+def _fresh_run_dir(run_dir: Path) -> None:
+    """The run directory, empty: a requeued job's earlier, cut-short files moved aside."""
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        for n in range(1, 1000):
+            aside = run_dir.with_name(f"{run_dir.name}.restart-{n}")
+            if not aside.exists():
+                os.replace(run_dir, aside)
+                break
+    run_dir.mkdir(parents=True, exist_ok=True)

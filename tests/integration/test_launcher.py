@@ -1,0 +1,175 @@
+"""Launched runs on CPU: two real gloo worker processes with the real tiny-llama.
+
+The parent owns the energy session (a fake NVML with two GPUs here, so that the per-GPU
+energy path is exercised end to end); the workers run on the CPU. Waits are on pipes and
+process exits, never sleeps, so the tests stay correct on a loaded machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.domain.results import LaunchRecord, RawProcessResult
+from llenergymeasure.orchestration.orchestrator import ExperimentOrchestrator
+from llenergymeasure.results.aggregation import aggregate_run_dir
+from llenergymeasure.results.persistence import read_result
+from llenergymeasure.testing import INJECTED_EXIT_CODE, FakeDevice, FakeNVML, LaunchFaults
+
+pytestmark = pytest.mark.slow
+
+BASE: dict[str, Any] = {
+    "model": "tiny-llama",
+    "n": 8,
+    "max_output_tokens": 5,
+    "warmup": {"n_warmup": 1},
+    "baseline": {"enabled": False},
+    "telemetry": {"enabled": False},
+}
+
+
+def _config(**fields: Any) -> ExperimentConfig:
+    return ExperimentConfig.model_validate({**BASE, **fields})
+
+
+def _fake_gpu_session(config: ExperimentConfig, gpus: Any, timeline: Path | None) -> Any:
+    """NVML counter over the GPUs the launcher asks for (fake GPUs), no sampler process."""
+    from llenergymeasure.core.energy import EnergySession
+
+    return EnergySession("nvml", gpus, sampler_enabled=False)
+
+
+def _run_dir(results: Path) -> Path:
+    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def test_two_workers_match_the_single_process_run_and_charge_each_gpu(tmp_path: Path) -> None:
+    single = ExperimentOrchestrator(
+        _config(device="cpu", pytorch={"batch_size": 2}), results_dir=tmp_path / "one"
+    ).run()
+    # a counter that steps every 1 ms: the short CPU window still reads each GPU's power
+    fake = FakeNVML(
+        [
+            FakeDevice("GPU-fake-0", power_w=200.0, counter_period_s=0.001),
+            FakeDevice("GPU-fake-1", power_w=100.0, counter_period_s=0.001),
+        ]
+    )
+    with fake.installed():
+        result = ExperimentOrchestrator(
+            _config(gpus=[0, 1], pytorch={"batch_size": 2, "num_processes": 2}),
+            results_dir=tmp_path / "two",
+            energy_session_factory=_fake_gpu_session,
+        ).run()
+    run_dir = _run_dir(tmp_path / "two")
+    # two raw results with their markers, the launcher's record, the aggregate
+    assert sorted(p.name for p in (run_dir / "raw").iterdir()) == [
+        "launch.json",
+        "process_0.done",
+        "process_0.json",
+        "process_1.done",
+        "process_1.json",
+    ]
+    raws = [
+        RawProcessResult.model_validate_json((run_dir / f"raw/process_{i}.json").read_bytes())
+        for i in range(2)
+    ]
+    assert [len(r.timings) for r in raws] == [4, 4]  # 8 prompts, round-robin
+    # the same work as one process on the same prompts (sharding loses and repeats nothing)
+    m, m1 = result.metrics, single.metrics
+    assert m is not None and m1 is not None and not result.partial
+    assert m.tokens == m1.tokens
+    assert m.flops is not None and m1.flops is not None
+    assert m.flops.total_flops == m1.flops.total_flops
+    assert result.n_processes == 2 and result.process_results == [
+        "raw/process_0.json",
+        "raw/process_1.json",
+    ]
+    # energy belongs to the GPUs: each worker's raw result carries its own GPU's part
+    assert [list(r.energy.measurements[0].energy_j_by_device) for r in raws if r.energy] == [
+        ["gpu:0"],
+        ["gpu:1"],
+    ]
+    assert [r.gpu_devices for r in raws] == [["gpu:0"], ["gpu:1"]]
+    assert [r.cuda_visible_devices for r in raws] == ["GPU-fake-0", "GPU-fake-1"]
+    energy = result.energy
+    assert energy is not None and energy.gpu_energy_j is not None
+    assert energy.gpu_energy_j == pytest.approx(300.0 * energy.duration_s, rel=0.1, abs=1.0)
+    by_device = {d.device: d for d in result.device_breakdown}
+    assert by_device["gpu:0"].processes == [0] and by_device["gpu:1"].processes == [1]
+    assert by_device["gpu:0"].energy_j > by_device["gpu:1"].energy_j
+    assert energy.duration_s >= (result.measurement_window_s or 0.0)
+    # the workers started at the gloo barrier; nothing went wrong on the way
+    codes = {w.code for w in result.warnings}
+    assert not codes & {"start_barrier", "processes_missing", "device_measured_twice"}
+    launch = LaunchRecord.model_validate_json((run_dir / "raw/launch.json").read_bytes())
+    assert [p.status for p in launch.processes] == ["completed", "completed"]
+    assert launch.energy is not None and launch.energy.gpu_energy_j == energy.gpu_energy_j
+    assert result.environment is not None  # the parent's snapshot, CUDA_VISIBLE_DEVICES in it
+    # the aggregation is re-runnable and gives the same result.json
+    assert read_result(run_dir) == result
+    again, _ = aggregate_run_dir(run_dir)
+    assert again == result
+    assert sorted(p.name for p in run_dir.iterdir()) == ["raw", "result.json"]
+
+
+@pytest.mark.parametrize("how", ["exit", "raise"])
+def test_a_worker_failing_mid_run_leaves_a_flagged_partial_result(tmp_path: Path, how: str) -> None:
+    """Worker 1 dies (os._exit, like an OOM kill) or raises after its first batch inside
+    the window; worker 0's raw result is intact and the aggregate is partial, flagged."""
+    faults = (
+        LaunchFaults(exit_processes=(1,), after_batches=1)
+        if how == "exit"
+        else LaunchFaults(raise_processes=(1,), after_batches=1)
+    )
+    result = ExperimentOrchestrator(
+        _config(device="cpu", pytorch={"batch_size": 2, "num_processes": 2}),
+        results_dir=tmp_path,
+        worker_target=faults.target(),
+    ).run()
+    run_dir = _run_dir(tmp_path)
+    raw_files = sorted(p.name for p in (run_dir / "raw").iterdir())
+    assert raw_files == ["launch.json", "process_0.done", "process_0.json"]
+    survivor = RawProcessResult.model_validate_json((run_dir / "raw/process_0.json").read_bytes())
+    assert len(survivor.timings) == 4 and survivor.process_index == 0
+    assert not result.failed and result.partial and result.n_processes == 2
+    flag = next(w for w in result.warnings if w.code == "processes_missing")
+    assert flag.severity == "critical" and "measuring" in flag.message
+    m = result.metrics
+    assert m is not None and m.tokens.n_requests == 4 and m.tokens.output_tokens == 4 * 5
+    assert [p.status for p in result.process_breakdown] == ["completed", "missing"]
+    launch = LaunchRecord.model_validate_json((run_dir / "raw/launch.json").read_bytes())
+    survived, lost = launch.processes
+    assert (survived.status, survived.exit_code) == ("completed", 0)
+    if how == "exit":
+        assert (lost.status, lost.exit_code) == ("crashed", INJECTED_EXIT_CODE)
+        assert f"exited with code {INJECTED_EXIT_CODE}" in flag.message
+    else:
+        assert (lost.status, lost.exit_code) == ("failed", 1)
+        assert "InjectedFault" in flag.message and "InjectedFault" in (lost.detail or "")
+    assert read_result(run_dir) == result
+
+
+def test_launcher_runs_inside_a_study_child(tmp_path: Path) -> None:
+    """A study runs each experiment in a spawn child: the launcher starts its workers there."""
+    from llenergymeasure import run_study
+    from llenergymeasure.config.models import StudyConfig
+
+    study = run_study(
+        StudyConfig(
+            study_name="launched",
+            base={**BASE, "n": 4, "device": "cpu", "pytorch": {"num_processes": 2}},
+            sweep={"max_output_tokens": [3]},
+        ),
+        results_dir=tmp_path,
+        no_gaps=True,
+    )
+    assert not study.failures, study.failures
+    (path,) = list(tmp_path.rglob("result.json"))
+    result = read_result(path)
+    assert result.n_processes == 2 and not result.partial
+    assert result.metrics is not None and result.metrics.tokens.n_requests == 4
+    assert (path.parent / "raw" / "process_1.done").exists()
