@@ -287,3 +287,12 @@ def test_resuming_slurm_jobs_with_the_local_executor_is_refused(tmp_path: Path) 
     )
     with pytest.raises(StudyError, match=r"execution\.executor: slurm"):
         StudyRunner(local, results_dir=tmp_path / "out", resume_dir=study_dir).run()
+
+
+def test_a_docker_runner_is_not_applied_on_slurm_and_says_so(tmp_path: Path) -> None:
+    from llenergymeasure.config.user_config import UserConfig
+
+    uc = UserConfig(runners={"pytorch": "docker:llem:pytorch"})
+    result, _, _ = run(study(cycles=1), tmp_path, user_config=uc)
+    assert result.status == "completed"
+    assert any("not applied by the Slurm executor" in w for w in result.warnings)

@@ -468,6 +468,10 @@ class StudyRunner:
         from llenergymeasure.study.slurm.submit import SubmititJobs
 
         jobs = self.job_system or SubmititJobs(job_folder(study_dir), self.study.slurm.python)
+        note = _runners_not_applied(self.user_config, plan)
+        if note is not None:
+            self.progress.message(note)
+            self._warnings.append(note)
 
         def tick(entry: ManifestEntry) -> ExperimentTick:
             return ExperimentTick(
@@ -680,6 +684,22 @@ def _write_failure(study_dir: Path, entry: ManifestEntry, outcome: Outcome) -> P
     ]
     atomic_write_text(path, scrub("\n".join(header) + (outcome.detail or "") + "\n"))
     return path
+
+
+def _runners_not_applied(user_config: UserConfig | None, plan: StudyPlan) -> str | None:
+    """The user config's container runners (``runners:``) that a Slurm study cannot use."""
+    if user_config is None:
+        return None
+    backends = sorted({p.config.backend for p in plan.experiments})
+    runners = [f"{b}={user_config.runner_for(b)}" for b in backends]
+    contained = [r for b, r in zip(backends, runners, strict=True) if r != f"{b}=local"]
+    if not contained:
+        return None
+    return (
+        f"runners: {', '.join(contained)} is not applied by the Slurm executor: each job runs "
+        "its experiment in the job's own Python (slurm.python and slurm.setup set up the "
+        "environment on the nodes)"
+    )
 
 
 def _write(study_dir: Path, manifest: StudyManifest) -> None:
