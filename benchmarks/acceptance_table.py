@@ -1,7 +1,7 @@
 """Print the short table that ends a GPU acceptance run (benchmarks/gpu_acceptance.sh).
 
 Reads what the run left in OUT_DIR (energy.json, experiment.json, harness.json,
-launcher_tax.json, study/, pytest_gpu.log) and prints one line per check with its target. Parts that did not run are
+launcher_tax.json, study/, pytest_gpu.log, vllm_<max_num_seqs>.json) and prints one line per check with its target. Parts that did not run are
 listed as "not run", never as passed.
 
     python benchmarks/acceptance_table.py OUT_DIR
@@ -195,6 +195,55 @@ def pytest_rows(out: Path) -> list[Row]:
     ]
 
 
+def vllm_rows(out: Path) -> list[Row]:
+    """benchmarks/gpu_vllm.py: tool and bare step loop vs plain LLM.generate, J/token, latency."""
+    files = sorted(out.glob("vllm_*.json"), key=lambda p: p.stem)
+    if not files:
+        return [("vllm benchmark", "not run", "", "")]
+    rows: list[Row] = []
+    for path in files:
+        data = _load(path) or {}
+        s = data.get("summary") or {}
+        tag = f"vllm seqs {data.get('args', {}).get('max_num_seqs', path.stem)}"
+        if data.get("errors"):
+            rows.append((f"{tag} errors", str(len(data["errors"])), "none", "MISSED"))
+        for key, target, label in (
+            ("tool_over_generate", 0.98, "tool/LLM.generate"),
+            ("steploop_over_generate", 0.99, "step loop/LLM.generate"),
+        ):
+            r = s.get(key) or {}
+            med, ci = r.get("median"), r.get("ci95")
+            if med is None:
+                rows.append((f"{tag} {label}", "not measured", f">= {target}", "MISSED"))
+                continue
+            value = f"{med:.4f}" + (f" [{ci[0]:.3f},{ci[1]:.3f}]" if ci else "")
+            value += f" n={len(r.get('ratios', []))}"
+            ok = med >= target and len(r.get("ratios", [])) >= 5
+            rows.append(
+                (f"{tag} {label} (median [95% CI])", value, f">= {target}, n>=5", _status(ok))
+            )
+        jt = [s.get(a, {}).get("j_per_token_median") for a in ("tool", "generate")]
+        rows.append(
+            (
+                f"{tag} J/output token tool, generate",
+                ", ".join("-" if j is None else f"{j * 1e3:.2f} mJ" for j in jt),
+                "counter",
+                _status(all(j is not None for j in jt)),
+            )
+        )
+        lat = s.get("latency_ms_median_rep") or {}
+        present = [k for k in ("ttft", "itl", "tpot") if lat.get(k)]
+        rows.append(
+            (
+                f"{tag} TTFT/ITL/TPOT (step loop)",
+                " ".join(f"{k} {lat[k]['mean_ms']:.1f}ms" for k in present) or "not measured",
+                "all present",
+                _status(len(present) == 3),
+            )
+        )
+    return rows
+
+
 def main(argv: list[str]) -> int:
     """Print the table; exit 1 when a check with a target missed it."""
     out = Path(argv[1] if len(argv) > 1 else "results/gpu_acceptance")
@@ -205,6 +254,7 @@ def main(argv: list[str]) -> int:
         *harness_rows(_load(out / "harness.json")),
         *launcher_rows(_load(out / "launcher_tax.json")),
         *study_rows(out),
+        *vllm_rows(out),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     print("\nGPU acceptance summary")

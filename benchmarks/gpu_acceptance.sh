@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # One GPU acceptance check in one call: GPU test suite, energy meter accuracy/overhead,
-# experiments through the tool, harness tax, launcher tax, and a study; prints a short table last.
+# experiments through the tool, harness tax, launcher tax, a study and vLLM; prints a short table last.
 # Usage (GPU machine, repo root):  benchmarks/gpu_acceptance.sh [quick|full] [OUT_DIR] [PARTS]
-#   PARTS: comma list of tests,energy,experiment,harness,launcher,study (default: all)
+#   PARTS: comma list of tests,energy,experiment,harness,launcher,study,vllm (default: all)
+#   vllm: benchmarks/gpu_vllm.py once per max_num_seqs in $LLEM_VLLM_SEQS (default "64 256",
+#   ~8 min each on an H200 incl. engine start; $LLEM_VLLM_ARGS is passed on, e.g. "--budget-s
+#   420" to leave room in a 9-minute call); skipped with a message when vllm does not
+#   import (vLLM 0.26.0 for the GPU image: ../shared/device/vllm_chunks.sh, PYTHONPATH=/tmp/vsite)
 # OUT_DIR gets a few small files (JSON, logs, the study summary, one timeline); bulky run
 # directories go to $LLEM_ACCEPT_WORK (default OUT_DIR/work).
 set -u
 mode=${1:-quick}
 out=${2:-results/gpu_acceptance}
-parts=${3:-tests,energy,experiment,harness,launcher,study}
+parts=${3:-tests,energy,experiment,harness,launcher,study,vllm}
 work=${LLEM_ACCEPT_WORK:-$out/work}
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
@@ -37,5 +41,17 @@ if has study; then
   python3 -m llenergymeasure run "$study" -o "$work/study" 2>&1 | tee -a "$log" | tail -40
   summary=$(ls -t "$work"/study/*/study_summary.json 2>/dev/null | head -1)
   [ -n "$summary" ] && mkdir -p "$out/study" && cp "$summary" "$out/study/study_summary.json"
+fi
+if has vllm; then
+  if python3 -c "import vllm" >/dev/null 2>&1; then
+    python3 -m llenergymeasure config 2>&1 | sed -n '/^Backends/,/^$/p' | tee "$out/llem_config_backends.txt"
+    for seqs in ${LLEM_VLLM_SEQS:-64 256}; do
+      python3 benchmarks/gpu_vllm.py --max-num-seqs "$seqs" --out "$out/vllm_$seqs.json" $q ${LLEM_VLLM_ARGS:-} \
+        > "$out/vllm_$seqs.log" 2>&1
+      tail -25 "$out/vllm_$seqs.log" | tee -a "$log"
+    done
+  else
+    echo "vllm part skipped: vllm is not importable here (see ../shared/device/vllm_chunks.sh)" | tee -a "$log"
+  fi
 fi
 python3 benchmarks/acceptance_table.py "$out" | tee "$out/acceptance_table.txt"

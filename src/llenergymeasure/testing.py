@@ -8,7 +8,14 @@ Sections:
                    result, or write a fast fake result (picklable under ``spawn``).
   4. Launcher faults  LaunchFaults / fault_injecting_process_worker: worker targets of a
                    launched (multi-process) run that exit hard or raise in chosen workers.
-  5. Fake Slurm    FakeSlurm: a scripted Slurm (JobSystem) on a ManualClock for the Slurm
+  5. Engines       stand_in_vllm() / stand_in_tensorrt_llm(): module trees that stand in
+                   for ``vllm`` and ``tensorrt_llm`` at the import seam (put them in
+                   ``sys.modules``), for the engine backends' tests where neither engine
+                   runs. The vLLM one schedules like continuous batching (``max_num_seqs``
+                   slots, one token per running request per step, per-request statistics
+                   on vLLM's clocks); the TensorRT-LLM one records what it was built with and
+                   saves/loads "engines" as directories.
+  6. Fake Slurm    FakeSlurm: a scripted Slurm (JobSystem) on a ManualClock for the Slurm
                    executor; fault_injecting_job: FaultPlan inside a real Slurm job.
 
 FakeNVML implements the ``pynvml`` functions that ``core/energy/_nvml.py`` calls, and raises
@@ -825,7 +832,337 @@ def _sabotage_generate(*, hard: bool, after: int) -> None:
 
 
 # ======================================================================================
-# 5. Fake Slurm
+# 5. Engines: stand-ins for vllm and tensorrt_llm at the import seam
+# ======================================================================================
+# What the backends call, and nothing more. Field and method names follow vLLM 0.26/0.32
+# (LLM, LLMEngine.add_request/step/has_unfinished_requests, RequestOutput, RequestStateStats,
+# EngineArgs, current_platform) and the TensorRT-LLM LLM API (LLM, SamplingParams, llmapi).
+
+
+def _stand_in_module(name: str, **attrs: Any) -> Any:
+    """A module object that ``importlib.util.find_spec`` finds once it is in sys.modules."""
+    import importlib.machinery
+    import types
+
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    module.__path__ = []  # a package: submodules resolve through sys.modules
+    for key, value in attrs.items():
+        setattr(module, key, value)
+    return module
+
+
+class StandInRequestOutputKind:
+    """``vllm.sampling_params.RequestOutputKind``."""
+
+    CUMULATIVE, DELTA, FINAL_ONLY = 0, 1, 2
+
+
+class StandInSamplingParams:
+    """Records its keyword arguments (``kwargs``); ``output_kind`` as an attribute."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        self.output_kind = kwargs.get("output_kind", StandInRequestOutputKind.CUMULATIVE)
+        self.max_tokens = int(kwargs.get("max_tokens", 16))
+
+
+@dataclasses.dataclass
+class StandInRequestStats:
+    """``vllm.v1.metrics.stats.RequestStateStats``: arrival on the wall clock, the rest on
+    ``time.monotonic`` (the engine core's clock)."""
+
+    arrival_time: float = 0.0
+    queued_ts: float = 0.0
+    scheduled_ts: float = 0.0
+    first_token_ts: float = 0.0
+    last_token_ts: float = 0.0
+    num_generation_tokens: int = 0
+    num_preemptions: int = 0
+
+
+@dataclasses.dataclass
+class _StandInRequest:
+    request_id: str
+    prompt_len: int
+    max_tokens: int
+    stats: StandInRequestStats
+    generated: int = 0
+    running: bool = False
+
+
+class StandInLLMEngine:
+    """``LLMEngine`` with continuous batching: ``max_num_seqs`` slots filled in arrival
+    order; a step runs every admitted request (prefill gives the first token, each later
+    step one more) and takes ``step_s`` seconds (slept, so clocks move)."""
+
+    def __init__(self, llm: StandInLLM) -> None:
+        self.llm = llm
+        self.waiting: list[_StandInRequest] = []
+        self.running: list[_StandInRequest] = []
+        self.engine_core = types_namespace(shutdown=llm.shutdown_core)
+        self.logger_manager: Any = object()  # the backend switches vLLM's loggers off
+        self.vllm_config = llm.vllm_config
+        self.added: list[str] = []
+
+    def add_request(self, request_id: str, prompt: Any, params: Any) -> str:
+        if not isinstance(request_id, str):
+            raise TypeError(f"request_id must be a string, got {type(request_id)}")
+        ids = prompt["prompt_token_ids"]
+        stats = StandInRequestStats(arrival_time=time.time(), queued_ts=time.monotonic())
+        self.waiting.append(_StandInRequest(request_id, len(ids), params.max_tokens, stats))
+        self.added.append(request_id)
+        self.llm.params_seen.append(params)
+        return f"{request_id}-internal"
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def abort_request(self, ids: Any) -> None:
+        self.waiting.clear()
+        self.running.clear()
+
+    def step(self) -> list[Any]:
+        if self.llm.fail_step_with is not None:
+            raise self.llm.fail_step_with
+        now = time.monotonic()
+        while self.waiting and len(self.running) < self.llm.max_num_seqs:
+            req = self.waiting.pop(0)
+            req.stats.scheduled_ts = now
+            self.running.append(req)
+        time.sleep(self.llm.step_s)
+        done_ts = time.monotonic()
+        outputs = []
+        for req in list(self.running):
+            req.generated += 1
+            req.stats.num_generation_tokens = req.generated
+            req.stats.first_token_ts = req.stats.first_token_ts or done_ts
+            req.stats.last_token_ts = done_ts
+            finished = req.generated >= req.max_tokens
+            if finished:
+                self.running.remove(req)
+            completion = types_namespace(token_ids=[req.generated % 97 + 4])
+            outputs.append(
+                types_namespace(
+                    request_id=req.request_id,
+                    outputs=[completion],
+                    finished=finished,
+                    metrics=req.stats if self.llm.log_stats else None,
+                    num_cached_tokens=self.llm.cached_tokens if req.generated == 1 else 0,
+                )
+            )
+        return outputs
+
+
+def types_namespace(**kwargs: Any) -> Any:
+    """A ``types.SimpleNamespace`` (kept as a function so the section imports nothing)."""
+    import types
+
+    return types.SimpleNamespace(**kwargs)
+
+
+class StandInLLM:
+    """``vllm.LLM``: records its keyword arguments; ``llm_engine`` is a StandInLLMEngine.
+
+    Class attributes steer the next instances: ``fail_with`` (raised by the constructor),
+    ``step_s`` (seconds per engine step), ``cached_tokens`` (prefix-cache hits reported
+    per request). ``instances`` collects every engine built.
+    """
+
+    instances: list[StandInLLM] = []
+    fail_with: Exception | None = None
+    step_s = 0.001
+    cached_tokens = 0
+
+    def __init__(self, **kwargs: Any) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.kwargs = kwargs
+        self.max_num_seqs = int(kwargs.get("max_num_seqs") or 256)
+        self.log_stats = not kwargs.get("disable_log_stats", True)
+        self.fail_step_with: Exception | None = None
+        self.params_seen: list[Any] = []
+        self.core_shut_down = False
+        self.prefix_resets = 0
+        blocks = 64
+        self.vllm_config = types_namespace(
+            scheduler_config=types_namespace(
+                max_num_seqs=self.max_num_seqs,
+                max_num_batched_tokens=8192,
+                enable_chunked_prefill=True,
+                async_scheduling=False,
+            ),
+            cache_config=types_namespace(
+                enable_prefix_caching=kwargs.get("enable_prefix_caching", True),
+                block_size=16,
+                num_gpu_blocks=blocks,
+                gpu_memory_utilization=kwargs.get("gpu_memory_utilization", 0.92),
+                cache_dtype="auto",
+            ),
+            parallel_config=types_namespace(
+                distributed_executor_backend="uni",
+                tensor_parallel_size=int(kwargs.get("tensor_parallel_size") or 1),
+                pipeline_parallel_size=int(kwargs.get("pipeline_parallel_size") or 1),
+            ),
+            model_config=types_namespace(
+                max_model_len=2048,
+                dtype=types_namespace(itemsize=2),
+                get_num_layers=lambda pc: 2,
+                get_num_kv_heads=lambda pc: 2,
+                get_head_size=lambda: 64,
+            ),
+        )
+        self.llm_engine = StandInLLMEngine(self)
+        self.instances.append(self)
+
+    def reset_prefix_cache(self) -> bool:
+        self.prefix_resets += 1
+        return True
+
+    def generate(self, *args: Any, **kwargs: Any) -> list[Any]:
+        raise AssertionError("the vLLM backend must not call LLM.generate (it steps the engine)")
+
+    def shutdown_core(self) -> None:
+        self.core_shut_down = True
+
+
+@dataclasses.dataclass
+class StandInEngineArgs:
+    """``vllm.engine.arg_utils.EngineArgs``: the fields the backend maps to (both 0.26 and
+    0.32 have them); ``swap_space`` is absent, as in both."""
+
+    model: str = ""
+    seed: int = 0
+    dtype: str = "auto"
+    skip_tokenizer_init: bool = False
+    disable_log_stats: bool = True
+    load_format: str = "auto"
+    quantization: str | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.92
+    kv_cache_memory_bytes: int | None = None
+    enable_prefix_caching: bool | None = None
+    enable_chunked_prefill: bool | None = None
+    enforce_eager: bool = False
+    async_scheduling: bool | None = None
+    kv_cache_dtype: str = "auto"
+    max_model_len: int | None = None
+    block_size: int | None = None
+
+
+def stand_in_vllm(platform: str = "cuda") -> dict[str, Any]:
+    """Modules standing in for vLLM: ``{name: module}`` to put into ``sys.modules``.
+
+    ``modules["vllm"].LLM`` is a fresh StandInLLM subclass (its own ``instances`` list).
+    """
+    llm = type("LLM", (StandInLLM,), {"instances": []})
+    is_cpu = platform == "cpu"
+    current = types_namespace(device_type=platform, is_cpu=lambda: is_cpu)
+    return {
+        "vllm": _stand_in_module(
+            "vllm", LLM=llm, SamplingParams=StandInSamplingParams, __version__="0.32.0"
+        ),
+        "vllm.sampling_params": _stand_in_module(
+            "vllm.sampling_params", RequestOutputKind=StandInRequestOutputKind
+        ),
+        "vllm.platforms": _stand_in_module("vllm.platforms", current_platform=current),
+        "vllm.engine": _stand_in_module("vllm.engine"),
+        "vllm.engine.arg_utils": _stand_in_module(
+            "vllm.engine.arg_utils", EngineArgs=StandInEngineArgs
+        ),
+    }
+
+
+class StandInTrtLLM:
+    """``tensorrt_llm.LLM``: records its keyword arguments; ``generate`` answers
+    ``output_tokens`` tokens per prompt; ``save(dir)`` writes a fake engine directory.
+
+    ``instances`` collects every engine built; ``fail_with`` is raised by the constructor.
+    """
+
+    instances: list[StandInTrtLLM] = []
+    fail_with: Exception | None = None
+    output_tokens = 3
+
+    def __init__(self, **kwargs: Any) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.kwargs = kwargs
+        self.calls: list[tuple[list[Any], Any, bool]] = []
+        self.saved_to: list[str] = []
+        self.shut_down = False
+        self.instances.append(self)
+
+    def generate(self, prompts: list[Any], sampling: Any, use_tqdm: bool = True) -> list[Any]:
+        self.calls.append((list(prompts), sampling, use_tqdm))
+        done = types_namespace(token_ids=list(range(self.output_tokens)))
+        return [types_namespace(outputs=[done], metrics=None) for _ in prompts]
+
+    def save(self, engine_dir: str) -> None:
+        import json
+        from pathlib import Path
+
+        out = Path(engine_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({"built_with": sorted(self.kwargs)}))
+        (out / "rank0.engine").write_bytes(b"stand-in engine")
+        self.saved_to.append(engine_dir)
+
+    def shutdown(self) -> None:
+        self.shut_down = True
+
+
+class StandInKwargs:
+    """A config object that records its keyword arguments (KvCacheConfig, QuantConfig)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, StandInKwargs)
+            and type(other) is type(self)
+            and other.kwargs == self.kwargs
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(self.kwargs))))
+
+
+class StandInQuantAlgo:
+    """``tensorrt_llm.llmapi.QuantAlgo``: member names as strings."""
+
+    FP8 = "FP8"
+    W8A16 = "W8A16"
+    W4A16 = "W4A16"
+    W4A16_AWQ = "W4A16_AWQ"
+    W8A8_SQ_PER_CHANNEL = "W8A8_SQ_PER_CHANNEL"
+
+
+def stand_in_tensorrt_llm(version: str = "0.20.0") -> dict[str, Any]:
+    """Modules standing in for TensorRT-LLM: ``{name: module}`` for ``sys.modules``."""
+    llm = type("LLM", (StandInTrtLLM,), {"instances": []})
+    llmapi = _stand_in_module(
+        "tensorrt_llm.llmapi",
+        KvCacheConfig=type("KvCacheConfig", (StandInKwargs,), {}),
+        QuantConfig=type("QuantConfig", (StandInKwargs,), {}),
+        QuantAlgo=StandInQuantAlgo,
+    )
+    root = _stand_in_module(
+        "tensorrt_llm",
+        LLM=llm,
+        SamplingParams=type("SamplingParams", (StandInKwargs,), {}),
+        llmapi=llmapi,
+        __version__=version,
+    )
+    return {"tensorrt_llm": root, "tensorrt_llm.llmapi": llmapi}
+
+
+# ======================================================================================
+# 6. Fake Slurm
 # ======================================================================================
 #
 # FakeSlurm is a `study.slurm.submit.JobSystem` on a ManualClock: a queue, ``n_gpus`` GPUs
@@ -1043,8 +1380,8 @@ class FakeSlurm:
             ended_at=utc_now(),
             measurement_window_s=self.duration_s,
         )
-        run_dir = new_run_dir(request.results_dir, result.name)
-        path = write_result(result, run_dir)
+        run_dir = request.run_dir or new_run_dir(request.results_dir, result.name)
+        path = write_result(result, run_dir)  # in the attempt's run dir, as a real job does
         gpus = ",".join(str(g) for g in job.gpus)
         report = JobReport(
             result_path=str(path.resolve()),

@@ -23,7 +23,7 @@ from llenergymeasure.exceptions import ConfigError
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-TINY = ["tiny-llama", "tiny-gpt2"]
+TINY = ["tiny-llama", "tiny-llama-hd64", "tiny-gpt2"]
 BIG = [n for n in list_architectures() if n not in TINY]
 
 

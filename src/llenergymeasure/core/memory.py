@@ -99,8 +99,8 @@ def _estimate(cfg: ExperimentConfig, arch: Any) -> MemoryEstimate:
         )
     if cfg.backend == "vllm":
         notes.append(
-            "vLLM pre-allocates gpu_memory_utilization (default 0.9) of GPU memory for its "
-            "KV cache regardless of this estimate"
+            "vLLM pre-allocates gpu_memory_utilization (default 0.92) of GPU memory (on CPU: "
+            "of the NUMA node's RAM) for weights and KV cache regardless of this estimate"
         )
     return MemoryEstimate(
         weights_gb=weights_gb,

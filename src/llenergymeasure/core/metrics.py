@@ -38,13 +38,16 @@ class RequestTiming:
     ``token_times_s`` holds the arrival time of each output token. A backend that knows only
     some of them (e.g. first and last) passes those and the true ``output_tokens``; such a
     request then contributes TTFT, TPOT and E2E but no ITL gaps. The first and last entries
-    must be the first and last token's times.
+    must be the first and last token's times. ``queue_s`` (engines that schedule requests
+    themselves: vLLM) is the time from the request start until the engine first scheduled
+    it, a part of TTFT; None when the backend does not know it.
     """
 
     request_start_s: float
     token_times_s: list[float] = field(default_factory=list)
     input_tokens: int = 0
     output_tokens: int = 0
+    queue_s: float | None = None
 
     def __post_init__(self) -> None:
         times = self.token_times_s
@@ -59,6 +62,8 @@ class RequestTiming:
             raise ValueError("first token time is before the request start")
         if any(b < a for a, b in pairwise(times)):
             raise ValueError("token times must be non-decreasing")
+        if self.queue_s is not None and self.queue_s < 0:
+            raise ValueError("queue_s must be >= 0")
 
     @property
     def has_every_token_time(self) -> bool:
@@ -110,7 +115,8 @@ def latency_from_timings(timings: Sequence[RequestTiming]) -> LatencyMetrics:
     TTFT and E2E: one sample per request with at least one token time. TPOT: one sample per
     request with >= 2 output tokens and a distinct last-token time. ITL: every gap between
     consecutive tokens of every request that has a time for each token, pooled into one
-    sample set — per-request means are never averaged.
+    sample set — per-request means are never averaged. Queueing: one sample per request
+    whose backend reported it.
     """
     timed = [t for t in timings if t.token_times_s]
     # TPOT needs the last token's own time: with a single known time it is undefined.
@@ -121,6 +127,7 @@ def latency_from_timings(timings: Sequence[RequestTiming]) -> LatencyMetrics:
         itl=summarise(g for t in full for g in _itl_gaps_ms(t)),
         tpot=summarise(_tpot_ms(t) for t in tpot_ok),
         e2e=summarise(_e2e_ms(t) for t in timed),
+        queue=summarise(t.queue_s * MS_PER_S for t in timings if t.queue_s is not None),
         n_requests_timed=len(timed),
     )
 

@@ -134,6 +134,11 @@ class ThermalSummary(_Model):
     sm_clock_end_mhz: float | None = None
     sm_clock_drift_pct: float | None = None
     mean_power_w: float | None = None
+    peak_memory_used_mb_by_device: dict[str, float] = Field(
+        default_factory=dict,
+        description="NVML device memory used (every process on the GPU), max over the "
+        "window's samples, decimal MB",
+    )
 
 
 class MeterSelection(_Model):

@@ -23,6 +23,11 @@ LATENCY_DEFINITIONS: dict[str, str] = {
         "request with >= 2 output tokens"
     ),
     "e2e": "end-to-end latency = last output token time - request start (ms), one sample per request",
+    "queue": (
+        "queueing time = when the engine first scheduled the request - request start (ms), "
+        "one sample per request; only engines that schedule requests themselves (vLLM: "
+        "continuous batching) report it; it is part of TTFT"
+    ),
     "request_start": (
         "when the request was handed to the engine; for static batches the batch start, so "
         "TTFT includes the prefill of the whole batch"
@@ -60,6 +65,7 @@ class LatencyMetrics(_Metric):
     - ITL = gaps between consecutive output tokens of one request, pooled over requests.
     - TPOT = (E2E − TTFT) / (n_out − 1), one sample per request with n_out ≥ 2.
     - E2E = last output token time − request start.
+    - queue = first scheduled by the engine − request start (vLLM only; part of TTFT).
 
     A metric is ``None`` when no request gave a sample for it (e.g. ITL when the backend
     reports only first/last token times, or when latency was not recorded at all).
@@ -69,6 +75,9 @@ class LatencyMetrics(_Metric):
     itl: LatencyStats | None = None
     tpot: LatencyStats | None = None
     e2e: LatencyStats | None = None
+    queue: LatencyStats | None = Field(
+        default=None, description="queueing time (engine scheduling delay), part of TTFT"
+    )
     n_requests_timed: int = Field(default=0, ge=0, description="requests with >= 1 token time")
     definitions: dict[str, str] = Field(default_factory=lambda: dict(LATENCY_DEFINITIONS))
 
@@ -141,13 +150,24 @@ class FlopsEstimate(_Metric):
 
 
 class MemoryMetrics(_Metric):
-    """Device memory, in decimal MB (10**6 bytes)."""
+    """Device memory, in decimal MB (10**6 bytes); each figure says how it was obtained."""
 
     model_memory_mb: float | None = Field(default=None, ge=0.0, description="weights resident")
-    peak_memory_mb: float | None = Field(default=None, ge=0.0, description="peak allocated")
+    model_memory_method: str | None = Field(default=None, description="how the weights were sized")
+    peak_memory_mb: float | None = Field(default=None, ge=0.0, description="peak over the window")
+    peak_memory_method: str | None = Field(
+        default=None, description="what the peak counts (allocator vs device-level)"
+    )
+    peak_memory_not_measured: str | None = Field(
+        default=None, description="why there is no peak (instead of a silent null)"
+    )
     kv_cache_estimate_mb: float | None = Field(
         default=None, ge=0.0, description="analytic KV cache size at the largest batch × sequence"
     )
+    kv_cache_reserved_mb: float | None = Field(
+        default=None, ge=0.0, description="KV cache the engine pre-allocated (vLLM)"
+    )
+    kv_cache_reserved_method: str | None = None
     device: str | None = Field(default=None, description='e.g. "cuda:0", "cpu"')
 
 

@@ -53,6 +53,7 @@ class RequestTimingRecord(_Model):
     token_times_s: list[float] = Field(default_factory=list)
     input_tokens: int = Field(0, ge=0)
     output_tokens: int = Field(0, ge=0)
+    queue_s: float | None = Field(None, ge=0.0, description="engine scheduling delay (vLLM)")
 
 
 class ResultCore(_Model):
@@ -123,7 +124,8 @@ class RawProcessResult(ResultCore):
         "host_clock",
         description=(
             "where token times come from: cuda_events (per decode step, GPU), host_clock "
-            "(per step, CPU), engine_metrics (vLLM), e2e_only (no per-token times)"
+            "(per step, CPU), engine_steps (vLLM: host stamp per engine step, TTFT from the "
+            "engine's statistics), e2e_only (no per-token times)"
         ),
     )
     ttft_not_measured_reason: str | None = None
@@ -132,6 +134,10 @@ class RawProcessResult(ResultCore):
         default_factory=list, description="e2e_only: wall time of each batch's generate call"
     )
     padded_input_tokens: int | None = None
+    backend_details: dict[str, Any] = Field(
+        default_factory=dict,
+        description="engine facts: version, settings in effect, KV blocks, prefix-cache hits",
+    )
     memory: MemoryMetrics | None = None
     carbon_intensity_gco2_kwh: float | None = None
     datacenter_pue: float | None = None
@@ -232,6 +238,11 @@ class ExperimentResult(ResultCore):
             "timing_method e2e_only (e.g. beam search): wall time of each batch's generate "
             "call in s, the E2E latency of every request in that batch (processes in order)"
         ),
+    )
+    backend_details: dict[str, Any] = Field(
+        default_factory=dict,
+        description="engine facts (vLLM: version, scheduler settings, KV cache reserved, "
+        "prefix-cache hits in the window); of process 0",
     )
     n_processes: int = Field(1, ge=1)
     process_results: list[str] = Field(

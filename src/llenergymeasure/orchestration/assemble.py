@@ -110,22 +110,68 @@ def memory_metrics(
     arch: ArchitectureSpec | None,
     prepared: PreparedBatches,
     output: InferenceOutput,
+    energy: EnergyReport | None = None,
 ) -> MemoryMetrics:
-    """Peak memory as measured by the backend; weights and KV cache analytic (from shapes)."""
+    """Memory figures, each with its method.
+
+    Peak: what the backend measured (pytorch: its allocator); for an engine whose memory
+    lives in other processes (vLLM), the device-level peak from the telemetry samples of the
+    window (``energy.thermal``). Weights: analytic from the shapes. KV cache: the analytic
+    estimate, and what the engine reserved when it says so.
+    """
     model_mb = kv_mb = None
+    model_method = None
     if arch is not None:
-        model_mb = bytes_to_mb(weights_bytes(arch, weights_precision(config)))
+        precision = weights_precision(config)
+        model_mb = bytes_to_mb(weights_bytes(arch, precision))
+        model_method = f"analytic: {arch.n_params:,} parameters x bytes per parameter ({precision})"
         batch = max((b.size for b in prepared.batches), default=0)
         seq = max((b.padded_length for b in prepared.batches), default=0) + prepared.max_new_tokens
         elem = 4.0 if config.precision == "fp32" else 2.0
         kv_mb = bytes_to_mb(kv_cache_bytes(arch, batch, seq, elem))
-    peak = output.peak_memory_bytes
+    peak_mb, method, why = _peak_memory(output, energy)
+    reserved = output.kv_cache_reserved_bytes
     return MemoryMetrics(
         model_memory_mb=model_mb,
-        peak_memory_mb=bytes_to_mb(peak) if peak is not None else None,
+        model_memory_method=model_method,
+        peak_memory_mb=peak_mb,
+        peak_memory_method=method,
+        peak_memory_not_measured=why,
         kv_cache_estimate_mb=kv_mb,
+        kv_cache_reserved_mb=bytes_to_mb(reserved) if reserved is not None else None,
+        kv_cache_reserved_method=output.kv_cache_reserved_method,
         device=output.device,
     )
+
+
+DEVICE_PEAK_METHOD = (
+    "device-level: NVML memory used on {devices} (every process on the GPU: weights, "
+    "pre-allocated KV cache, CUDA context, other programs), max of the telemetry samples in "
+    "the window, summed over GPUs"
+)
+
+
+def _peak_memory(
+    output: InferenceOutput, energy: EnergyReport | None
+) -> tuple[float | None, str | None, str | None]:
+    """(peak MB, method, why not measured)."""
+    if output.peak_memory_bytes is not None:
+        return bytes_to_mb(output.peak_memory_bytes), output.peak_memory_method, None
+    if output.peak_memory_source != "device_telemetry":
+        return None, None, output.peak_memory_not_measured_reason
+    thermal = energy.thermal if energy is not None else None
+    by_device = thermal.peak_memory_used_mb_by_device if thermal is not None else {}
+    if not by_device:
+        return (
+            None,
+            None,
+            (
+                "no telemetry sample of device memory in the window (sampler off or not "
+                "started, window shorter than one sample interval, or NVML unavailable)"
+            ),
+        )
+    devices = ", ".join(sorted(by_device))
+    return sum(by_device.values()), DEVICE_PEAK_METHOD.format(devices=devices), None
 
 
 def raw_result(
@@ -162,6 +208,7 @@ def raw_result(
         if output.timing_method == "e2e_only"
         else [],
         padded_input_tokens=output.padded_input_tokens,
+        backend_details=dict(output.backend_details),
         memory=memory,
         carbon_intensity_gco2_kwh=record.carbon_intensity_gco2_kwh,
         datacenter_pue=record.datacenter_pue,

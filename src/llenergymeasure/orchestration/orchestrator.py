@@ -241,10 +241,12 @@ class ExperimentOrchestrator:
         finally:
             if session is not None:
                 self._stop_energy(session)
+        output.finalize()  # what the backend derives from its stamps, after the window
         self.progress.prompts_done(output.n_requests, prepared.n_requests)
         self._stage("computing metrics", "metrics")
         self.record.warnings += backend_flags(output.warnings)
-        memory = memory_metrics(self.config, _arch(self.config.model), prepared, output)
+        arch = _arch(self.config.model)
+        memory = memory_metrics(self.config, arch, prepared, output, self.record.energy)
         raw = raw_result(self.record, output, window, memory, utc_now())
         result = aggregate_process_results([raw])
         self.state.finish()

@@ -3,8 +3,9 @@
 Checks: backend installed (with the pip command), model resolvable (catalogue name, local
 directory with config.json, or a Hub id that is cached or reachable), GPU visible when one is
 asked for, no more GPUs asked for (``gpus:``, one per ``pytorch.num_processes``) than are
-visible, enough memory for the weights + KV cache (free VRAM via NVML on GPU, available RAM
-via psutil on CPU), and the dataset readable. Nothing here imports torch.
+visible, the engine can run the architecture (vLLM head sizes), enough memory for the
+weights + KV cache (free VRAM via NVML on GPU, available RAM via psutil on CPU), and the
+dataset readable. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -36,13 +37,16 @@ class PreflightReport:
 def run_preflight(config: ExperimentConfig) -> PreflightReport:
     """Run every check; raise PreflightError listing all problems, else return a report."""
     problems: list[str] = []
-    problems += check_backend(config.backend)
+    backend_problems = check_backend(config.backend)
+    problems += backend_problems
     problems += check_model(config)
     gpu_count, gpu_problems = check_gpus(config)
     problems += gpu_problems
     device = "cpu" if config.device == "cpu" or not gpu_count else "cuda"
     report = PreflightReport(device=device)
     problems += check_memory(config, device, report)
+    if not backend_problems:  # which engine build (CPU or CUDA) decides is known only then
+        problems += check_engine_architecture(config, device, report)
     problems += check_dataset(config)
     if problems:
         raise PreflightError(problems)
@@ -245,6 +249,39 @@ def check_memory(config: ExperimentConfig, device: str, report: PreflightReport)
         f"not enough memory: the experiment needs about {need / 1e9:.1f} GB (weights + KV "
         f"cache + overhead, analytic) but only {free / 1e9:.1f} GB of {where} is free -> "
         "lower batch size / max tokens, use lower precision, or free memory"
+    ]
+
+
+def check_engine_architecture(
+    config: ExperimentConfig, device: str, report: PreflightReport
+) -> list[str]:
+    """The engine can run the model's shapes (vLLM: head sizes its attention kernels take).
+
+    vLLM's CPU attention rejects some head sizes only at the first forward, after a start of
+    tens of seconds: caught here instead, with the reason. Unknown shapes (a Hub id that is
+    not cached) are left to the engine.
+    """
+    if config.backend != "vllm":
+        return []
+    from llenergymeasure.catalogue.architectures import resolve_architecture
+    from llenergymeasure.config import ssot
+    from llenergymeasure.core.backends.vllm_support import vllm_platform
+
+    try:
+        arch = resolve_architecture(config.model)
+    except (ConfigError, ValueError):
+        return []  # check_model reports it
+    if arch is None:
+        return []
+    platform = vllm_platform(device)
+    note = ssot.vllm_head_size_note(arch.head_dim, platform)
+    report.warnings += [note] if note else []
+    problem = ssot.vllm_head_size_problem(arch.head_dim, platform)
+    if problem is None:
+        return []
+    return [
+        f"model {config.model!r}: {problem} -> use an architecture with a supported head "
+        "size (e.g. tiny-llama-hd64 instead of tiny-llama)"
     ]
 
 

@@ -219,6 +219,7 @@ class _Worker:
         backend.synchronize()
         window.end()
         self._send(Done(output.n_requests))
+        output.finalize()  # what the backend derives from its stamps, after the window
         self.barrier.close()
         self.record.warnings += self.barrier.flags + backend_flags(output.warnings)
         energy = self._expect(Energy)

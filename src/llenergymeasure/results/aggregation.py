@@ -129,6 +129,7 @@ def aggregate_process_results(
         metrics=metrics,
         co2=estimate_co2(energy, first.carbon_intensity_gco2_kwh, first.datacenter_pue),
         timing_method=first.timing_method,
+        backend_details=dict(first.backend_details),
         batch_durations_s=[d for r in raws for d in r.batch_durations_s],
         n_processes=planned,
         measurement_window_s=duration_s,
@@ -312,10 +313,16 @@ def _merge_memory(raws: Sequence[RawProcessResult]) -> MemoryMetrics | None:
         return max(values) if values else None
 
     devices = sorted({m.device for m in mems if m.device})
+    first = mems[0]
     return MemoryMetrics(
         model_memory_mb=peak("model_memory_mb"),
+        model_memory_method=first.model_memory_method,
         peak_memory_mb=peak("peak_memory_mb"),
+        peak_memory_method=first.peak_memory_method,
+        peak_memory_not_measured=first.peak_memory_not_measured,
         kv_cache_estimate_mb=peak("kv_cache_estimate_mb"),
+        kv_cache_reserved_mb=peak("kv_cache_reserved_mb"),
+        kv_cache_reserved_method=first.kv_cache_reserved_method,
         device=",".join(devices) or None,
     )
 

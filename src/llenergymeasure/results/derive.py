@@ -39,6 +39,7 @@ def to_timings(records: Sequence[RequestTimingRecord]) -> list[RequestTiming]:
             token_times_s=list(r.token_times_s),
             input_tokens=r.input_tokens,
             output_tokens=r.output_tokens,
+            queue_s=r.queue_s,
         )
         for r in records
     ]
@@ -52,6 +53,7 @@ def to_records(timings: Sequence[RequestTiming]) -> list[RequestTimingRecord]:
             token_times_s=list(t.token_times_s),
             input_tokens=t.input_tokens,
             output_tokens=t.output_tokens,
+            queue_s=t.queue_s,
         )
         for t in timings
     ]

@@ -151,9 +151,11 @@ def _metric_columns(result: ExperimentResult) -> dict[str, Any]:
         **_stats("itl", lat.itl if lat else None),
         **_stats("tpot", lat.tpot if lat else None),
         **_stats("e2e", lat.e2e if lat else None),
+        **_stats("queue", lat.queue if lat else None),
         "prefill_flops": m.flops.prefill_flops if m and m.flops else None,
         "decode_flops": m.flops.decode_flops if m and m.flops else None,
         "achieved_tflops_per_s": m.flops.achieved_tflops_per_s if m and m.flops else None,
         "peak_memory_mb": m.memory.peak_memory_mb if m and m.memory else None,
         "kv_cache_estimate_mb": m.memory.kv_cache_estimate_mb if m and m.memory else None,
+        "kv_cache_reserved_mb": m.memory.kv_cache_reserved_mb if m and m.memory else None,
     }

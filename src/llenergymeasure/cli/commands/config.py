@@ -140,10 +140,30 @@ def backend_section() -> str:
     for name in ssot.BACKENDS:
         ok, reason = is_backend_available(name)
         precisions = ", ".join(ssot.supported_precisions(name))
+        version = backend_version(name) if ok else None
         pairs.append(
-            (name, f"available (precisions: {precisions})" if ok else f"missing: {reason}")
+            (
+                name,
+                f"available{f', {version}' if version else ''}; precisions: {precisions}"
+                if ok
+                else f"missing: {reason}",
+            )
         )
     return "Backends\n" + render_pairs(pairs)
+
+
+def backend_version(name: str) -> str | None:
+    """The backend's engine and version from package metadata (nothing imported)."""
+    from llenergymeasure.core.backends.vllm_support import vllm_version_text
+    from llenergymeasure.core.environment import library_versions
+
+    if name == "vllm":
+        text = vllm_version_text()
+        return f"vLLM {text}" if text else None
+    dist = {"pytorch": "transformers", "tensorrt": "tensorrt_llm"}[name]
+    version = library_versions((dist,)).get(dist)
+    label = {"pytorch": "transformers", "tensorrt": "TensorRT-LLM"}[name]
+    return f"{label} {version}" if version else None
 
 
 def meter_section() -> str:

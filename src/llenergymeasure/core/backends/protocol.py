@@ -11,11 +11,13 @@ Call order (the orchestrator owns it; docs/measurement.md §1)::
     backend.synchronize(); window.begin()
     output = backend.run_inference(prepared) # generation only               (measured)
     backend.synchronize(); window.end()
+    output.finalize()                        # deferred derivations         (not measured)
     backend.cleanup()
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -23,13 +25,15 @@ if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.core.metrics import RequestTiming
     from llenergymeasure.datasets.types import Prompt
+    from llenergymeasure.domain.phases import StepTokens
 
 #: ``direct``: the orchestrator runs the backend in its own process; ``processes``: it starts
 #: ``n_processes`` worker processes, each running the backend on its shard of the prompts
 #: (``orchestration/launcher.py``).
 LaunchMode = Literal["direct", "processes"]
 CudaManagement = Literal["orchestrator", "backend"]
-TimingMethod = Literal["cuda_events", "host_clock", "e2e_only", "engine_metrics"]
+TimingMethod = Literal["cuda_events", "host_clock", "e2e_only", "engine_metrics", "engine_steps"]
+PeakMemorySource = Literal["backend", "device_telemetry"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,13 @@ class InferenceOutput:
     ``ttft_not_measured_reason`` is set when ``timing_method`` is ``e2e_only``; then
     ``batch_durations_s`` (wall time of each batch's generate call, which is the E2E latency
     of every request in that batch) is the only latency information.
+
+    Memory: ``peak_memory_bytes`` is what the backend measured itself (``peak_memory_method``
+    says how); an engine whose memory lives in other processes sets ``peak_memory_source``
+    to ``"device_telemetry"`` and the orchestrator takes the device-level peak from the
+    sampled timeline. ``kv_cache_reserved_bytes`` is the KV cache an engine pre-allocated.
+    ``steps`` (engine step loops) are per-step token records for phase/per-request energy;
+    ``backend_details`` are engine facts recorded with the result (version, settings).
     """
 
     timings: list[RequestTiming]
@@ -123,11 +134,30 @@ class InferenceOutput:
     timing_method: TimingMethod
     duration_s: float
     peak_memory_bytes: int | None = None
+    peak_memory_method: str | None = None
+    peak_memory_source: PeakMemorySource | None = None
+    peak_memory_not_measured_reason: str | None = None
+    kv_cache_reserved_bytes: int | None = None
+    kv_cache_reserved_method: str | None = None
     padded_input_tokens: int | None = None
     ttft_not_measured_reason: str | None = None
     output_token_ids: list[list[int]] | None = field(default=None, repr=False)
     batch_durations_s: list[float] = field(default_factory=list)
+    steps: list[StepTokens] = field(default_factory=list, repr=False)
+    backend_details: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    _deferred: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def defer(self, fill: Callable[[], None]) -> None:
+        """Run ``fill`` at :meth:`finalize` (after the window) instead of inside it: a
+        backend that only stamps while generating derives its timings there."""
+        self._deferred.append(fill)
+
+    def finalize(self) -> InferenceOutput:
+        """Run the deferred derivations (once); call after the window has closed."""
+        while self._deferred:
+            self._deferred.pop(0)()
+        return self
 
     @property
     def n_requests(self) -> int:

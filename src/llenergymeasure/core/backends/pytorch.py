@@ -59,6 +59,12 @@ class _Tensors:
     attention_mask: torch.Tensor
 
 
+PEAK_METHOD = (
+    "torch.cuda.max_memory_allocated over the window (this process's tensors; summed over GPUs)"
+)
+CPU_PEAK_REASON = "pytorch on CPU: no device memory counter (tracked on CUDA devices only)"
+
+
 class PyTorchBackend:
     """The ``pytorch`` backend (transformers ``generate``)."""
 
@@ -210,7 +216,9 @@ class PyTorchBackend:
             device=self._device,
             timing_method="e2e_only" if recorder is None else recorder.timing_method,
             duration_s=duration,
-            peak_memory_bytes=self._peak_memory(),
+            peak_memory_bytes=(peak := self._peak_memory()),
+            peak_memory_method=PEAK_METHOD if peak is not None else None,
+            peak_memory_not_measured_reason=None if peak is not None else CPU_PEAK_REASON,
             padded_input_tokens=prepared.padded_input_tokens,
             ttft_not_measured_reason=_beam_reason() if beams else None,
             output_token_ids=outputs,

@@ -1,12 +1,24 @@
 """TensorRT-LLM backend (the ``tensorrt_llm.LLM`` API).
 
-UNTESTED ON HARDWARE IN THIS REPOSITORY: TensorRT-LLM is not installed where this code was
-written and no GPU run has exercised it. It follows the documented LLM API
-(``LLM(model, dtype, tensor_parallel_size, pipeline_parallel_size, max_batch_size,
-max_seq_len, max_num_tokens, kv_cache_config, quant_config, skip_tokenizer_init,
-load_format="dummy")``, ``SamplingParams(max_tokens, min_tokens, ignore_eos, ...)``).
-Importing this module without TensorRT-LLM raises BackendNotInstalledError with the install
-command. Engines are built or loaded inside ``initialize`` (before the window).
+NEVER RUN ON AN ENGINE: TensorRT-LLM cannot be installed where this project is developed and
+tested (the registry holds only a stub that fetches from NVIDIA's own index, and its releases
+pin torch 2.9 / transformers 4.57). Its config translation, engine cache and result
+assembly are tested against a stand-in module at the import seam
+(``llenergymeasure.testing.stand_in_tensorrt_llm``); no GPU run has exercised it. It follows
+the documented LLM API (``LLM(model, dtype, tensor_parallel_size, pipeline_parallel_size,
+max_batch_size, max_seq_len, max_num_tokens, kv_cache_config, quant_config,
+skip_tokenizer_init, load_format="dummy")``, ``LLM.save(dir)``,
+``SamplingParams(max_tokens, min_tokens, ignore_eos, ...)``). Importing this module without
+TensorRT-LLM raises BackendNotInstalledError with the install command.
+
+**Engine cache.** Building an engine takes minutes, so built engines are saved under
+``tensorrt.engine_cache_dir`` (default: the user cache directory,
+``.../llenergymeasure/tensorrt-engines``) in a directory named by the hash of the
+engine-relevant settings (:func:`engine_cache_key`: model, weights, precision, parallelism,
+build limits, quantisation, beam width, TensorRT-LLM version) and loaded from there on the
+next run with the same settings (``backend_details["engine_cache"]`` says which happened).
+Runtime-only settings (KV-cache memory fraction, sampling) do not change the key. Engines
+are built or loaded inside ``initialize`` (before the window).
 
 Timing: offline ``generate`` does not stream; only end-to-end window time and token counts
 are recorded (``timing_method="e2e_only"``).
@@ -14,7 +26,13 @@ are recorded (``timing_method="e2e_only"``).
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.core.backends._engine_common import (
@@ -57,14 +75,36 @@ class TensorRTBackend(EngineBackend):
         """Warnings: no per-token timing."""
         return [NO_STREAM_REASON]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._details: dict[str, Any] = {}
+
     def _create_engine(self, config: ExperimentConfig, model: str, random_weights: bool) -> Any:
-        """Build or load the engine (``tensorrt_llm.LLM``)."""
+        """Load the cached engine for these settings, or build it and save it there."""
         from tensorrt_llm import LLM
 
+        key = engine_cache_key(config, random_weights)
+        path = engine_cache_root(config) / key
+        cached = (path / CACHE_MARKER).is_file()
+        kwargs = (
+            runtime_kwargs(config, path) if cached else llm_kwargs(config, model, random_weights)
+        )
+        start = time.perf_counter()
         try:
-            return LLM(**llm_kwargs(config, model, random_weights))
+            llm = LLM(**kwargs)
         except Exception as e:  # vendor boundary
             raise BackendError(f"TensorRT-LLM could not build/load the engine: {e}") from e
+        status = (
+            "loaded"
+            if cached
+            else save_engine(llm, path, engine_key_fields(config, random_weights))
+        )
+        self._details = {
+            "tensorrt_llm_version": tensorrt_llm_version(),
+            "engine_cache": {"key": key, "path": str(path), "status": status},
+            "engine_start_s": time.perf_counter() - start,
+        }
+        return llm
 
     def _sampling_params(self, config: ExperimentConfig, max_new_tokens: int) -> Any:
         """``tensorrt_llm.SamplingParams`` for the decoder settings."""
@@ -109,6 +149,7 @@ class TensorRTBackend(EngineBackend):
             duration_s=duration,
             ttft_not_measured_reason=NO_STREAM_REASON,
             output_token_ids=token_ids,
+            backend_details=dict(self._details),
         )
 
     def _generate(self, token_lists: list[list[int]]) -> list[Any]:
@@ -124,8 +165,98 @@ class TensorRTBackend(EngineBackend):
             engine.shutdown()
 
 
+# ---- engine cache --------------------------------------------------------------------------
+CACHE_MARKER = "llem-engine.json"
+#: tensorrt: fields that are baked into a built engine (the KV-cache fraction is not).
+ENGINE_FIELDS = (
+    "tp_size",
+    "pp_size",
+    "max_batch_size",
+    "max_seq_len",
+    "max_input_len",
+    "max_num_tokens",
+    "quantization",
+)
+
+
+def tensorrt_llm_version() -> str | None:
+    """The installed TensorRT-LLM version (package metadata, else the module's own)."""
+    for dist in ("tensorrt_llm", "tensorrt-llm"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    import tensorrt_llm
+
+    version = getattr(tensorrt_llm, "__version__", None)
+    return str(version) if version is not None else None
+
+
+def engine_key_fields(config: ExperimentConfig, random_weights: bool) -> dict[str, Any]:
+    """What a built engine depends on (the cache key is their hash)."""
+    section = config.tensorrt
+    beams = (config.decoder.num_beams or 4) if config.decoder.strategy == "beam_search" else 1
+    return {
+        "model": config.model,
+        "weights": "random" if random_weights else "pretrained",
+        "precision": config.precision,
+        "max_beam_width": beams,
+        "tensorrt_llm": tensorrt_llm_version(),
+        **{f: getattr(section, f) if section else None for f in ENGINE_FIELDS},
+    }
+
+
+def engine_cache_key(config: ExperimentConfig, random_weights: bool) -> str:
+    """16 hex characters of the SHA-256 of :func:`engine_key_fields`."""
+    from llenergymeasure.config.hashing import sha256_of
+
+    return sha256_of(engine_key_fields(config, random_weights))[:16]
+
+
+def engine_cache_root(config: ExperimentConfig) -> Path:
+    """``tensorrt.engine_cache_dir``, else ``<user cache>/llenergymeasure/tensorrt-engines``."""
+    section = config.tensorrt
+    if section is not None and section.engine_cache_dir:
+        return Path(section.engine_cache_dir).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("llenergymeasure")) / "tensorrt-engines"
+
+
+def save_engine(llm: Any, path: Path, fields: dict[str, Any]) -> str:
+    """Save a freshly built engine under ``path`` (atomically: temp dir, then rename)."""
+    if not hasattr(llm, "save"):
+        return "built (this TensorRT-LLM has no LLM.save: not cached)"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        llm.save(str(tmp))
+        (tmp / CACHE_MARKER).write_text(json.dumps(fields, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as e:  # another process saved it first, or the disk is full
+        shutil.rmtree(tmp, ignore_errors=True)
+        return f"built (not cached: {e})"
+    except Exception as e:  # vendor boundary: a failed save must not fail the run
+        shutil.rmtree(tmp, ignore_errors=True)
+        return f"built (saving failed: {e})"
+    return "built and saved"
+
+
+def runtime_kwargs(config: ExperimentConfig, engine_dir: Path) -> dict[str, Any]:
+    """Keyword arguments that load a saved engine: its directory and the runtime settings."""
+    kwargs: dict[str, Any] = {"model": str(engine_dir), "skip_tokenizer_init": True}
+    section = config.tensorrt
+    if section is not None and section.kv_cache_free_gpu_memory_fraction is not None:
+        from tensorrt_llm.llmapi import KvCacheConfig
+
+        kwargs["kv_cache_config"] = KvCacheConfig(
+            free_gpu_memory_fraction=section.kv_cache_free_gpu_memory_fraction
+        )
+    return kwargs
+
+
 def llm_kwargs(config: ExperimentConfig, model: str, random_weights: bool) -> dict[str, Any]:
-    """Keyword arguments for ``tensorrt_llm.LLM``."""
+    """Keyword arguments for ``tensorrt_llm.LLM`` (building an engine)."""
     kwargs: dict[str, Any] = {
         "model": model,
         "dtype": PRECISION_DTYPES.get(config.precision, "auto"),

@@ -137,7 +137,17 @@ class Timeline:
             sm_clock_end_mhz=end,
             sm_clock_drift_pct=100.0 * (end - start) / start if start and end is not None else None,
             mean_power_w=sum(powers) / len(powers) * n_dev if powers else None,
+            peak_memory_used_mb_by_device=self._peak_memory_mb(rows),
         )
+
+    def _peak_memory_mb(self, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """Largest ``memory_used_mb`` (MiB, as NVML gives it) per device, in decimal MB."""
+        peaks: dict[str, float] = {}
+        for r in rows:
+            used = r.get("memory_used_mb")
+            if used is not None:
+                peaks[r["device"]] = max(peaks.get(r["device"], 0.0), float(used) * 2**20 / 1e6)
+        return peaks
 
     @staticmethod
     def _edge_clocks(device: str, rows: list[dict[str, Any]]) -> tuple[float, float] | None:
