@@ -14,11 +14,19 @@ Backend = Literal["pytorch", "vllm", "tensorrt"]
 Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8", "int4"]
 DecodingStrategy = Literal["greedy", "sample", "beam_search"]
 EnergyBackendName = Literal["auto", "nvml", "zeus", "codecarbon", "rapl", "null"]
+#: How a study schedules its experiments: local subprocesses, or one Slurm job each.
+Executor = Literal["local", "slurm"]
 
 BACKENDS: Final[tuple[str, ...]] = get_args(Backend)
 PRECISIONS: Final[tuple[str, ...]] = get_args(Precision)
 DECODING_STRATEGIES: Final[tuple[str, ...]] = get_args(DecodingStrategy)
 ENERGY_BACKENDS: Final[tuple[str, ...]] = get_args(EnergyBackendName)
+EXECUTORS: Final[tuple[str, ...]] = get_args(Executor)
+
+#: executor -> (module to import, install hint)
+EXECUTOR_EXTRAS: Final[dict[str, tuple[str, str]]] = {
+    "slurm": ("submitit", 'pip install "llenergymeasure[slurm]"'),
+}
 
 # precision -> how the backend realises it
 PRECISION_SUPPORT: Final[dict[str, dict[str, str]]] = {
