@@ -33,7 +33,7 @@ from llenergymeasure.study.manifest import (
     StudyManifest,
     write_manifest,
 )
-from llenergymeasure.study.summary import _config_summary, _mark_best, study_timing, key_fields
+from llenergymeasure.study.summary import _config_summary, _mark_best, key_fields, study_timing
 
 
 def cpu_estimate_report(energy_j: float, duration_s: float) -> EnergyReport:

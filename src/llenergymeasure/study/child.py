@@ -1,4 +1,10 @@
-"""One experiment in one fresh ``spawn`` subprocess: start it, wait for it, stop it.
+"""One experiment in one fresh subprocess: start it, wait for it, stop it.
+
+Children are forked from a study's fork server (Linux; :func:`start_method`), which has
+imported the frameworks once (`study.forkserver_init`), or spawned where there is none or
+``LLEM_CHILD_START=spawn`` says so. Either way each experiment runs in a process of its own
+(its own CUDA context, memory and exit), with the study's environment as it is when the
+experiment starts.
 
 The parent *blocks* on the pipe (``conn.poll(timeout)``) and on ``join(timeout)`` — never a
 busy loop: a spinning parent would burn the energy being measured. Only the child's end of
@@ -28,8 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
-from llenergymeasure.lifeline import describe_exit, die_with_parent
+from llenergymeasure.lifeline import ORPHAN_EXIT_CODE, describe_exit, die_with_parent
 from llenergymeasure.progress import SAVING_STAGE
 from llenergymeasure.study.signals import STOP_SIGNALS
 from llenergymeasure.study.worker import (
@@ -67,15 +74,96 @@ class Outcome:
     exit_s: float | None = None  # from its report to its exit (teardown)
 
 
+#: ``LLEM_CHILD_START``: how experiment children start, ``forkserver`` (the default on Linux)
+#: or ``spawn`` (a fresh interpreter per experiment that imports everything itself).
+CHILD_START_ENV = "LLEM_CHILD_START"
+START_METHODS = ("forkserver", "spawn")
+#: What a study's fork server imports before it forks any child (`study.forkserver_init`).
+FORKSERVER_PRELOAD = ["llenergymeasure.study.forkserver_init"]
+
+
+def start_method() -> str:
+    """``forkserver`` where the platform has it (Linux), else ``spawn``; the environment
+    variable :data:`CHILD_START_ENV` chooses one of :data:`START_METHODS`."""
+    chosen = os.environ.get(CHILD_START_ENV, "").strip().lower()
+    if chosen and chosen not in START_METHODS:
+        raise ValueError(
+            f"{CHILD_START_ENV}={chosen!r}: expected one of {', '.join(START_METHODS)} "
+            f"-> unset it, or set {CHILD_START_ENV}=spawn"
+        )
+    available = multiprocessing.get_all_start_methods()
+    if chosen:
+        return chosen if chosen in available else "spawn"
+    return (
+        "forkserver" if sys.platform.startswith("linux") and "forkserver" in available else "spawn"
+    )
+
+
+def _context() -> Any:
+    """The multiprocessing context children start from. A fork server is started once per
+    study process, on the first experiment, with :data:`FORKSERVER_PRELOAD` imported (the
+    frameworks: the children do not import them again); it forks each child, which then
+    has its own CUDA context and memory exactly as a spawn child does."""
+    method = start_method()
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)  # no effect once the server runs
+    return ctx
+
+
+def stop_fork_server() -> None:
+    """Stop this process's fork server, if one runs (the study runner calls it when a study
+    ends, so that no process with the frameworks imported outlives the study; the next
+    study starts a fresh server). ``multiprocessing`` has no public call for it: its
+    server's own ``_stop`` is used where it exists; elsewhere the server ends with this
+    process."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)
+    if callable(stop):
+        with contextlib.suppress(Exception):
+            stop()
+
+
 def child_main(
-    target: WorkerTarget, request: WorkerRequest, conn: Connection, parent_pid: int
+    target: WorkerTarget,
+    request: WorkerRequest,
+    conn: Connection,
+    parent_pid: int,
+    environ: dict[str, str] | None = None,
 ) -> None:
-    """Entry point of every experiment child: die with the parent, run ``target``, then
-    leave at once (`_leave`)."""
+    """Entry point of every experiment child: die with the parent, take the study's
+    environment as it is now (a fork server's children inherit the server's, from when it
+    started), run ``target``, then leave at once (`_leave`)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    die_with_parent(parent_pid)
+    _die_with_study(parent_pid)
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     target(request, conn)
     _leave()
+
+
+def _die_with_study(study_pid: int) -> None:
+    """Arm the parent-death signal on this process's parent: the study itself (spawn) or
+    the study's fork server, which dies with the study (`study.forkserver_init`). A child
+    of a server whose study has already gone exits at once."""
+    parent = os.getppid()
+    die_with_parent(parent if parent != study_pid else study_pid)
+    if parent != study_pid and not _pid_alive(study_pid):
+        os._exit(ORPHAN_EXIT_CODE)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _leave() -> None:
@@ -101,18 +189,25 @@ def run_child(
     on_progress: ProgressSink,
     on_start: StartSink | None = None,
 ) -> Outcome:
-    """Run ``target(request, conn)`` in a spawn child; its report, crash or timeout.
+    """Run ``target(request, conn)`` in a fresh child (`start_method`); its report, crash or
+    timeout.
 
     ``on_start(pid)`` runs as soon as the child exists. An exception in the parent
     (KeyboardInterrupt, a stop signal, a failed write) stops the child (terminate, then
     kill) and propagates.
     """
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _context()
     receiver, sender = ctx.Pipe(duplex=False)
     t0 = time.monotonic()
     process = ctx.Process(
         target=child_main,
-        args=(target, dataclasses.replace(request, spawned_s=t0), sender, os.getpid()),
+        args=(
+            target,
+            dataclasses.replace(request, spawned_s=t0),
+            sender,
+            os.getpid(),
+            dict(os.environ),
+        ),
         name=f"llem-experiment-{request.position}",
     )
     process.start()

@@ -67,7 +67,7 @@ from llenergymeasure.results.filenames import (
 )
 from llenergymeasure.results.persistence import atomic_write_text, new_run_dir, read_result
 from llenergymeasure.study import recovery
-from llenergymeasure.study.child import Outcome, WorkerTarget
+from llenergymeasure.study.child import Outcome, WorkerTarget, stop_fork_server
 from llenergymeasure.study.lock import StudyLock
 from llenergymeasure.study.manifest import (
     ManifestEntry,
@@ -184,6 +184,7 @@ class StudyRunner:
                     self._finish_quietly(study_dir, manifest, "failed", f"study runner error: {e}")
                     raise
             finally:
+                stop_fork_server()  # its children have all ended; the next study starts its own
                 if self._lock is not None:
                     self._lock.release()
 

@@ -105,6 +105,13 @@ def preload_backend(name: str, model_type: str | None = None) -> None:
             return
 
 
+def preload_frameworks() -> None:
+    """Import what every torch-based backend's run imports (the pytorch list, which holds
+    vLLM's torch and tokenizer too; vLLM itself is left to its child), for a study's fork
+    server (`study.forkserver_init`)."""
+    preload_backend("pytorch", "llama")
+
+
 def _causal_lm_class(model_type: str) -> str:
     """transformers' causal-LM class name for ``model_type`` ('' when unknown)."""
     try:
