@@ -50,7 +50,7 @@ def test_start_method_default_and_choice(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv(child.CHILD_START_ENV, "spawn")
     assert child.start_method() == "spawn"
     monkeypatch.setenv(child.CHILD_START_ENV, "fork")
-    with pytest.raises(ValueError, match="LLEM_CHILD_START='fork'.*forkserver, spawn"):
+    with pytest.raises(ValueError, match=r"LLEM_CHILD_START='fork'.*forkserver, spawn"):
         child.start_method()
 
 
