@@ -13,7 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from llenergymeasure.config import ssot
 from llenergymeasure.config.backend_configs import PyTorchConfig, TensorRTConfig, VLLMConfig
-from llenergymeasure.config.ssot import Backend, DecodingStrategy, EnergyBackendName, Precision
+from llenergymeasure.config.ssot import (
+    Backend,
+    DecodingStrategy,
+    EnergyBackendName,
+    PhaseEnergyMode,
+    Precision,
+)
 
 MAX_N = 1_000_000  # prompts per experiment; more is almost certainly a typo
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -117,6 +123,13 @@ class TelemetryConfig(_Model):
     enabled: bool = True
     interval_ms: int = Field(100, ge=10, le=10_000)
     save_timeseries: bool = True
+    phase_energy: PhaseEnergyMode | None = Field(
+        None,
+        description="Energy by phase and per request from a fast energy-counter trace read "
+        "during the window (docs/measurement.md section 14). auto (the default, null): on for "
+        "GPU models whose sensor profile shows the trace is free; on: always (single-GPU, "
+        "single-process runs); off: never. Only explicit choices enter the config hash.",
+    )
 
 
 class ExperimentConfig(_Model):

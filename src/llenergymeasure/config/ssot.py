@@ -14,11 +14,14 @@ Backend = Literal["pytorch", "vllm", "tensorrt"]
 Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8", "int4"]
 DecodingStrategy = Literal["greedy", "sample", "beam_search"]
 EnergyBackendName = Literal["auto", "nvml", "zeus", "codecarbon", "rapl", "null"]
+#: telemetry.phase_energy: the fast counter trace behind energy by phase / per request.
+PhaseEnergyMode = Literal["auto", "on", "off"]
 
 BACKENDS: Final[tuple[str, ...]] = get_args(Backend)
 PRECISIONS: Final[tuple[str, ...]] = get_args(Precision)
 DECODING_STRATEGIES: Final[tuple[str, ...]] = get_args(DecodingStrategy)
 ENERGY_BACKENDS: Final[tuple[str, ...]] = get_args(EnergyBackendName)
+PHASE_ENERGY_MODES: Final[tuple[str, ...]] = get_args(PhaseEnergyMode)
 
 # precision -> how the backend realises it
 PRECISION_SUPPORT: Final[dict[str, dict[str, str]]] = {
