@@ -161,14 +161,15 @@ class FakeWorkload:
 
         origin = time.monotonic()
         # one plan segment per part, in the order the script runs them (keyed by new tokens),
-        # each with 5 s of slack: a segment starts when the script reaches it (warm)
+        # each with some slack: a segment starts when the script reaches it (warm)
         segments = [(args.new_tokens, args.window_s), (1, args.prefill_window_s),
                     (4 * args.new_tokens, args.window_s), (64, 2 * args.pairs * args.pair_s)]  # fmt: skip
         self.plans: dict[int, list[Any]] = {}
-        t = origin + 8.0  # the session's sampler and tracer start first
+        t = origin + 4.0  # the session's sampler and tracer start first
         for new_tokens, seconds in segments:
+            slack = min(5.0, max(0.8, seconds / 2))
             plan = plan_static_batches(
-                t, seconds + 5.0, seed=new_tokens, batch=4, input_tokens=(256, 1536),
+                t, seconds + slack, seed=new_tokens, batch=4, input_tokens=(256, 1536),
                 output_tokens=(new_tokens, new_tokens), step_s=0.012,
             )  # fmt: skip
             self.plans[new_tokens] = plan

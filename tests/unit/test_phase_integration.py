@@ -315,3 +315,12 @@ def test_multi_process_merge_keeps_the_not_measured_reason() -> None:
     assert isinstance(merged.per_request, PerRequestEnergy)
     measured = rep.model_copy(update={"phases": PhaseEnergyReport(window_s=1.0)})  # type: ignore[attr-defined]
     assert merge_energy_reports([measured, measured], 1.0).phases is None  # type: ignore[union-attr]
+
+
+def test_export_rows_carry_phase_columns(tmp_path: Path) -> None:
+    from llenergymeasure.reporting.collect import collect
+    from llenergymeasure.reporting.frame import rows
+
+    table = rows(collect(_study_with_phases(tmp_path, attributed=True)))
+    assert table and all(r["prefill_j_per_token"] and r["decode_energy_j"] for r in table)
+    assert all(r["energy_per_request_p99_j"] >= r["energy_per_request_p50_j"] for r in table)

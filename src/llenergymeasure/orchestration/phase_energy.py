@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
-from llenergymeasure.core.energy.counter_trace import PhaseTraceSettings, WindowTrace
+from llenergymeasure.core.energy.counter_trace import DeviceTrace, PhaseTraceSettings, WindowTrace
 from llenergymeasure.domain.phases import (
     DECODE,
     MIXED,
@@ -234,7 +234,7 @@ def _token_maps(steps: Sequence[StepTokens]) -> tuple[list[str], dict[str, int],
     return ids, n_in, n_out
 
 
-def _trace_info(device: str, dev: Any, trace: WindowTrace) -> CounterTraceInfo:
+def _trace_info(device: str, dev: DeviceTrace, trace: WindowTrace) -> CounterTraceInfo:
     return CounterTraceInfo(
         device=device, n_reads=dev.n_reads, n_kept=len(dev.t_s),
         target_interval_s=trace.interval_s, mean_interval_s=dev.mean_interval_s,
@@ -244,7 +244,7 @@ def _trace_info(device: str, dev: Any, trace: WindowTrace) -> CounterTraceInfo:
 
 
 def _add_fine_signal(
-    report: PhaseEnergyReport, dev: Any, trace: WindowTrace, spans: list[PhaseSpan]
+    report: PhaseEnergyReport, dev: DeviceTrace, trace: WindowTrace, spans: list[PhaseSpan]
 ) -> None:
     """The second estimate, where the profile trusts a fine power field and it was read."""
     from llenergymeasure.core.energy.phases import fine_signal_estimate

@@ -39,6 +39,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from llenergymeasure.core.energy._nvml import NvmlError, nvml
+from llenergymeasure.core.energy.sensor_profiles import PhaseMethodChoice
+from llenergymeasure.domain.phases import SensorProfile
 from llenergymeasure.exceptions import MeterError
 from llenergymeasure.lifeline import die_with_parent
 
@@ -62,7 +64,7 @@ class PhaseTraceSettings:
 
     mode: str = "auto"
     off_reason: str | None = None
-    profiles: dict[str, Any] | None = None
+    profiles: dict[str, SensorProfile] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +150,7 @@ class WindowTrace:
     interval_s: float
     fine_signal: str | None = None
     fine_interval_s: float | None = None
-    choice: Any = None  # sensor_profiles.PhaseMethodChoice used for this GPU model
+    choice: PhaseMethodChoice | None = None  # what the GPU model's sensor profile chose
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
