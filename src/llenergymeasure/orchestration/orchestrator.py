@@ -256,9 +256,9 @@ class ExperimentOrchestrator:
             if session is not None:
                 self._stop_energy(session)
         output.finalize()  # what the backend derives from its stamps, after the window
-        self.record.energy = _with_phase_energy(self.record.energy, session, output)
         self.progress.prompts_done(output.n_requests, prepared.n_requests)
         self._stage("computing metrics", "metrics")
+        self.record.energy = _with_phase_energy(self.record.energy, session, output)
         self.record.warnings += backend_flags(output.warnings)
         arch = _arch(self.config.model)
         memory = memory_metrics(self.config, arch, prepared, output, self.record.energy)
