@@ -74,13 +74,15 @@ def run_study(
     resume: bool = False,
     resume_dir: str | Path | None = None,
     no_gaps: bool = False,
+    retry_failed: bool = False,
     **overrides: Any,
 ) -> StudyResult:
     """Run a study (a sweep over repeated cycles), each experiment in its own subprocess.
 
     ``resume`` continues the latest interrupted run of this study (``resume_dir``: a given
     study directory), skipping completed (config, cycle) pairs; ``no_gaps`` skips the
-    thermal-recovery gaps. An experiment file (or None with keywords) runs as a
+    thermal-recovery gaps; ``retry_failed`` (implies ``resume``) re-runs failed entries of a
+    Slurm study (a local resume re-runs them anyway). An experiment file (or None with keywords) runs as a
     one-experiment study.
     """
     return run_loaded_study(
@@ -90,6 +92,7 @@ def run_study(
         resume=resume,
         resume_dir=resume_dir,
         no_gaps=no_gaps,
+        retry_failed=retry_failed,
     )
 
 
@@ -101,6 +104,7 @@ def run_loaded_study(
     resume: bool = False,
     resume_dir: str | Path | None = None,
     no_gaps: bool = False,
+    retry_failed: bool = False,
 ) -> StudyResult:
     """:func:`run_study` for a configuration the caller has already loaded."""
     return _run(
@@ -108,9 +112,10 @@ def run_loaded_study(
         results_dir=results_dir,
         progress=progress,
         user_config=loaded.user_config,
-        resume=resume,
+        resume=resume or retry_failed,
         resume_dir=resume_dir,
         no_gaps=no_gaps,
+        retry_failed=retry_failed,
         cli_overrides=loaded.cli_overrides,
     )
 
@@ -154,6 +159,7 @@ def _run(
     resume_dir: str | Path | None = None,
     no_gaps: bool = False,
     cli_overrides: dict[str, Any] | None = None,
+    retry_failed: bool = False,
 ) -> StudyResult:
     """The one internal entry point: a single experiment in-process, or a study runner."""
     from llenergymeasure.config.user_config import load_user_config
@@ -176,6 +182,7 @@ def _run(
         resume_dir=Path(resume_dir) if resume_dir is not None else None,
         no_gaps=no_gaps,
         cli_overrides=cli_overrides,
+        retry_failed=retry_failed,
     )
     result = runner.run()
     from llenergymeasure.reporting.html import write_study_report

@@ -15,6 +15,8 @@ Sections:
                    slots, one token per running request per step, per-request statistics
                    on vLLM's clocks); the TensorRT-LLM one records what it was built with and
                    saves/loads "engines" as directories.
+  6. Fake Slurm    FakeSlurm: a scripted Slurm (JobSystem) on a ManualClock for the Slurm
+                   executor; fault_injecting_job: FaultPlan inside a real Slurm job.
 
 FakeNVML implements the ``pynvml`` functions that ``core/energy/_nvml.py`` calls, and raises
 real ``pynvml.NVMLError`` instances, so the adapter's own error translation is exercised.
@@ -44,6 +46,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import datetime
 import functools
 import itertools
 import math
@@ -746,6 +749,24 @@ def _matches(request: WorkerRequest, pattern: str) -> bool:
     return pattern in request.label
 
 
+def fault_injecting_job(request: WorkerRequest, faults: FaultPlan) -> Any:
+    """A Slurm job function (``study.slurm.job``) that applies ``faults`` like the worker
+    above: exit hard, hang (interruptible by submitit's USR2), raise, or run for real.
+
+    ``SlurmExecutor(..., job_function=functools.partial(fault_injecting_job, faults=plan))``
+    """
+    from llenergymeasure.study.slurm.job import run_experiment_job
+
+    if faults.cycles is None or request.cycle in faults.cycles:
+        if _matches_any(request, faults.exit_on):
+            os._exit(INJECTED_EXIT_CODE)
+        if _matches_any(request, faults.hang_on):
+            time.sleep(faults.hang_s)
+        if _matches_any(request, faults.raise_on):
+            raise InjectedFault(f"injected failure for {request.label!r} (cycle {request.cycle})")
+    return run_experiment_job(request)
+
+
 # ======================================================================================
 # 4. Launcher faults
 # ======================================================================================
@@ -1368,3 +1389,244 @@ class PlannedEngineBackend(PlannedBackend):
             timings=timings, n_batches=1, device="cuda:0", timing_method="engine_steps",
             duration_s=time.monotonic() - start, steps=todo,
         )  # fmt: skip
+
+
+# ======================================================================================
+# 7. Fake Slurm
+# ======================================================================================
+#
+# FakeSlurm is a `study.slurm.submit.JobSystem` on a ManualClock: a queue, ``n_gpus`` GPUs
+# given to jobs lowest index first (a job waits until enough are free, in submission order),
+# each job running ``duration_s`` and ending as its *fate* says:
+#
+#   ok          writes a minimal result.json in a new run dir of the study, returns a report
+#   raise       error pickle with a traceback ending ``InjectedFault: ...`` (sacct FAILED 1:0)
+#   usr2        error pickle "timed-out and not checkpointable" (submitit's USR2; FAILED 1:0)
+#   timeout     no pickle, sacct TIMEOUT 0:0
+#   cancel      no pickle, sacct "CANCELLED by 0" 0:0 (as if scancel'led mid-run)
+#   oom         no pickle, sacct FAILED 0:9, "exceeded memory limit" in its stderr log
+#   node_fail   no pickle, sacct NODE_FAIL 0:0
+#
+# ``fates`` maps a label substring (or ``field=value``, as in FaultPlan) to a fate; others
+# are ``ok``. A StudyRunner given ``job_system=fake`` and a StudyContext whose wait is
+# ``clock.sleep`` runs a whole study instantly and deterministically. ``fake.jobs`` records
+# every job (request, GPUs, start and end times) for assertions.
+
+
+@dataclasses.dataclass
+class FakeJob:
+    """One job of FakeSlurm."""
+
+    job_id: str
+    name: str
+    request: Any
+    params: dict[str, Any]
+    submitted_s: float
+    gpus_needed: int
+    fate: str
+    start_s: float | None = None
+    end_s: float | None = None
+    gpus: tuple[int, ...] = ()
+    cancelled: bool = False
+    report: Any = None
+
+
+class FakeSlurm:
+    """A scripted single-node Slurm (see the section comment)."""
+
+    def __init__(
+        self,
+        clock: ManualClock,
+        folder: Any,
+        *,
+        n_gpus: int = 2,
+        duration_s: float = 10.0,
+        fates: dict[str, str] | None = None,
+        first_id: int = 100,
+        share_gpus: bool = False,
+    ) -> None:
+        from pathlib import Path
+
+        self.clock = clock
+        self.folder = Path(folder)
+        self.n_gpus = n_gpus
+        self.duration_s = duration_s
+        self.fates = dict(fates or {})
+        self.share_gpus = share_gpus  # a misconfigured cluster: every job gets GPU 0
+        self.jobs: dict[str, FakeJob] = {}
+        self.sacct_calls = 0
+        self._next_id = first_id
+        self._t = clock.now()
+
+    # ---- the JobSystem protocol --------------------------------------------------------
+    def submit(self, fn: Any, request: Any, params: dict[str, Any]) -> str:
+        """Queue a job; its fate from ``fates``."""
+        self._advance()
+        job_id = str(self._next_id)
+        self._next_id += 1
+        fate = next((f for p, f in self.fates.items() if _matches(request, p)), "ok")
+        self.jobs[job_id] = FakeJob(
+            job_id,
+            params.get("job_name", ""),
+            request,
+            dict(params),
+            self.clock.now(),
+            int(params.get("gpus_per_node", 0)),
+            fate,
+        )
+        self._advance()
+        return job_id
+
+    def states(self, job_ids: Any) -> dict[str, Any]:
+        """sacct records of the jobs (all known at once)."""
+        from llenergymeasure.study.slurm.sacct import SacctRecord
+
+        self._advance()
+        self.sacct_calls += 1
+        out = {}
+        for job_id in job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                state, code = self._state(job)
+                out[job_id] = SacctRecord(job_id, state, code, node_list="fakenode")
+        return out
+
+    def find(self, job_name: str, since_unix_s: float) -> list[str]:
+        """Jobs by name."""
+        return [j.job_id for j in self.jobs.values() if j.name == job_name]
+
+    def result(self, job_id: str) -> tuple[str, Any] | None:
+        """The result pickle of an ended job, per its fate."""
+        self._advance()
+        job = self.jobs[job_id]
+        if job.end_s is None or job.cancelled:
+            return None
+        if job.fate == "ok":
+            return ("success", self._report(job))
+        if job.fate == "raise":
+            return ("error", _trace(f"InjectedFault: injected failure for {job.request.label!r}"))
+        if job.fate == "usr2":
+            return (
+                "error",
+                _trace(
+                    "submitit.core.utils.UncompletedJobError: Job not requeued because: "
+                    "timed-out and not checkpointable."
+                ),
+            )
+        return None
+
+    def cancel(self, job_id: str) -> None:
+        """scancel: ends a queued or running job now."""
+        self._advance()
+        job = self.jobs[job_id]
+        if job.end_s is None:
+            job.cancelled = True
+            job.end_s = self.clock.now()
+            job.start_s = job.start_s if job.start_s is not None else job.end_s
+
+    def files(self, job_id: str) -> Any:
+        """submitit's layout under ``folder`` (written on demand for logs)."""
+        from llenergymeasure.study.slurm.submit import job_files
+
+        files = job_files(self.folder, job_id)
+        job = self.jobs.get(job_id)
+        if job is not None and job.end_s is not None and job.fate == "oom":
+            files.folder.mkdir(parents=True, exist_ok=True)
+            files.stderr.write_text(
+                "slurmstepd: error: StepId=1.0 exceeded memory limit (2 > 1), being killed\n"
+            )
+        return files
+
+    # ---- simulation --------------------------------------------------------------------
+    def _state(self, job: FakeJob) -> tuple[str, str]:
+        if job.cancelled:
+            return "CANCELLED by 0", "0:0"
+        if job.start_s is None:
+            return "PENDING", "0:0"
+        if job.end_s is None:
+            return "RUNNING", "0:0"
+        return {
+            "ok": ("COMPLETED", "0:0"),
+            "raise": ("FAILED", "1:0"),
+            "usr2": ("FAILED", "1:0"),
+            "timeout": ("TIMEOUT", "0:0"),
+            "cancel": ("CANCELLED by 0", "0:0"),
+            "oom": ("FAILED", "0:9"),
+            "node_fail": ("NODE_FAIL", "0:0"),
+        }[job.fate]
+
+    def _advance(self) -> None:
+        """Process ends and starts in time order up to the clock's now."""
+        now = self.clock.now()
+        while True:
+            self._start_waiting(self._t)
+            running = [j for j in self.jobs.values() if j.start_s is not None and j.end_s is None]
+            ends = [(j.start_s + self.duration_s, j) for j in running if j.start_s is not None]
+            if not ends:
+                break
+            t_end, job = min(ends, key=lambda e: e[0])
+            if t_end > now:
+                break
+            self._t = max(self._t, t_end)
+            job.end_s = t_end
+        self._t = max(self._t, now)
+        self._start_waiting(self._t)
+
+    def _start_waiting(self, t: float) -> None:
+        busy = {
+            g
+            for j in self.jobs.values()
+            if j.start_s is not None and j.end_s is None
+            for g in j.gpus
+        }
+        for job in self.jobs.values():
+            if job.start_s is not None or job.submitted_s > t:
+                continue
+            free = [g for g in range(self.n_gpus) if g not in busy or self.share_gpus]
+            if len(free) < job.gpus_needed:
+                break  # FIFO: later jobs wait behind it
+            job.gpus = tuple(free[: job.gpus_needed])
+            busy |= set(job.gpus)
+            job.start_s = t
+
+    def _report(self, job: FakeJob) -> Any:
+        from llenergymeasure.clock import utc_now
+        from llenergymeasure.config.hashing import config_hash
+        from llenergymeasure.domain.results import ExperimentResult
+        from llenergymeasure.results.persistence import new_run_dir, write_result
+        from llenergymeasure.study.slurm.job import JobReport
+        from llenergymeasure.study.worker import result_summary
+
+        request = job.request
+        if job.report is not None:
+            return job.report
+
+        result = ExperimentResult(
+            experiment_id=f"fake{job.job_id}",
+            name=request.config.name or "fake",
+            config=request.config.model_dump(mode="json"),
+            config_hash=config_hash(request.config),
+            started_at=utc_now(),
+            ended_at=utc_now(),
+            measurement_window_s=self.duration_s,
+        )
+        run_dir = request.run_dir or new_run_dir(request.results_dir, result.name)
+        path = write_result(result, run_dir)  # in the attempt's run dir, as a real job does
+        gpus = ",".join(str(g) for g in job.gpus)
+        report = JobReport(
+            result_path=str(path.resolve()),
+            summary=result_summary(result),
+            host="fakenode",
+            cuda_visible_devices=gpus,
+            environ={"SLURM_JOB_ID": job.job_id, "SLURM_JOB_GPUS": gpus},
+            started_at=datetime.datetime.fromtimestamp(job.start_s or 0.0, datetime.timezone.utc),
+            ended_at=datetime.datetime.fromtimestamp(job.end_s or 0.0, datetime.timezone.utc),
+        )
+        job.report = report
+        return report
+
+
+def _trace(last_line: str) -> str:
+    return (
+        f'Traceback (most recent call last):\n  File "job.py", line 1, in <module>\n{last_line}\n'
+    )

@@ -271,7 +271,7 @@ def test_main_maps_exit_codes_like_the_console_script(monkeypatch: pytest.Monkey
 def test_study_options_route_to_run_study(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, object] = {}
 
-    def fake_study(request, no_gaps, resume, resume_dir):  # type: ignore[no-untyped-def]
+    def fake_study(request, no_gaps, resume, resume_dir, retry_failed=False):  # type: ignore[no-untyped-def]
         seen.update(overrides=request.overrides, no_gaps=no_gaps, resume=resume)
 
     monkeypatch.setattr(run_cmd, "_run_study", fake_study)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from llenergymeasure.testing import (
 )
 
 NO_RAPL = Path("/nonexistent-powercap")
+HOST = socket.gethostname()  # the baseline cache is keyed per node
 
 
 def _settings(tmp_path: Path, duration_s: float = 5.0) -> BaselineSettings:
@@ -108,13 +110,13 @@ def test_no_context_baseline_is_not_reused_once_a_context_is_open(tmp_path: Path
         with _manual_session(clock, settings) as session:
             again = session.measure_baseline()
     assert before is not None and ready is not None and again is not None
-    assert before.key == "GPU-fake-0|no-context" and before.compute_processes == 0
+    assert before.key == f"{HOST}/GPU-fake-0|no-context" and before.compute_processes == 0
     assert before.idle_power_w == pytest.approx(73.0, rel=0.02)
-    assert ready.key == "GPU-fake-0|context" and ready.compute_processes == 1
+    assert ready.key == f"{HOST}/GPU-fake-0|context" and ready.compute_processes == 1
     assert not ready.cached and ready.idle_power_w == pytest.approx(125.0, rel=0.02)
     assert again.cached and again.key == ready.key and again.idle_power_w == ready.idle_power_w
     stored = json.loads(settings.cache_path.read_text())  # type: ignore[union-attr]
-    assert sorted(stored) == ["GPU-fake-0|context", "GPU-fake-0|no-context"]
+    assert sorted(stored) == [f"{HOST}/GPU-fake-0|context", f"{HOST}/GPU-fake-0|no-context"]
     # Without a sampler the window's state is unknown, never guessed.
     assert ready.sm_clock_mhz is None and ready.power_trend_pct is None and ready.settled is None
 
@@ -127,7 +129,7 @@ def test_unreadable_process_count_gives_unknown_key(tmp_path: Path) -> None:
         _manual_session(clock, _settings(tmp_path)) as session,
     ):
         baseline = session.measure_baseline()
-    assert baseline is not None and baseline.key == "GPU-fake-0,GPU-fake-1|unknown"
+    assert baseline is not None and baseline.key == f"{HOST}/GPU-fake-0,GPU-fake-1|unknown"
     assert baseline.compute_processes is None
     assert baseline.idle_power_w == pytest.approx(160.0, rel=0.02)
 
@@ -141,7 +143,7 @@ def test_process_count_is_summed_over_the_gpus_in_use(tmp_path: Path) -> None:
     ):
         baseline = session.measure_baseline()
     assert baseline is not None and baseline.compute_processes == 3
-    assert baseline.key == "GPU-x,GPU-y|context"
+    assert baseline.key == f"{HOST}/GPU-x,GPU-y|context"
 
 
 # --- old cache files --------------------------------------------------------------------
@@ -151,14 +153,14 @@ def test_old_cache_entry_without_state_fields_still_loads_and_is_applied(tmp_pat
         "duration_s": 5.0,
         "idle_power_w": 90.0,
         "idle_power_w_by_device": {"gpu:0": 90.0},
-        "key": "GPU-fake-0|context",
+        "key": f"{HOST}/GPU-fake-0|context",
         "measured_at_unix_s": time.time(),
         "method": "counter",
     }
     legacy = dict(old_entry, key="GPU-fake-0")  # key format of earlier versions
     settings = _settings(tmp_path)
     settings.cache_path.write_text(  # type: ignore[union-attr]
-        json.dumps({"GPU-fake-0|context": old_entry, "GPU-fake-0": legacy})
+        json.dumps({f"{HOST}/GPU-fake-0|context": old_entry, "GPU-fake-0": legacy})
     )
     cached_legacy = BaselineCache(settings.cache_path, 600).get("GPU-fake-0")
     assert cached_legacy is not None and cached_legacy.idle_power_w == 90.0
@@ -235,7 +237,7 @@ def test_steady_power_during_baseline_is_settled_without_flag(tmp_path: Path) ->
         session.begin_window("m")
         time.sleep(0.3)
         report = session.end_window("m")
-    assert baseline is not None and baseline.key == "GPU-fake-0,GPU-fake-1|context"
+    assert baseline is not None and baseline.key == f"{HOST}/GPU-fake-0,GPU-fake-1|context"
     assert baseline.compute_processes == 2
     assert baseline.power_trend_pct == 0.0 and baseline.settled is True
     assert baseline.sm_clock_mhz == 1980.0 and baseline.temperature_c == 40.0

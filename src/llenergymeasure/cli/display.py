@@ -327,3 +327,57 @@ def _point_text(point: Any) -> str:
     if isinstance(point, dict):
         return ", ".join(f"{k}={v}" for k, v in point.items())
     return str(point)
+
+
+def format_slurm_dry_run(plan: Any) -> str:
+    """What ``execution.executor: slurm`` would submit: the sbatch settings of each job."""
+    from llenergymeasure.study.slurm import settings
+
+    study = plan.study
+    slurm = study.slurm
+    limit = settings.time_limit_min(study)
+    dir_name = f"{plan.study_name}_TIMESTAMP"
+    folder = f"<results>/{dir_name}/{settings.JOB_FOLDER}/%j"
+    sample = settings.job_name(dir_name, 0, 1) + "-a1"
+    params = settings.executor_parameters(slurm, time_min=limit, name=sample, comment=dir_name)
+    parallel = (
+        "one at a time (run order and gaps as locally)"
+        if slurm.max_parallel == 1
+        else f"at most {slurm.max_parallel} at once, each on its own GPUs"
+    )
+    source = (
+        "slurm.time_limit_min"
+        if slurm.time_limit_min
+        else (
+            f"experiment_timeout_seconds {study.execution.experiment_timeout_seconds:g} s + "
+            f"signal_delay_s {slurm.signal_delay_s} s"
+        )
+    )
+    lines = [
+        "",
+        f"Slurm: {len(plan.experiments)} jobs, one per experiment, {parallel}; "
+        f"--time={limit} min ({source}).",
+        "sbatch settings of each job, as submitit writes them (the --job-name names the "
+        "position, cycle and attempt):",
+        *(f"  {line}" for line in settings.sbatch_lines(params, folder)),
+    ]
+    if slurm.setup:
+        lines.append("  then, in the job before the experiment:")
+        lines.extend(f"    {cmd}" for cmd in slurm.setup)
+    lines.append("Jobs:")
+    rows = [
+        (
+            p.position + 1,
+            settings.job_name(dir_name, p.position, p.cycle) + "-a1",
+            f"gpus={slurm.gpus_per_job} cpus={slurm.cpus_per_job} "
+            f"mem={settings.mem_text(slurm.mem_gb) if slurm.mem_gb else 'default'} "
+            f"time={limit}",
+        )
+        for p in plan.experiments
+    ]
+    lines.extend(
+        "  " + line for line in render_table(("#", "--job-name", "resources"), rows).splitlines()
+    )
+    for text in settings.notes(study) + settings.plan_problems(plan, slurm):
+        lines.append(f"note: {text}")
+    return "\n".join(lines)

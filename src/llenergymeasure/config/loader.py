@@ -134,6 +134,7 @@ def _load_experiment(doc: YamlDocument, cli: dict[str, Any], uc: UserConfig) -> 
             "study_name": cfg.name or "experiment",
             "experiments": [deep_merge(doc.data, exp_cli)],
             "execution": _execution_defaults(uc),
+            "slurm": uc.slurm_defaults(),
         },
         study_cli,
     )
@@ -146,7 +147,9 @@ def _load_experiment(doc: YamlDocument, cli: dict[str, Any], uc: UserConfig) -> 
 def _load_study(doc: YamlDocument, cli: dict[str, Any], uc: UserConfig) -> LoadedConfig:
     """Validate a study's own fields and the structure of its base/experiments/sweep."""
     study_cli, exp_cli = split_overrides(cli)
-    data = deep_merge({"execution": _execution_defaults(uc)}, doc.data)
+    data = deep_merge(
+        {"execution": _execution_defaults(uc), "slurm": uc.slurm_defaults()}, doc.data
+    )
     data = deep_merge(data, study_cli)
     notes = apply_experiment_overrides(data, exp_cli) if exp_cli else []
     locate = _locator(doc, {**study_cli, **{f"base.{k}": v for k, v in exp_cli.items()}})
@@ -169,7 +172,7 @@ def _study_provenance(
     exp_cli: Mapping[str, Any],
 ) -> dict[str, str]:
     """Sources of the study's fields, its base's leaves and its execution settings."""
-    effective = _index_lists(study.model_dump(mode="json", exclude={"execution"}))
+    effective = _index_lists(study.model_dump(mode="json", exclude={"execution", "slurm"}))
     layers = [
         ("file", _index_lists(file_data)),
         ("cli", {**study_cli, "base": exp_cli}),
@@ -182,13 +185,17 @@ def _study_provenance(
 def _execution_provenance(
     study: StudyConfig, uc: UserConfig, file_data: Mapping[str, Any], cli: Mapping[str, Any]
 ) -> dict[str, str]:
-    """``execution.*`` sources: gap defaults come from the user config."""
+    """``execution.*`` and ``slurm.*`` sources: gap and executor defaults come from the
+    user config, and so do the ``slurm:`` values the user set there."""
     layers = [
-        ("user_config", {"execution": _execution_defaults(uc)}),
-        ("file", {"execution": file_data.get("execution") or {}}),
-        ("cli", {"execution": cli.get("execution") or {}}),
+        ("user_config", {"execution": _execution_defaults(uc), "slurm": uc.slurm_defaults()}),
+        ("file", {k: file_data.get(k) or {} for k in ("execution", "slurm")}),
+        ("cli", {k: cli.get(k) or {} for k in ("execution", "slurm")}),
     ]
-    effective = {"execution": study.execution.model_dump(mode="json")}
+    effective = {
+        "execution": study.execution.model_dump(mode="json"),
+        "slurm": study.slurm.model_dump(mode="json"),
+    }
     return provenance_for(effective, layers)
 
 

@@ -6,6 +6,7 @@ depend on what a backend supports read `config/ssot.py`.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from llenergymeasure.config.ssot import (
     Backend,
     DecodingStrategy,
     EnergyBackendName,
+    Executor,
     PhaseEnergyMode,
     Precision,
 )
@@ -309,6 +311,11 @@ def _process_problems(section: dict[str, Any], n: Any) -> list[tuple[str, str]]:
 class ExecutionConfig(_Model):
     """How a study runs its experiments."""
 
+    executor: Executor = Field(
+        "local",
+        description="local: one subprocess per experiment on this machine; slurm: one Slurm "
+        "job per experiment (settings in `slurm:`)",
+    )
     n_cycles: int = Field(1, ge=1, le=1000)
     order: Literal["interleaved", "shuffled", "grouped"] = "interleaved"
     shuffle_seed: int | None = Field(None, description="Seed for shuffled order (recorded).")
@@ -316,6 +323,107 @@ class ExecutionConfig(_Model):
     cycle_gap_seconds: float = Field(0.0, ge=0.0, le=3600.0)
     experiment_timeout_seconds: float = Field(3600.0, gt=0.0, le=7 * 86400.0)
     max_consecutive_failures: int = Field(3, ge=1, le=10_000)
+
+
+#: sbatch options the `slurm:` section (or submitit) sets itself -> the field to use instead
+#: (None: set by llem/submitit, not configurable). Refused in ``slurm.extra_sbatch``.
+SLURM_MANAGED_OPTIONS: dict[str, str | None] = {
+    "partition": "slurm.partition",
+    "account": "slurm.account",
+    "qos": "slurm.qos",
+    "time": "slurm.time_limit_min",
+    "gpus": "slurm.gpus_per_job",
+    "gpus-per-node": "slurm.gpus_per_job",
+    "gpus-per-task": "slurm.gpus_per_job",
+    "gres": "slurm.gpus_per_job",
+    "cpus-per-task": "slurm.cpus_per_job",
+    "mem": "slurm.mem_gb",
+    "signal": "slurm.signal_delay_s",
+    "job-name": None,
+    "output": None,
+    "error": None,
+    "open-mode": None,
+    "array": None,
+    "wrap": None,
+    "parsable": None,
+    "nodes": None,
+    "ntasks": None,
+    "ntasks-per-node": None,
+}
+_SBATCH_KEY = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+class SlurmConfig(_Model):
+    """How each experiment of a study becomes a Slurm job (``execution.executor: slurm``).
+
+    One experiment = one job (one node, one task) with its own GPUs. Defaults come from the
+    user config's ``slurm:`` section, then the study's ``slurm:``, then overrides.
+    """
+
+    partition: str | None = Field(None, description="--partition (None: the cluster default)")
+    account: str | None = Field(None, description="--account")
+    qos: str | None = Field(None, description="--qos")
+    time_limit_min: int | None = Field(
+        None,
+        ge=1,
+        le=30 * 24 * 60,
+        description="--time of each job, minutes. None: execution.experiment_timeout_seconds "
+        "plus signal_delay_s, rounded up. submitit stops the job signal_delay_s before it.",
+    )
+    gpus_per_job: int = Field(1, ge=0, le=64, description="--gpus-per-node of each job")
+    cpus_per_job: int = Field(4, ge=1, le=4096, description="--cpus-per-task of each job")
+    mem_gb: float | None = Field(
+        None, gt=0.0, le=65536.0, description="--mem of each job, GB (None: cluster default)"
+    )
+    max_parallel: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="experiments running at once, each on its own GPUs (1: one after another)",
+    )
+    extra_sbatch: dict[str, str | int | bool] = Field(
+        default_factory=dict,
+        description="more sbatch options, verbatim: {constraint: h100, exclusive: true}",
+    )
+    setup: list[str] = Field(
+        default_factory=list,
+        description="shell lines run in each job before the experiment (module load ...)",
+    )
+    signal_delay_s: int = Field(
+        90, ge=10, le=3600, description="submitit's USR2 this long before the time limit"
+    )
+    poll_interval_s: float = Field(
+        10.0, ge=0.5, le=600.0, description="how often the study process asks sacct"
+    )
+    max_pending_hours: float = Field(
+        72.0, gt=0.0, le=720.0, description="a job still queued after this long is cancelled"
+    )
+    python: str | None = Field(
+        None, description="interpreter on the compute nodes (None: the one running llem)"
+    )
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _extra(cls, v: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
+        out: dict[str, str | int | bool] = {}
+        for raw_key, value in v.items():
+            key = raw_key.lstrip("-").replace("_", "-")
+            if not _SBATCH_KEY.match(key):
+                raise ValueError(f"extra_sbatch key {raw_key!r} is not an sbatch option name")
+            if key in SLURM_MANAGED_OPTIONS:
+                instead = SLURM_MANAGED_OPTIONS[key]
+                fix = f"set {instead} instead" if instead else "llem sets it for every job"
+                raise ValueError(f"extra_sbatch.{raw_key} is not allowed: {fix}")
+            if value is False:
+                raise ValueError(f"extra_sbatch.{raw_key}: false is not an option: leave it out")
+            out[key] = value
+        return out
+
+    def effective_time_limit_min(self, experiment_timeout_s: float) -> int:
+        """``--time``: the given limit, or the experiment timeout plus the USR2 margin."""
+        if self.time_limit_min is not None:
+            return self.time_limit_min
+        return max(1, math.ceil((experiment_timeout_s + self.signal_delay_s) / 60.0))
 
 
 class StudyConfig(_Model):
@@ -332,6 +440,7 @@ class StudyConfig(_Model):
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
     experiments: list[dict[str, Any]] = Field(default_factory=list)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     output_dir: str | None = None
 
     @field_validator("study_name")
@@ -356,4 +465,10 @@ class StudyConfig(_Model):
     def _something_to_run(self) -> StudyConfig:
         if not self.sweep and not self.experiments and not self.base:
             raise ValueError("a study needs `sweep:`, `experiments:` or `base:`")
+        slurm = self.slurm
+        if self.execution.executor == "slurm" and slurm.max_parallel > 1 and not slurm.gpus_per_job:
+            raise ValueError(
+                "slurm.max_parallel > 1 needs slurm.gpus_per_job >= 1: Slurm's GPU allocation "
+                "is what keeps two experiments off one GPU"
+            )
         return self

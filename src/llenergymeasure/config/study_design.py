@@ -26,7 +26,7 @@ from llenergymeasure.config.provenance import flatten
 from llenergymeasure.exceptions import ConfigIssue
 
 #: Override keys that change the study itself rather than its experiments.
-STUDY_LEVEL_KEYS = frozenset({"study_name", "execution"})
+STUDY_LEVEL_KEYS = frozenset({"study_name", "execution", "slurm"})
 _PLACEHOLDER_MODEL = "__placeholder__"
 
 

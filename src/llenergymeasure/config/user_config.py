@@ -11,7 +11,8 @@ means defaults. ``LLEM_*`` environment variables override the file:
 ``LLEM_PUE``                    ``measurement.datacenter_pue``
 ``LLEM_CONFIG_GAP_SECONDS``     ``execution.config_gap_seconds``
 ``LLEM_CYCLE_GAP_SECONDS``      ``execution.cycle_gap_seconds``
-``LLEM_<SECTION>__<KEY>``       any field, e.g. ``LLEM_RUNNERS__VLLM=docker:img``
+``LLEM_<SECTION>__<KEY>``       any field, e.g. ``LLEM_RUNNERS__VLLM=docker:img``,
+                                ``LLEM_SLURM__PARTITION=gpu``
 ==============================  =========================================
 
 Every effective value's source is kept in :attr:`UserConfig.provenance`
@@ -33,7 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from llenergymeasure.config import ssot
 from llenergymeasure.config._yaml import read_yaml_mapping
-from llenergymeasure.config.ssot import EnergyBackendName
+from llenergymeasure.config.models import SlurmConfig
+from llenergymeasure.config.ssot import EnergyBackendName, Executor
 from llenergymeasure.exceptions import ConfigIssue, ConfigValidationError
 
 #: Default grid carbon intensity, gCO2e/kWh: roughly the world-average electricity mix
@@ -80,8 +82,11 @@ class MeasurementSettings(_Section):
 
 
 class ExecutionSettings(_Section):
-    """Default thermal-recovery gaps between a study's experiments (skip with --no-gaps)."""
+    """Study defaults: the executor, and thermal-recovery gaps (skip with --no-gaps)."""
 
+    executor: Executor = Field(
+        "local", description="local | slurm: how studies run unless the study file says"
+    )
     config_gap_seconds: float = Field(10.0, ge=0.0, le=3600.0)
     cycle_gap_seconds: float = Field(60.0, ge=0.0, le=3600.0)
 
@@ -95,6 +100,10 @@ class UserConfig(_Section):
     )
     measurement: MeasurementSettings = Field(default_factory=MeasurementSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    slurm: SlurmConfig = Field(
+        default_factory=SlurmConfig,
+        description="defaults for the slurm: section of studies (partition, account, ...)",
+    )
 
     _provenance: dict[str, str] = PrivateAttr(default_factory=dict)
     _source_path: Path | None = PrivateAttr(default=None)
@@ -150,6 +159,15 @@ class UserConfig(_Section):
             target = defaults if self.value_source(path) == "default" else chosen
             target[field] = value
         return chosen, defaults
+
+    def slurm_defaults(self) -> dict[str, Any]:
+        """The ``slurm:`` values the user set (file or environment), for studies' defaults."""
+        from llenergymeasure.config.provenance import flatten, unflatten_overrides
+
+        dumped = flatten(self.slurm.model_dump(mode="json"), "slurm.")
+        chosen = {k: v for k, v in dumped.items() if self.value_source(k) != "default"}
+        section: dict[str, Any] = unflatten_overrides(chosen).get("slurm", {})
+        return section
 
     def value_source(self, path: str) -> str:
         """Where the value at ``path`` came from (``default`` when unknown)."""

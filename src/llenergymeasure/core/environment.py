@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import socket
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 from llenergymeasure.core.energy._nvml import NvmlError, nvml
 from llenergymeasure.core.energy.nvml import parse_cuda_visible_devices
-from llenergymeasure.domain.environment import EnvironmentSnapshot, GpuInfo
+from llenergymeasure.domain.environment import EnvironmentSnapshot, GpuInfo, Placement
 
 LIBRARIES = (
     "torch",
@@ -163,4 +164,22 @@ def collect_environment() -> EnvironmentSnapshot:
         container_evidence=evidence,
         **_cpu_and_memory(),
         **_nvml_facts(),
+    )
+
+
+def collect_placement(environ: dict[str, str] | None = None) -> Placement:
+    """Where this process runs: host, CUDA_VISIBLE_DEVICES and the Slurm job, if any."""
+    env = dict(os.environ) if environ is None else environ
+    job_id = env.get("SLURM_JOB_ID")
+    array_id, task_id = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    if array_id and task_id:
+        job_id = f"{array_id}_{task_id}"
+    restarts = env.get("SLURM_RESTART_COUNT")
+    return Placement(
+        host=socket.gethostname(),
+        cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
+        scheduler="slurm" if job_id else None,
+        job_id=job_id,
+        job_gpus=env.get("SLURM_JOB_GPUS") or env.get("SLURM_STEP_GPUS"),
+        restart_count=int(restarts) if restarts and restarts.isdigit() else None,
     )

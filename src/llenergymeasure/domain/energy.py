@@ -97,7 +97,7 @@ class IdleBaseline(_Model):
     ``quality.BASELINE_SETTLED_PCT`` between the first and last third of the window.
     """
 
-    key: str  # sorted GPU UUIDs joined by ",", then "|context", "|no-context" or "|unknown"
+    key: str  # "<host>/", sorted GPU UUIDs joined by ",", then "|context", "|no-context" or "|unknown"
     idle_power_w: float
     idle_power_w_by_device: dict[str, float]
     duration_s: float

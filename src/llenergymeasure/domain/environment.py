@@ -44,3 +44,23 @@ class EnvironmentSnapshot(BaseModel):
     library_versions: dict[str, str | None] = Field(default_factory=dict)
     in_container: bool = False
     container_evidence: str | None = None
+
+
+class Placement(BaseModel):
+    """Where an experiment ran: the node, the GPUs it was given, and the batch job, if any.
+
+    Read from the process environment when the experiment starts. Under Slurm,
+    ``cuda_visible_devices`` is what Slurm set for the job (renumbered from 0 where the
+    cluster isolates devices with cgroups), ``job_gpus`` the node's own GPU indices
+    (``SLURM_JOB_GPUS``); GPU UUIDs, where NVML is available, are in the environment
+    snapshot.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str
+    cuda_visible_devices: str | None = None
+    scheduler: str | None = Field(None, description="slurm when run inside a Slurm job")
+    job_id: str | None = None
+    job_gpus: str | None = Field(None, description="SLURM_JOB_GPUS: the node's GPU indices")
+    restart_count: int | None = Field(None, description="SLURM_RESTART_COUNT (requeues)")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure.domain.co2 import CO2Estimate
 from llenergymeasure.domain.energy import EnergyReport, Method, QualityFlag, Scope
-from llenergymeasure.domain.environment import EnvironmentSnapshot
+from llenergymeasure.domain.environment import EnvironmentSnapshot, Placement
 from llenergymeasure.domain.metrics import InferenceMetrics, MemoryMetrics
 from llenergymeasure.state.machine import ExperimentState, StateTransition
 
@@ -101,6 +101,9 @@ class ResultCore(_Model):
     )
     config_hash: str
     environment: EnvironmentSnapshot | None = None
+    placement: Placement | None = Field(
+        None, description="node, CUDA_VISIBLE_DEVICES and batch job the experiment ran in"
+    )
     energy: EnergyReport | None = None
     energy_not_measured_reason: str | None = None
     warmup: WarmupResult | None = None

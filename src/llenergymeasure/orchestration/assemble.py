@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from llenergymeasure.catalogue.architectures import ArchitectureSpec
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.core.backends.protocol import InferenceOutput, PreparedBatches
-    from llenergymeasure.domain.environment import EnvironmentSnapshot
+    from llenergymeasure.domain.environment import EnvironmentSnapshot, Placement
 
 
 class PhaseTimer:
@@ -100,6 +100,7 @@ class RunRecord:
     provenance: dict[str, str]
     started_at: datetime
     environment: EnvironmentSnapshot | None = None
+    placement: Placement | None = None
     warmup: WarmupResult | None = None
     dataset_info: dict[str, Any] | None = None
     energy: EnergyReport | None = None

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     )
     from llenergymeasure.core.energy.session import EnergySession
     from llenergymeasure.domain.energy import EnergyReport
-    from llenergymeasure.domain.environment import EnvironmentSnapshot
+    from llenergymeasure.domain.environment import EnvironmentSnapshot, Placement
     from llenergymeasure.orchestration.launcher import WorkerTarget
 
 #: Builds the energy session: (config, gpu indices or None for all visible, timeline path).
@@ -147,6 +147,7 @@ class ExperimentOrchestrator:
             provenance=self.provenance,
             runner=runner or RunnerContext(),
             started_at=self.state.started_at,
+            placement=_placement(),
             carbon_intensity_gco2_kwh=_pick(config.carbon_intensity_gco2_kwh, user_config, "ci"),
             datacenter_pue=_pick(config.datacenter_pue, user_config, "pue"),
         )
@@ -443,6 +444,16 @@ def _pick(value: float | None, user_config: UserConfig | None, which: str) -> fl
         return value
     m = user_config.measurement
     return m.carbon_intensity_gco2_kwh if which == "ci" else m.datacenter_pue
+
+
+def _placement() -> Placement | None:
+    """Host, CUDA_VISIBLE_DEVICES and Slurm job of this process (None if unreadable)."""
+    from llenergymeasure.core.environment import collect_placement
+
+    try:
+        return collect_placement()
+    except (OSError, ValueError):
+        return None
 
 
 def _collect_environment(warnings: list[QualityFlag]) -> EnvironmentSnapshot | None:

@@ -37,7 +37,9 @@ from llenergymeasure.results.persistence import atomic_write_text
 if TYPE_CHECKING:
     from llenergymeasure.study.grid import StudyPlan
 
-MANIFEST_SCHEMA_VERSION = "1.1"  # 1.1: run_dir, runner, adopted, set_aside; design configs
+MANIFEST_SCHEMA_VERSION = (
+    "1.2"  # 1.1: run_dir, runner, adopted, set_aside; design configs; 1.2: slurm_jobs
+)
 
 EntryStatus = Literal["pending", "running", "completed", "failed", "skipped"]
 ManifestStatus = StudyStatus  # a study's manifest and its summary share the statuses
@@ -86,6 +88,29 @@ class RunnerInfo(_Model):
     study_pid: int | None = Field(None, description="the runner process that started it")
 
 
+class SlurmJobRecord(_Model):
+    """One Slurm job submitted for an entry (``execution.executor: slurm``).
+
+    Appended with ``job_id`` None *before* ``sbatch`` runs, so that a study process killed
+    between sbatch and recording the id finds its job again by ``name`` on resume
+    (never submitting a second one); the id is filled in as soon as sbatch returns.
+    """
+
+    job_id: str | None = Field(None, description="Slurm's job id (None: being submitted)")
+    name: str = Field(description="--job-name, unique per study dir, entry and attempt")
+    submitted_at: datetime
+    folder: str = Field(description="submitit's folder of the job, relative to the study dir")
+    state: str | None = Field(
+        None, description="last state sacct gave (COMPLETED, CANCELLED, TIMEOUT, ...)"
+    )
+    exit_code: str | None = Field(None, description="sacct's ExitCode, code:signal")
+    node: str | None = None
+    cuda_visible_devices: str | None = Field(None, description="what Slurm set in the job")
+    ended_at: datetime | None = None
+    stdout: str | None = Field(None, description="the job's output log, relative")
+    stderr: str | None = Field(None, description="the job's error log, relative")
+
+
 class ManifestEntry(_Model):
     """One planned experiment (a config in a cycle) and what became of it."""
 
@@ -113,6 +138,14 @@ class ManifestEntry(_Model):
     set_aside: list[str] = Field(
         default_factory=list, description="unreadable result files renamed aside (kept)"
     )
+    slurm_jobs: list[SlurmJobRecord] = Field(
+        default_factory=list, description="every Slurm job submitted for it, oldest first"
+    )
+
+    @property
+    def slurm_job(self) -> SlurmJobRecord | None:
+        """The latest Slurm job of this entry (None: never submitted to Slurm)."""
+        return self.slurm_jobs[-1] if self.slurm_jobs else None
 
     @property
     def key(self) -> tuple[str, int]:

@@ -54,7 +54,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llenergymeasure.clock import utc_now
 from llenergymeasure.exceptions import ResultFileError, StudyDirError, StudyError
@@ -95,8 +95,19 @@ if TYPE_CHECKING:
     from llenergymeasure.domain.results import ExperimentResult
     from llenergymeasure.domain.study import StudyResult
     from llenergymeasure.study.grid import PlannedExperiment, StudyPlan
+    from llenergymeasure.study.slurm.submit import JobFunction, JobSystem
 
 logger = logging.getLogger(__name__)
+
+
+class TimeSource(Protocol):
+    """A clock and a blocking wait on it (tests give a ManualClock)."""
+
+    def now(self) -> float:
+        """Seconds, monotonic."""
+
+    def sleep(self, seconds: float) -> None:
+        """Wait that long."""
 
 
 class StudyRunner:
@@ -115,6 +126,10 @@ class StudyRunner:
         cli_overrides: Mapping[str, Any] | None = None,
         worker_target: WorkerTarget | None = None,
         verbosity: int | None = None,
+        retry_failed: bool = False,
+        job_system: JobSystem | None = None,
+        job_function: JobFunction | None = None,
+        time_source: TimeSource | None = None,
     ) -> None:
         self.study = study
         self.results_dir = Path(results_dir)
@@ -127,6 +142,10 @@ class StudyRunner:
         self.worker_target: WorkerTarget = worker_target or experiment_worker
         self.runners = RunnerSet(user_config, self.worker_target)
         self.verbosity = verbosity
+        self.retry_failed = retry_failed
+        self.job_system = job_system  # Slurm executor: None = submitit on this cluster
+        self.job_function = job_function  # Slurm executor: None = run_experiment_job
+        self.time_source = time_source  # Slurm executor: None = monotonic clock, Event.wait
         self._wake = threading.Event()  # never set: gaps are interruptible waits
         self._gap_s = 0.0
         self._durations_s: list[float] = []
@@ -171,7 +190,7 @@ class StudyRunner:
         self._resuming = study_dir is not None
         if study_dir is None:
             plan = self._expand(self.study)
-            self.runners.preflight(p.config for p in plan.experiments)  # before any dir
+            self._preflight_runners(plan)  # before any dir
             study_dir = new_run_dir(self._parent_dir(), plan.study_name)
             self._lock = StudyLock.acquire(study_dir)
             manifest = new_manifest(plan)
@@ -187,9 +206,15 @@ class StudyRunner:
         manifest = read_manifest(study_dir)
         plan = self._expand(self._with_stored_seed(manifest))
         check_same_design(manifest, plan)
-        self.runners.preflight(p.config for p in plan.experiments)
+        self._preflight_runners(plan)
         _register_secrets(plan)
         return plan, study_dir, manifest
+
+    def _preflight_runners(self, plan: StudyPlan) -> None:
+        """Docker, its NVIDIA runtime and the images, for experiments that run in containers
+        of this host (the Slurm executor does not apply ``runners:``: nothing to check)."""
+        if self.study.execution.executor != "slurm":
+            self.runners.preflight(p.config for p in plan.experiments)
 
     def _start(self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest) -> None:
         """Show the plan's notes and mark the study running."""
@@ -236,17 +261,34 @@ class StudyRunner:
     def _recover(self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest) -> None:
         """What an earlier run left (`study.recovery`): wait for or stop live orphans
         first, then adopt finished results, set unreadable ones aside, and put back to
-        pending whatever must run again. Old run dirs and files stay."""
+        pending whatever must run again. Old run dirs and files stay.
+
+        Slurm: an entry running as a Slurm job stays running (the executor re-attaches to
+        its job, by id or name: never a second job), and a failed one stays failed unless
+        ``retry_failed``; a local resume of a study with live Slurm jobs is refused."""
         manifest.sessions += 1
-        configs = [p.config for p in plan.experiments]
-        for note in self.runners.remove_leftovers(study_dir, configs):
-            self.progress.message(note)  # containers an earlier run left: stopped, removed
+        on_slurm = self.study.execution.executor == "slurm"
+        live_jobs = [e for e in manifest.entries if e.status == "running" and e.slurm_jobs]
+        if live_jobs and not on_slurm:
+            raise StudyError(
+                f"{len(live_jobs)} experiment(s) of {study_dir} run as Slurm jobs -> resume "
+                "with execution.executor: slurm (the jobs are re-attached, never re-submitted)"
+            )
+        if not on_slurm:  # Slurm jobs never run in this host's containers
+            configs = [p.config for p in plan.experiments]
+            for note in self.runners.remove_leftovers(study_dir, configs):
+                self.progress.message(note)  # containers an earlier run left: removed
         for e in manifest.entries:
             if e.status == "running":
                 self._settle_orphan(e)
         for e in manifest.entries:
             self._recover_entry(e, study_dir)
         write_manifest(study_dir, manifest)
+        failed = sum(e.status == "failed" for e in manifest.entries)
+        if failed:
+            self.progress.message(
+                f"{failed} failed experiment(s) kept as failed: --retry-failed re-runs them"
+            )
         done = sum(e.status == "completed" for e in manifest.entries)
         self.progress.message(
             f"resuming {study_dir}: {done} of {len(manifest.entries)} experiments already done"
@@ -255,6 +297,9 @@ class StudyRunner:
     def _recover_entry(self, e: ManifestEntry, study_dir: Path) -> None:
         """One entry on resume: keep, adopt or reset (see `_recover`)."""
         where = f"{e.label} cycle {e.cycle}"
+        on_slurm = self.study.execution.executor == "slurm"
+        if on_slurm and e.status == "running" and e.slurm_jobs:
+            return  # the Slurm executor re-attaches to its job and collects (or adopts) it
         if e.status == "completed":
             problem = self._completed_problem(e, study_dir)
             if problem is None:
@@ -271,6 +316,8 @@ class StudyRunner:
             )
             self.progress.message(f"{where}: adopted {e.result_path} (finished, not recorded)")
             return
+        if e.status == "failed" and on_slurm and not self.retry_failed:
+            return  # kept: a Slurm failure re-runs only with --retry-failed
         if e.status in ("running", "failed"):
             _reset(e)
 
@@ -317,6 +364,9 @@ class StudyRunner:
     # ---- the loop -------------------------------------------------------------------------
     def _run_pending(self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest) -> None:
         """Run every pending entry in manifest order; stop after too many failures in a row."""
+        if self.study.execution.executor == "slurm":
+            self._run_on_slurm(plan, study_dir, manifest)
+            return
         by_key = {(p.config_hash, p.cycle): p for p in plan.experiments}
         pending = [e for e in manifest.entries if e.status == "pending"]
         limit = self.study.execution.max_consecutive_failures
@@ -362,22 +412,7 @@ class StudyRunner:
             label=entry.label,
             eta_s=eta_s,
         )
-        with self._stops.critical():
-            run_dir = self._attempt_dir(planned.config, study_dir)
-            entry.status, entry.started_at, entry.ended_at = "running", utc_now(), None
-            entry.run_dir, entry.runner = recovery.relative(run_dir, study_dir), None
-            entry.attempts += 1
-            write_manifest(study_dir, manifest)
-        request = WorkerRequest(
-            config=planned.config,
-            provenance=dict(planned.provenance),
-            results_dir=study_dir,
-            position=entry.position,
-            cycle=entry.cycle,
-            label=entry.label,
-            verbosity=self.verbosity,
-            run_dir=run_dir,
-        )
+        request = self._begin_attempt(entry, planned, manifest, study_dir)
 
         def started(info: RunnerInfo) -> None:
             with self._stops.critical():
@@ -419,6 +454,78 @@ class StudyRunner:
             recovery.adopt(entry, found, study_dir)
             return
         entry.status, entry.started_at = "pending", None
+
+    def _begin_attempt(
+        self,
+        entry: ManifestEntry,
+        planned: PlannedExperiment,
+        manifest: StudyManifest,
+        study_dir: Path,
+    ) -> WorkerRequest:
+        """Mark the entry running (one more attempt) in a new run directory made here, and
+        write the manifest; the request for whoever runs it (a child, a Slurm job)."""
+        with self._stops.critical():
+            run_dir = self._attempt_dir(planned.config, study_dir)
+            entry.status, entry.started_at, entry.ended_at = "running", utc_now(), None
+            entry.run_dir, entry.runner = recovery.relative(run_dir, study_dir), None
+            entry.attempts += 1
+            write_manifest(study_dir, manifest)
+        return WorkerRequest(
+            config=planned.config,
+            provenance=dict(planned.provenance),
+            results_dir=study_dir,
+            position=entry.position,
+            cycle=entry.cycle,
+            label=entry.label,
+            verbosity=self.verbosity,
+            run_dir=run_dir,
+        )
+
+    # ---- the Slurm executor ---------------------------------------------------------------
+    def _run_on_slurm(self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest) -> None:
+        """Every pending entry as a Slurm job (`study.slurm.executor`)."""
+        from llenergymeasure.study.slurm.executor import SlurmExecutor, StudyContext
+        from llenergymeasure.study.slurm.settings import job_folder
+        from llenergymeasure.study.slurm.submit import SubmititJobs
+
+        jobs = self.job_system or SubmititJobs(job_folder(study_dir), self.study.slurm.python)
+        note = _runners_not_applied(self.user_config, plan)
+        if note is not None:
+            self.progress.message(note)
+            self._warnings.append(note)
+
+        def tick(entry: ManifestEntry) -> ExperimentTick:
+            return ExperimentTick(
+                index=entry.position + 1,
+                total=len(manifest.entries),
+                cycle=entry.cycle,
+                n_cycles=manifest.design.n_cycles,
+                label=entry.label,
+                eta_s=None,
+            )
+
+        ctx = StudyContext(
+            study=self.study,
+            plan=plan,
+            study_dir=study_dir,
+            manifest=manifest,
+            progress=self.progress,
+            no_gaps=self.no_gaps,
+            begin=lambda e, p: self._begin_attempt(e, p, manifest, study_dir),
+            record=lambda e, o: self._record(e, o, study_dir),
+            write=lambda: _write(study_dir, manifest),
+            critical=self._stops.critical,
+            finish=lambda status, reason: self._finish(study_dir, manifest, status, reason),
+            wait=self.time_source.sleep if self.time_source else self._wake.wait,
+            tick=tick,
+            warnings=self._warnings,
+        )
+        try:
+            clock = self.time_source.now if self.time_source else time.monotonic
+            SlurmExecutor(ctx, jobs, self.job_function, clock=clock).run()
+        finally:
+            self._gap_s += ctx.gap_s
+            self._durations_s += ctx.durations_s
 
     def _record(self, entry: ManifestEntry, outcome: Outcome, study_dir: Path) -> None:
         """Write the outcome into the manifest entry (and the failure file)."""
@@ -523,7 +630,24 @@ class StudyRunner:
             logger.warning("could not write the study summary: %s", err)
         stop = error if isinstance(error, Interrupted) else Interrupted(signum)
         stop.study_dir, stop.result = study_dir, result
+        self._requeue_if_asked(signum)
         return stop
+
+    def _requeue_if_asked(self, signum: int) -> None:
+        """Inside a Slurm job, SIGUSR1 (``--signal=B:USR1@<s>``) means the time is nearly up:
+        requeue this job so that ``llem run ... --resume`` continues (`study.allocation`)."""
+        from llenergymeasure.study.allocation import REQUEUE_SIGNAL, requeue_self, slurm_job_id
+
+        job_id = slurm_job_id()
+        if signum != REQUEUE_SIGNAL or job_id is None:
+            return
+        problem = requeue_self(job_id)
+        if problem is None:
+            self.progress.message(
+                f"requeued Slurm job {job_id}: it runs again and --resume continues the study"
+            )
+        else:
+            self.progress.message(f"could not requeue Slurm job {job_id}: {problem}")
 
     def _write_summary(
         self, plan: StudyPlan, study_dir: Path, manifest: StudyManifest, wall_s: float
@@ -581,6 +705,27 @@ def _write_failure(study_dir: Path, entry: ManifestEntry, outcome: Outcome) -> P
     ]
     atomic_write_text(path, scrub("\n".join(header) + (outcome.detail or "") + "\n"))
     return path
+
+
+def _runners_not_applied(user_config: UserConfig | None, plan: StudyPlan) -> str | None:
+    """The user config's container runners (``runners:``) that a Slurm study cannot use."""
+    if user_config is None:
+        return None
+    backends = sorted({p.config.backend for p in plan.experiments})
+    runners = [f"{b}={user_config.runner_for(b)}" for b in backends]
+    contained = [r for b, r in zip(backends, runners, strict=True) if r != f"{b}=local"]
+    if not contained:
+        return None
+    return (
+        f"runners: {', '.join(contained)} is not applied by the Slurm executor: each job runs "
+        "its experiment in the job's own Python (slurm.python and slurm.setup set up the "
+        "environment on the nodes)"
+    )
+
+
+def _write(study_dir: Path, manifest: StudyManifest) -> None:
+    """Rewrite the manifest (atomically)."""
+    write_manifest(study_dir, manifest)
 
 
 def _relative(path: Path, study_dir: Path) -> str:

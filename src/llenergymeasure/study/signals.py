@@ -18,6 +18,9 @@ Two rules make that safe:
 * **One stop**: once a stop began, further stop signals are ignored (counted), so a
   second Ctrl-C or Slurm's repeated SIGTERM cannot abort the clean-up. SIGKILL still works.
 
+Inside a Slurm job SIGUSR1 stops the study the same way, and the runner then requeues its
+job (`study.allocation`: the whole study in one allocation, ``--signal=B:USR1@<s>``).
+
 Handlers are installed only from the main thread (Python's rule) and the previous ones are
 restored on exit, so embedding applications get theirs back.
 """
@@ -33,6 +36,15 @@ from types import FrameType, TracebackType
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def stop_signals() -> tuple[int, ...]:
+    """The signals that stop a study here: SIGINT, SIGTERM, SIGHUP, and inside a Slurm job
+    also SIGUSR1, "time is nearly up: stop and requeue" (`study.allocation`)."""
+    from llenergymeasure.study.allocation import REQUEUE_SIGNAL, slurm_job_id
+
+    extra = (REQUEUE_SIGNAL,) if slurm_job_id() else ()
+    return (*STOP_SIGNALS, *extra)
 
 
 def signal_name(signum: int) -> str:
@@ -85,7 +97,7 @@ class StopSignals:
     # ---- installation -------------------------------------------------------------------
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
+            for sig in stop_signals():
                 with contextlib.suppress(OSError, ValueError):
                     self._previous[sig] = signal.signal(sig, self._handle)
         return self

@@ -83,6 +83,13 @@ def run(
     resume_dir: Annotated[
         Path | None, typer.Option("--resume-dir", help="Study directory to resume.")
     ] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Resume and re-run failed experiments too (Slurm studies keep them otherwise).",
+        ),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only warnings and results.")
     ] = False,
@@ -117,8 +124,9 @@ def run(
         typer.echo(dry_run_text(loaded))
         return
     as_study = loaded.kind == "study" or cycles is not None or order is not None
-    if (resume or resume_dir) and not as_study:
-        raise typer.BadParameter("--resume applies to studies only", param_hint="--resume")
+    if (resume or resume_dir or retry_failed) and not as_study:
+        hint = "--retry-failed" if retry_failed and not (resume or resume_dir) else "--resume"
+        raise typer.BadParameter(f"{hint} applies to studies only", param_hint=hint)
     rerun = rerun_args(
         config,
         {"-m": model, "-b": backend, "-d": dataset, "-n": n, "--batch-size": batch_size},
@@ -127,7 +135,7 @@ def run(
     )
     request = RunRequest(loaded, overrides, output, quiet, rerun)
     if as_study:
-        _run_study(request, no_gaps, resume, resume_dir)
+        _run_study(request, no_gaps, resume or retry_failed, resume_dir, retry_failed=retry_failed)
     else:
         _run_experiment(request)
 
@@ -198,7 +206,16 @@ def dry_run_text(loaded: LoadedConfig) -> str:
 
     text = format_dry_run(plan, estimate, is_backend_available)  # find_spec: no import
     notes = [f"note: {n}" for n in dict.fromkeys(plan.notes) if n not in loaded.notes]
-    return "\n".join([text, *runner_lines(plan, loaded), *notes])
+    parts = [text, *runner_lines(plan, loaded), *notes]
+    if (
+        plan.study is not None
+        and plan.study.execution.executor == "slurm"
+        and loaded.kind == "study"
+    ):
+        from llenergymeasure.cli.display import format_slurm_dry_run
+
+        parts.append(format_slurm_dry_run(plan))
+    return "\n".join(parts)
 
 
 def runner_lines(plan: Any, loaded: LoadedConfig) -> list[str]:
@@ -236,7 +253,13 @@ def _run_experiment(request: RunRequest) -> None:
         raise typer.Exit(1)
 
 
-def _run_study(request: RunRequest, no_gaps: bool, resume: bool, resume_dir: Path | None) -> None:
+def _run_study(
+    request: RunRequest,
+    no_gaps: bool,
+    resume: bool,
+    resume_dir: Path | None,
+    retry_failed: bool = False,
+) -> None:
     """Run a study (each experiment in its own subprocess) and print its summary table."""
     from llenergymeasure._api import run_loaded_study
     from llenergymeasure.cli.progress_bars import CliProgress
@@ -252,6 +275,7 @@ def _run_study(request: RunRequest, no_gaps: bool, resume: bool, resume_dir: Pat
             resume=resume or resume_dir is not None,
             resume_dir=resume_dir,
             no_gaps=no_gaps,
+            retry_failed=retry_failed,
         )
     except Interrupted as stop:  # a signal: show what finished, say how to go on
         progress.close()

@@ -3,8 +3,18 @@
 How: the session opens a window over ``duration_s`` seconds of doing nothing (the parent
 sleeps; the sampler keeps sampling) and divides the GPU energy (counter, or polled where there
 is no counter) by the duration, per GPU. The result is cached on disk (platformdirs user cache
-dir, or a given path) keyed by the sorted UUIDs of the GPUs in use and whether a CUDA compute
-context was open on them (``baseline_key``), for ``cache_ttl_s``.
+dir, or a given path) keyed by the node's host name, the sorted UUIDs of the GPUs in use and
+whether a CUDA compute context was open on them (``baseline_key``), for ``cache_ttl_s``.
+
+Per node: on a cluster the cache file usually sits in a home directory shared by every node,
+and a study's experiments run on whichever node Slurm gives them. A GPU UUID alone already
+names one physical GPU, but idle power also depends on the node around it (fans, other
+jobs, driver and persistence settings), so the key starts with the host name: an experiment
+on a node without a fresh baseline of its own GPUs measures one. Concurrent jobs may write
+the file at once: each writes its own temporary file and the read-modify-replace is held
+under an advisory lock (``<file>.lock``), so no entry is half-written; a writer that cannot
+lock (no flock on that file system) still replaces atomically and at worst loses another's
+entry, which is then measured again.
 
 Context and clock state: "idle" is not one state. On an H100 with no CUDA context open the
 GPU drops to 345 MHz SM clock and draws ~73 W; as soon as any process holds a context (torch
@@ -28,11 +38,13 @@ When it comes out negative it is clamped to 0 with a note; the gross figure is a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from llenergymeasure.core.energy.quality import BASELINE_SETTLED_PCT
@@ -61,14 +73,17 @@ def default_cache_path() -> Path:
     return Path(platformdirs.user_cache_dir("llenergymeasure")) / CACHE_FILE
 
 
-def baseline_key(uuids: Sequence[str], context_open: bool | None) -> str:
-    """Cache key: the sorted GPU UUIDs, then ``|context``, ``|no-context`` or ``|unknown``.
+def baseline_key(uuids: Sequence[str], context_open: bool | None, host: str | None = None) -> str:
+    """Cache key: ``<host>/`` (when given), the sorted GPU UUIDs, then ``|context``,
+    ``|no-context`` or ``|unknown``.
 
     ``context_open``: whether any process held a CUDA compute context on those GPUs when the
-    baseline was (to be) measured; None when NVML could not say.
+    baseline was (to be) measured; None when NVML could not say. ``host``: the node
+    (`socket.gethostname`), so that a cache shared by a cluster's nodes keeps them apart.
     """
     state = "unknown" if context_open is None else "context" if context_open else "no-context"
-    return ",".join(sorted(uuids)) + "|" + state
+    prefix = f"{host}/" if host else ""
+    return prefix + ",".join(sorted(uuids)) + "|" + state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,13 +162,37 @@ class BaselineCache:
         return baseline.model_copy(update={"cached": True})
 
     def put(self, baseline: IdleBaseline) -> None:
-        """Store a baseline (atomic replace of the whole file)."""
-        data = self._load()
-        data[baseline.key] = baseline.model_copy(update={"cached": False}).model_dump(mode="json")
+        """Store a baseline (atomic replace of the whole file, under the file's lock)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        with _locked(self.path.with_name(self.path.name + ".lock")):
+            data = self._load()
+            entry = baseline.model_copy(update={"cached": False}).model_dump(mode="json")
+            data[baseline.key] = entry
+            tmp = self.path.with_name(f".{self.path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (blocking: writers hold it for milliseconds);
+    without flock (another OS, a file system without locks) go on unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def adjust_for_idle(

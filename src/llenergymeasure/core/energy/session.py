@@ -21,6 +21,7 @@ attribution, which runs after the window. Without a trace each report carries
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -353,7 +354,7 @@ class EnergySession:
         cache = BaselineCache(settings.cache_path, settings.cache_ttl_s)
         processes = self._compute_processes(plan)
         context_open = None if processes is None else processes > 0
-        key = baseline_key([d.uuid for d in plan.gpus], context_open)
+        key = baseline_key([d.uuid for d in plan.gpus], context_open, socket.gethostname())
         self.baseline = cache.get(key) or self._measure_idle(key, settings.duration_s, processes)
         if not self.baseline.cached:
             cache.put(self.baseline)
