@@ -1,7 +1,8 @@
 """Print the short table that ends a GPU acceptance run (benchmarks/gpu_acceptance.sh).
 
 Reads what the run left in OUT_DIR (energy.json, experiment.json, harness.json,
-launcher_tax.json, study/, pytest_gpu.log, vllm_<max_num_seqs>.json) and prints one line per check with its target. Parts that did not run are
+launcher_tax.json, study/, pytest_gpu.log, vllm_<max_num_seqs>.json, sensor_profile.json,
+phases/phase_energy.json) and prints one line per check with its target. Parts that did not run are
 listed as "not run", never as passed.
 
     python benchmarks/acceptance_table.py OUT_DIR
@@ -244,6 +245,42 @@ def vllm_rows(out: Path) -> list[Row]:
     return rows
 
 
+def sensor_rows(data: Any) -> list[Row]:
+    """benchmarks/gpu_sensor_characterise.py: each signal's update period, delay, window."""
+    if data is None:
+        return [("sensor characterisation", "not run", "", "")]
+    rows: list[Row] = []
+    for name, prof in (data.get("profiles") or {}).items():
+        for sig, s in (prof.get("signals") or {}).items():
+
+            def ms(key: str, s: dict[str, Any] = s) -> str:
+                v = s.get(key)
+                return "-" if v is None else f"{1e3 * v:.1f}"
+
+            rows.append(
+                (
+                    f"sensor {name} {sig} (update/delay/window ms)",
+                    f"{ms('update_period_s')}/{ms('delay_s')}/{ms('averaging_window_s')}",
+                    "measured",
+                    "trusted for phases" if s.get("trusted_for_phases") else "",
+                )
+            )
+    return rows or [("sensor characterisation", "no signal fitted", "", "MISSED")]
+
+
+def phases_rows(data: Any) -> list[Row]:
+    """benchmarks/gpu_phase_energy.py: its checks, one row each (targets in the names)."""
+    if data is None:
+        return [("energy by phase", "not run", "", "")]
+    rows: list[Row] = []
+    for c in data.get("checks", []):
+        ok = c.get("ok")
+        rows.append(
+            (c["check"], str(c["value"])[:90], "see name", "" if ok is None else _status(ok))
+        )
+    return rows or [("energy by phase", "no checks", "", "MISSED")]
+
+
 def main(argv: list[str]) -> int:
     """Print the table; exit 1 when a check with a target missed it."""
     out = Path(argv[1] if len(argv) > 1 else "results/gpu_acceptance")
@@ -255,6 +292,8 @@ def main(argv: list[str]) -> int:
         *launcher_rows(_load(out / "launcher_tax.json")),
         *study_rows(out),
         *vllm_rows(out),
+        *sensor_rows(_load(out / "sensor_profile.json")),
+        *phases_rows(_load(out / "phases" / "phase_energy.json")),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     print("\nGPU acceptance summary")

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # One GPU acceptance check in one call: GPU test suite, energy meter accuracy/overhead,
-# experiments through the tool, harness tax, launcher tax, a study and vLLM; prints a short table last.
+# experiments through the tool, harness tax, launcher tax, a study, vLLM, the sensor characterisation
+# and energy by phase; prints a short table last.
 # Usage (GPU machine, repo root):  benchmarks/gpu_acceptance.sh [quick|full] [OUT_DIR] [PARTS]
-#   PARTS: comma list of tests,energy,experiment,harness,launcher,study,vllm (default: all)
+#   PARTS: comma list of tests,energy,experiment,harness,launcher,study,vllm,sensor,phases
+#   (default: all)
+#   sensor: gpu_sensor_characterise.py --quick (~2 min): how each power signal follows a
+#   square-wave load; merged into OUT_DIR/sensor_profiles.json (a copy of the bundled file)
+#   phases: gpu_phase_energy.py (quick ~1.5 min, full ~3 min): energy by phase / per request
+#   and the counter trace's cost, with that profiles file, its trace cost merged into it.
+#   Copy OUT_DIR/sensor_profiles.json to src/llenergymeasure/core/energy/ afterwards.
 #   vllm: benchmarks/gpu_vllm.py once per max_num_seqs in $LLEM_VLLM_SEQS (default "64 256",
 #   ~8 min each on an H200 incl. engine start; $LLEM_VLLM_ARGS is passed on, e.g. "--budget-s
 #   420" to leave room in a 9-minute call); skipped with a message when vllm does not
@@ -12,7 +19,7 @@
 set -u
 mode=${1:-quick}
 out=${2:-results/gpu_acceptance}
-parts=${3:-tests,energy,experiment,harness,launcher,study,vllm}
+parts=${3:-tests,energy,experiment,harness,launcher,study,vllm,sensor,phases}
 work=${LLEM_ACCEPT_WORK:-$out/work}
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
@@ -53,5 +60,20 @@ if has vllm; then
   else
     echo "vllm part skipped: vllm is not importable here (see ../shared/device/vllm_chunks.sh)" | tee -a "$log"
   fi
+fi
+profiles="$out/sensor_profiles.json"
+if { has sensor || has phases; } && [ ! -f "$profiles" ]; then
+  cp src/llenergymeasure/core/energy/sensor_profiles.json "$profiles"
+fi
+if has sensor; then
+  python3 benchmarks/gpu_sensor_characterise.py --quick --out "$work/sensor" --merge-into "$profiles" \
+    > "$out/sensor.log" 2>&1
+  tail -8 "$out/sensor.log" | tee -a "$log"
+  cp "$work/sensor/sensor_profile.json" "$out/sensor_profile.json" 2>/dev/null
+fi
+if has phases; then
+  python3 benchmarks/gpu_phase_energy.py $q --profiles "$profiles" --merge-into "$profiles" \
+    --out "$out/phases" > "$out/phases.log" 2>&1
+  tail -14 "$out/phases.log" | tee -a "$log"
 fi
 python3 benchmarks/acceptance_table.py "$out" | tee "$out/acceptance_table.txt"

@@ -1,197 +1,444 @@
-"""Energy by phase and per request on a GPU: the acceptance check of the phase regression.
+"""Energy by phase and per request on a GPU: the acceptance check, through the tool's own path.
 
-SKETCH, NOT YET RUN ON A GPU. It works without the orchestrator: the counter (and the power
-fields) are read in spawned processes (``gpu_sensor_characterise.reader``), token times come
-from the tool's ``StepRecorder`` (CUDA events; docs/measurement.md section 9) on a
-``time.monotonic`` token clock, and the analysis is ``core/energy/phases.py`` and
-``core/energy/per_request.py``. Three windows of static batches (random-weight
-Llama-3.2-1B shape, bf16, cuda:0), each at least ``--window-s``:
+What runs is what ``llem run`` runs after the window: the ``EnergySession`` with its counter
+tracer (``core/energy/counter_trace.py``: the energy counter read every ~4 ms, dithered,
+in a spawned process, only while a window is open), the ``StepRecorder`` of the pytorch
+backend (CUDA events per decode step) and the attribution the orchestrator calls
+(``orchestration/phase_energy.attribute_window``: the phase regression, the fine-signal
+estimate where the sensor profile trusts one, the per-request model). The model is the
+random-weight Llama-3.2-1B shape (bf16, cuda:0), driven by ``generate`` with the recorder
+as a stopping criterion, exactly as the backend does it. Parts, each reporting its own
+error instead of stopping the script:
 
-- ``mixed``: prompts of 128-384 tokens, ``--new-tokens`` (128) new tokens;
-- ``prefill_only``: the same prompts, max_new_tokens=1 (many short batches);
-- ``decode_heavy``: the same prompts, 4x the new tokens.
+- ``windows``: three windows of static batches (batch ``--batch``, prompts of 256-1536
+  tokens, a random 0-20 ms host pause after some batches so that the phases' shares differ
+  between counter intervals):
+  ``mixed`` (``--new-tokens``, 32), ``prefill_only`` (max_new_tokens=1, many batches) and
+  ``decode_heavy`` (4x the new tokens);
+- ``overhead``: what the trace costs the workload: alternated pairs (ABBA order) of the same
+  batch-1 decode run with and without the tracer reading, throughput ratio on/off (median
+  and bootstrap 95 % CI over pairs);
+- ``checks``: the acceptance lines: per window, the phase model's sum vs the window's
+  counter energy (``residual_pct``, target |.| < 1 %) and the per-request sum; prefill
+  J/token of ``mixed`` vs ``prefill_only`` and decode J/token of ``mixed`` vs
+  ``decode_heavy`` (within 10 % or within the CIs).
 
-Prompt lengths vary and a random 0-20 ms pause follows some batches, so that the phases'
-shares differ between counter intervals (a workload in lock-step with the counter's period
-is not identifiable). Checks printed at the end: the model's phases sum to the window's
-counter energy within 1 % (``residual_pct``); the mixed window's prefill J/token agrees with
-the prefill-only window's within 10 % or within the CIs, and decode J/token with the
-decode-heavy window's; per-request energies sum to the window's counter energy.
+Output: ``--out DIR/phase_energy.json`` and the printed lines. ``--merge-into PROFILES`` writes
+the measured trace cost (``SensorProfile.counter_trace_cost``) into this GPU model's entry of
+a ``sensor_profiles.json`` (``--profiles`` is read for the sensor characterisation; default
+the bundled one). ``--fake``: the same pipeline on the fake NVML without a GPU (a planned
+workload that sleeps; the fake GPU draws 600 W in prefill, 400 W in decode, 150 W else).
 
-    PYTHONPATH=src python benchmarks/gpu_phase_energy.py [--quick] [--out DIR]
+    PYTHONPATH=src python benchmarks/gpu_phase_energy.py --quick --out DIR     # ~1.5 min
+    PYTHONPATH=src python benchmarks/gpu_phase_energy.py --out DIR             # ~3 min
+    PYTHONPATH=src python benchmarks/gpu_phase_energy.py --fake --quick --out /tmp/x
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
+import math
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
-import gpu_energy  # type: ignore[import-not-found]  # benchmarks/ sibling
-import gpu_sensor_characterise as sensor  # type: ignore[import-not-found]
 import numpy as np
+from bench_stats import median_ci
 
 from llenergymeasure.core.energy._nvml import nvml
-from llenergymeasure.core.energy.intervals import counter_intervals
-from llenergymeasure.core.energy.per_request import per_request_energy
-from llenergymeasure.core.energy.phases import fine_signal_estimate, phase_energy_report
-from llenergymeasure.core.energy.sensor_profiles import choose_method, profile_for
-from llenergymeasure.core.energy.step_records import static_batch_spans, static_batch_steps
-from llenergymeasure.core.latency import make_step_recorder
-from llenergymeasure.core.latency_clock import TokenClock
+from llenergymeasure.core.energy.counter_trace import PhaseTraceSettings
+from llenergymeasure.core.energy.sensor_profiles import (
+    load_profiles_from,
+    merge_profiles,
+    profile_for,
+    trace_is_free,
+)
+from llenergymeasure.core.energy.session import EnergySession
+from llenergymeasure.domain.phases import SensorProfile, TraceCost
+from llenergymeasure.orchestration.phase_energy import attribute_window
+
+WINDOWS = ("mixed", "prefill_only", "decode_heavy")
+FAKE_W = {"prefill": 600.0, "decode": 400.0}
+FAKE_OTHER_W = 150.0
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="12 s windows")
-    p.add_argument("--window-s", type=float, default=None, help="default 30 (quick: 12)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--quick", action="store_true", help="shorter windows, 3 overhead pairs")
+    p.add_argument("--window-s", type=float, default=None, help="mixed/decode_heavy (25; quick 12)")
+    p.add_argument("--prefill-window-s", type=float, default=None, help="default 12 (quick 10)")
+    p.add_argument("--pairs", type=int, default=None, help="overhead pairs (6; quick 3)")
+    p.add_argument(
+        "--pair-s", type=float, default=None, help="seconds per overhead run (4; quick 3)"
+    )
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--parts", default="windows,overhead", help="comma list: windows,overhead")
+    p.add_argument("--profiles", type=Path, default=None, help="sensor_profiles.json to use")
+    p.add_argument("--merge-into", type=Path, default=None, help="write the trace cost here")
     p.add_argument("--out", type=Path, default=Path("results/gpu_phase_energy"))
-    args = p.parse_args()
-    args.window_s = args.window_s or (12.0 if args.quick else 30.0)
+    p.add_argument("--fake", action="store_true", help="fake NVML, no GPU: checks the script")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=220.0,
+        help="stop adding overhead pairs when the run would pass this (s)",
+    )
+    args = p.parse_args(argv)
+    args.window_s = args.window_s or (12.0 if args.quick else 25.0)
+    args.prefill_window_s = args.prefill_window_s or (10.0 if args.quick else 12.0)
+    args.pairs = args.pairs or (3 if args.quick else 6)
+    args.pair_s = args.pair_s or (3.0 if args.quick else 4.0)
     return args
 
 
-def run_window(model: Any, args: argparse.Namespace, name: str, new_tokens: int, rng: Any) -> dict[str, Any]:  # fmt: skip
-    """Static batches for at least ``window_s``; the window edges and every request's timing."""
-    import torch
-    from transformers import StoppingCriteriaList
+# --- workloads ----------------------------------------------------------------------------
+class GpuWorkload:
+    """The 1B Llama on cuda:0, generate with the tool's StepRecorder (CUDA events)."""
 
-    clock = TokenClock(time.monotonic)  # the readers' clock
-    recorder = make_step_recorder(clock, "cuda:0")
-    gpu_energy.generate_once(model, args.batch, 256, new_tokens)  # warm-up, outside the window
-    torch.cuda.synchronize()
-    t0 = time.monotonic()
-    k = 0
-    while time.monotonic() < t0 + args.window_s:
-        n_in = int(rng.integers(128, 385))
-        ids = torch.randint(3, 32000, (args.batch, n_in), device="cuda")
-        rids = [f"{name}-b{k}-r{i}" for i in range(args.batch)]
-        recorder.begin_batch(rids, [n_in] * args.batch)
-        with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           pad_token_id=0, stopping_criteria=StoppingCriteriaList([recorder]))  # fmt: skip
-        recorder.end_batch([new_tokens] * args.batch)
-        if rng.random() < 0.3:
-            time.sleep(float(rng.uniform(0.0, 0.02)))
-        k += 1
-    torch.cuda.synchronize()
-    return {"name": name, "window": (t0, time.monotonic()), "timings": clock.finish()}
+    def __init__(self) -> None:
+        import gpu_energy  # type: ignore[import-not-found]  # benchmarks/ sibling
+        import torch
 
+        self.torch = torch
+        self.model = gpu_energy.build_llama()
+        self.device = "cuda:0"
 
-def start_readers(fake: Any = None) -> tuple[Any, list[Any], list[Any]]:
-    """The counter reader and the power reader processes (gpu_sensor_characterise.reader)."""
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    procs, pipes = [], []
-    for i, kind in enumerate(("counter", "power")):
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=sensor.reader, args=(kind, 0, fake, stop, child, 100 + i))
-        proc.start()
-        procs.append(proc)
-        pipes.append(parent)
-    for parent in pipes:
-        if not parent.poll(120) or parent.recv() != "ready":
-            raise RuntimeError("a reader process did not start")
-    return stop, procs, pipes
+    def sync(self) -> None:
+        self.torch.cuda.synchronize()
 
+    def warm(self, batch: int, n_in: int, new_tokens: int) -> None:
+        self._generate(batch, n_in, new_tokens, None)
+        self.sync()
 
-def stop_readers(stop: Any, procs: list[Any], pipes: list[Any]) -> dict[str, np.ndarray]:
-    stop.set()
-    raw: dict[str, np.ndarray] = {}
-    for parent, proc in zip(pipes, procs, strict=True):
-        raw.update(parent.recv())
-        proc.join(timeout=10)
-    return raw
+    def run(self, name: str, seconds: float, batch: int, new_tokens: int, rng: Any,
+            pauses: bool = True) -> list[Any]:  # fmt: skip
+        """Static batches for ``seconds``; the requests' timings (perf_counter clock)."""
+        from llenergymeasure.core.latency import make_step_recorder
+        from llenergymeasure.core.latency_clock import TokenClock
+
+        clock = TokenClock()
+        recorder = make_step_recorder(clock, self.device)
+        end = time.perf_counter() + seconds
+        k = 0
+        while time.perf_counter() < end:
+            n_in = int(rng.integers(256, 1537)) if pauses else 128
+            rids = [f"{name}-b{k}-r{i}" for i in range(batch)]
+            recorder.begin_batch(rids, [n_in] * batch)
+            self._generate(batch, n_in, new_tokens, recorder)
+            recorder.end_batch([new_tokens] * batch)
+            if pauses and rng.random() < 0.3:
+                time.sleep(float(rng.uniform(0.0, 0.02)))
+            k += 1
+        return clock.finish()
+
+    def _generate(self, batch: int, n_in: int, new_tokens: int, recorder: Any) -> None:
+        from transformers import StoppingCriteriaList
+
+        torch = self.torch
+        ids = torch.randint(3, 32000, (batch, n_in), device=self.device)
+        criteria = StoppingCriteriaList([recorder]) if recorder is not None else None
+        with torch.inference_mode():
+            self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                do_sample=False, pad_token_id=0, stopping_criteria=criteria)  # fmt: skip
 
 
-def analyse(run: dict[str, Any], raw: dict[str, np.ndarray], gpu_name: str) -> dict[str, Any]:
-    """Phase report (with the fine-signal estimate) and per-request energy of one window."""
-    choice = choose_method(profile_for(gpu_name))
-    counter = raw["energy_counter"]
-    iv = counter_intervals(counter[:, 0], counter[:, 2], counter[:, 1])
-    window, timings = run["window"], run["timings"]
-    spans, steps = static_batch_spans(timings), static_batch_steps(timings)
-    rep = phase_energy_report(iv, spans, window, delay_s=choice.counter_delay_s,
-                              averaging_window_s=choice.counter_window_s,
-                              sensor_profile=choice.profile)  # fmt: skip
-    instant = raw.get("power_instant")
-    if instant is not None and instant.shape[0] > 100:
-        mid = instant[:, 0] + instant[:, 1] / 2
-        rep.fine_signal = fine_signal_estimate(mid, instant[:, 2], spans, window,
-                                               delay_s=choice.fine_delay_s,
-                                               counter_energy_j=rep.counter_energy_j)  # fmt: skip
-        if choice.fine_signal is None:
-            rep.notes.append("fine signal computed for comparison; the profile does not trust it")
-    out_tokens = {f"r{i}": t.output_tokens for i, t in enumerate(timings)}
-    per = per_request_energy(iv, steps, window, output_tokens=out_tokens,
-                             delay_s=choice.counter_delay_s,
-                             averaging_window_s=choice.counter_window_s, keep_requests=False)  # fmt: skip
-    return {"name": run["name"], "method_choice": choice.reason, "phases": rep.model_dump(mode="json"),
-            "per_request": per.model_dump(mode="json")}  # fmt: skip
+class FakeWorkload:
+    """--fake: batches planned in advance (testing.plan_static_batches) that the fake GPU
+    'runs' (draws their power) whether or not anyone waits; ``run`` sleeps through them."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from llenergymeasure.testing import (
+            FakeDevice,
+            FakeNVML,
+            plan_static_batches,
+            planned_spans,
+            power_schedule_from_spans,
+        )
+
+        origin = time.monotonic()
+        # one plan segment per part, in the order the script runs them (keyed by new tokens),
+        # each with some slack: a segment starts when the script reaches it (warm)
+        segments = [(args.new_tokens, args.window_s), (1, args.prefill_window_s),
+                    (4 * args.new_tokens, args.window_s), (64, 2 * args.pairs * args.pair_s)]  # fmt: skip
+        self.plans: dict[int, list[Any]] = {}
+        t = origin + 4.0  # the session's sampler and tracer start first
+        for new_tokens, seconds in segments:
+            slack = min(5.0, max(0.8, seconds / 2))
+            plan = plan_static_batches(
+                t, seconds + slack, seed=new_tokens, batch=4, input_tokens=(256, 1536),
+                output_tokens=(new_tokens, new_tokens), step_s=0.012,
+            )  # fmt: skip
+            self.plans[new_tokens] = plan
+            t = plan[-1].end_s + 0.5
+        self.t_next = {k: v[0].start_s for k, v in self.plans.items()}
+        spans = [sp for plan in self.plans.values() for sp in planned_spans(plan)]
+        power = power_schedule_from_spans(spans, FAKE_W, FAKE_OTHER_W, origin, noise_w=20.0,
+                                          segment_s=0.01, seed=1)  # fmt: skip
+        self.fake = FakeNVML([FakeDevice("GPU-fake-0", name="Fake GPU", power_w=power,
+                                         counter_period_s=0.1002, counter_phase_s=0.031,
+                                         counter_jitter_s=0.002, counter_delay_s=0.01)])  # fmt: skip
+        self.fake.t0_s = origin
+
+    def sync(self) -> None:
+        return None
+
+    def warm(self, batch: int, n_in: int, new_tokens: int) -> None:
+        """Wait until the plan of this kind runs (its power is then drawn during the window)."""
+        start = self.t_next[new_tokens]
+        time.sleep(max(0.0, start - time.monotonic()))
+
+    def run(self, name: str, seconds: float, batch: int, new_tokens: int, rng: Any,
+            pauses: bool = True) -> list[Any]:  # fmt: skip
+        from llenergymeasure.core.metrics import RequestTiming
+
+        now = time.monotonic()
+        plan = [b for b in self.plans[new_tokens] if b.end_s > now]
+        timings = []
+        for b in plan:
+            if b.start_s > now + seconds:
+                break
+            time.sleep(max(0.0, b.end_s - time.monotonic()))
+            timings += [RequestTiming(b.start_s, b.token_times_s, n, b.output_tokens)
+                        for n in b.input_tokens]  # fmt: skip
+        return timings
 
 
-def agree(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
-    """'ok' when two J/token estimates are within 10 % or their CIs overlap."""
+# --- parts --------------------------------------------------------------------------------
+def run_windows(args: argparse.Namespace, work: Any, session: EnergySession, rng: Any) -> dict[str, Any]:  # fmt: skip
+    """The three windows through the session and the attribution."""
+    results: dict[str, Any] = {}
+    plan = {"mixed": (args.window_s, args.new_tokens), "prefill_only": (args.prefill_window_s, 1),
+            "decode_heavy": (args.window_s, 4 * args.new_tokens)}  # fmt: skip
+    for name, (seconds, new_tokens) in plan.items():
+        try:
+            work.warm(args.batch, 512, new_tokens)
+            session.begin_window(name, sync=work.sync)
+            timings = work.run(name, seconds, args.batch, new_tokens, rng)
+            report = session.end_window(name, sync=work.sync)
+            trace = session.window_trace(name)
+            if trace is None:
+                raise RuntimeError(f"no counter trace: {session.trace_off_reason}")
+            t_attr = time.perf_counter()
+            by_device = {k: v for m in report.measurements if m.method == "counter"
+                         for k, v in m.energy_j_by_device.items()}  # fmt: skip
+            phases, per = attribute_window(trace, timings, [], timing_method="cuda_events",
+                                           edge_energy_j_by_device=by_device,
+                                           keep_requests=False)  # fmt: skip
+            results[name] = {
+                "n_requests": len(timings), "new_tokens": new_tokens,
+                "window_s": report.duration_s, "gpu_energy_j": report.gpu_energy_j,
+                "attribution_s": time.perf_counter() - t_attr,
+                "phases": phases.model_dump(mode="json"),
+                "per_request": per.model_dump(mode="json"),
+            }  # fmt: skip
+        except Exception:
+            results[name] = {"error": traceback.format_exc()}
+            print(f"window {name} failed:\n{results[name]['error']}", flush=True)
+    return results
+
+
+def run_overhead(
+    args: argparse.Namespace, work: Any, session: EnergySession, t_start: float
+) -> dict[str, Any]:
+    """Alternated on/off runs of a batch-1 decode workload (ABBA), the tracer reading or not;
+    fewer pairs when ``--budget-s`` would be passed (at least 2)."""
+    tracer = session.tracer
+    if tracer is None:
+        return {"error": f"no tracer: {session.trace_off_reason}"}
+    rng = np.random.default_rng(1)
+    work.warm(1, 128, 64)
+    runs: list[dict[str, Any]] = []
+    n_pairs = 0
+    for k in range(args.pairs):
+        left = args.budget_s - (time.monotonic() - t_start)
+        if k >= 2 and left < 2.6 * args.pair_s + 10.0:
+            break
+        n_pairs += 1
+        order = ("on", "off") if k % 2 == 0 else ("off", "on")
+        for mode in order:
+            work.sync()
+            if mode == "on":
+                tracer.begin()
+            t0 = time.perf_counter()
+            timings = work.run("ovh", args.pair_s, 1, 64, rng, pauses=False)
+            work.sync()
+            dt = time.perf_counter() - t0
+            reads = None
+            if mode == "on":
+                dev = next(iter(tracer.end(time.monotonic()).values()))
+                reads = dev.mean_interval_s
+            tokens = sum(t.output_tokens for t in timings)
+            runs.append(
+                {"pair": k, "mode": mode, "tok_per_s": tokens / dt, "read_interval_s": reads}
+            )
+    ratios = []
+    for k in range(n_pairs):
+        on = next(r["tok_per_s"] for r in runs if r["pair"] == k and r["mode"] == "on")
+        off = next(r["tok_per_s"] for r in runs if r["pair"] == k and r["mode"] == "off")
+        ratios.append(on / off)
+    lo, hi = median_ci(ratios) if len(ratios) >= 2 else (math.nan, math.nan)
+    intervals = [r["read_interval_s"] for r in runs if r["read_interval_s"]]
+    return {"workload": "llama-3.2-1b shape bf16, batch 1, 128 prompt, 64 new tokens, "
+                        f"{args.pair_s:g} s per run" + (" (fake)" if args.fake else ""),
+            "runs": runs, "ratios": ratios, "median_ratio": float(np.median(ratios)),
+            "median_ratio_ci95": [lo, hi],
+            "read_interval_s": float(np.mean(intervals)) if intervals else None}  # fmt: skip
+
+
+# --- checks -------------------------------------------------------------------------------
+def agree(a: dict[str, Any] | None, b: dict[str, Any] | None) -> tuple[bool | None, str]:
+    """(ok, text): two J/token estimates within 10 % or with overlapping CIs."""
     if not a or not b:
-        return "not measured"
+        return None, "not measured"
     close = abs(a["value"] - b["value"]) <= 0.1 * abs(b["value"])
-    overlap = a["ci_low"] <= b["ci_high"] and b["ci_low"] <= a["ci_high"]
-    return f"{'ok' if close or overlap else 'FAIL'} ({a['value']:.4g} vs {b['value']:.4g} J/token)"
+    ci = all(a.get(k) is not None and b.get(k) is not None for k in ("ci_low", "ci_high"))
+    overlap = ci and a["ci_low"] <= b["ci_high"] and b["ci_low"] <= a["ci_high"]
+    diff = 100 * (a["value"] - b["value"]) / b["value"]
+    text = (f"{1e3 * a['value']:.4g} [{_ci_ms(a)}] vs {1e3 * b['value']:.4g} [{_ci_ms(b)}] "
+            f"mJ/token ({diff:+.1f} %)")  # fmt: skip
+    return bool(close or overlap), text
 
 
-def checks(results: dict[str, dict[str, Any]]) -> list[str]:
-    """The acceptance lines (see the module docstring)."""
+def _ci_ms(e: dict[str, Any]) -> str:
+    if e.get("ci_low") is None or e.get("ci_high") is None:
+        return "-"
+    return f"{1e3 * e['ci_low']:.4g}, {1e3 * e['ci_high']:.4g}"
+
+
+def checks(windows: dict[str, Any]) -> list[dict[str, Any]]:
+    """The acceptance checks (module docstring), one dict each: name, ok, value."""
+    out: list[dict[str, Any]] = []
 
     def jpt(window: str, phase: str) -> dict[str, Any] | None:
-        pe = results[window]["phases"]["phases"].get(phase) or {}
-        return pe.get("j_per_token")
+        w = windows.get(window) or {}
+        return (((w.get("phases") or {}).get("phases") or {}).get(phase) or {}).get("j_per_token")
 
-    lines = []
-    for name, r in results.items():
-        res, per = r["phases"].get("residual_pct"), r["per_request"]
-        res_txt = (
-            "not measured" if res is None else f"{res:+.2f} % ({'ok' if abs(res) < 1 else 'FAIL'})"
-        )
-        lines.append(
-            f"{name}: phases vs counter {res_txt}; {r['phases'].get('not_measured') or ''}"
-        )
+    for name in WINDOWS:
+        w = windows.get(name) or {}
+        ph, per = w.get("phases") or {}, w.get("per_request") or {}
+        res = ph.get("residual_pct")
+        why = w.get("error", "").strip().splitlines()[-1:] or [ph.get("not_measured")]
+        edge, total = ph.get("edge_counter_energy_j"), ph.get("counter_energy_j")
+        vs_edge = (f"; phases {total:.1f} J vs edge reads {edge:.1f} J ({100 * (total - edge) / edge:+.2f} %)"
+                   if edge and total else "")  # fmt: skip
+        out.append({"check": f"{name}: phase model vs counter energy (|.| < 1 %)",
+                    "ok": None if res is None else abs(res) < 1.0,
+                    "value": f"{res:+.3f} %{vs_edge}" if res is not None else f"not measured: {why[0]}",
+                    "phases": {k: (v.get("energy_j") or {}).get("value")
+                               for k, v in (ph.get("phases") or {}).items()},
+                    "counter_energy_j": ph.get("counter_energy_j"),
+                    "edge_counter_energy_j": ph.get("edge_counter_energy_j")})  # fmt: skip
+        fine = ph.get("fine_signal") or {}
+        if fine and not fine.get("not_measured"):
+            parts = []
+            for phase in ("prefill", "decode"):
+                f = ((fine.get("phases") or {}).get(phase) or {}).get("j_per_token")
+                r = ((ph.get("phases") or {}).get(phase) or {}).get("j_per_token")
+                if f and r:
+                    parts.append(
+                        f"{phase} {1e3 * f['value']:.4g} vs regression {1e3 * r['value']:.4g} mJ/token"
+                    )
+            out.append({"check": f"{name}: second estimate, {fine['signal']} integrated over the phases",
+                        "ok": None, "value": "; ".join(parts)
+                        + f"; total vs counter {fine.get('vs_counter_pct') or 0:+.2f} %"})  # fmt: skip
         if per.get("sum_energy_j") is not None:
             gap = per["sum_energy_j"] - per["counter_energy_j"]
-            lines.append(f"{name}: per-request sum - counter = {gap:+.3g} J; terms {per['terms']}")
-    lines.append("prefill J/token mixed vs prefill_only: " + agree(jpt("mixed", "prefill"), jpt("prefill_only", "prefill")))  # fmt: skip
-    lines.append("decode J/token mixed vs decode_heavy: " + agree(jpt("mixed", "decode"), jpt("decode_heavy", "decode")))  # fmt: skip
-    return lines
+            out.append({"check": f"{name}: per-request energies sum to the window energy",
+                        "ok": abs(gap) <= 1e-6 * abs(per["counter_energy_j"]),
+                        "value": f"sum - counter = {gap:+.3g} J; model miss before rescaling "
+                                 f"{per.get('residual_pct') or 0:+.2f} %; terms {per['terms']}; "
+                                 f"mean/p50/p99 {per['mean_j']:.4g}/{per['p50_j']:.4g}/"
+                                 f"{per['p99_j']:.4g} J"})  # fmt: skip
+        else:
+            out.append({"check": f"{name}: per-request energies sum to the window energy",
+                        "ok": None, "value": f"not measured: {per.get('not_measured')}"})  # fmt: skip
+    for phase, other in (("prefill", "prefill_only"), ("decode", "decode_heavy")):
+        ok, text = agree(jpt("mixed", phase), jpt(other, phase))
+        out.append({"check": f"{phase} J/token: mixed vs {other} (10 % or CIs)", "ok": ok,
+                    "value": text})  # fmt: skip
+    return out
 
 
-def main() -> None:
-    args = parse_args()
+def overhead_check(overhead: dict[str, Any]) -> dict[str, Any]:
+    if "median_ratio" not in overhead:
+        return {"check": "counter trace on/off throughput", "ok": None,
+                "value": f"not measured: {str(overhead.get('error', '')).strip().splitlines()[-1:]}"}  # fmt: skip
+    lo, hi = overhead["median_ratio_ci95"]
+    return {"check": "counter trace on/off throughput (median >= 0.99)",
+            "ok": overhead["median_ratio"] >= 0.99,
+            "value": f"{overhead['median_ratio']:.4f} [{lo:.4f}, {hi:.4f}] over "
+                     f"{len(overhead['ratios'])} pairs, reads every "
+                     f"{1e3 * (overhead['read_interval_s'] or math.nan):.2f} ms"}  # fmt: skip
+
+
+def merge_trace_cost(path: Path, gpu_name: str, overhead: dict[str, Any], quick: bool) -> None:
+    """Write the measured trace cost into ``gpu_name``'s entry of a profiles file."""
+    base = json.loads(path.read_text()) if path.exists() else {"schema_version": 1, "profiles": {}}
+    table = load_profiles_from(path) if path.exists() else {}
+    current = table.get(gpu_name) or SensorProfile(gpu_name=gpu_name)
+    lo, hi = overhead["median_ratio_ci95"]
+    cost = TraceCost(throughput_ratio=overhead["median_ratio"],
+                     ci_low=None if math.isnan(lo) else lo, ci_high=None if math.isnan(hi) else hi,
+                     n_pairs=len(overhead["ratios"]), workload=overhead["workload"],
+                     read_interval_s=overhead["read_interval_s"],
+                     measured_with="benchmarks/gpu_phase_energy.py" + (" --quick" if quick else ""))  # fmt: skip
+    profile = current.model_copy(update={"gpu_name": gpu_name, "counter_trace_cost": cost})
+    doc = {"schema_version": 1, "profiles": {gpu_name: profile.model_dump(mode="json")}}
+    path.write_text(json.dumps(merge_profiles(base, doc), indent=2) + "\n")
+
+
+# --- main ---------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    parts = set(args.parts.split(","))
+    t_start = time.monotonic()
+    out: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "errors": {}}
+    work: Any = FakeWorkload(args) if args.fake else None
+    if work is not None:
+        nvml.lib = work.fake
     nvml.init()
     gpu_name = nvml.name(nvml.handle_by_index(0))
-    model = gpu_energy.build_llama()
+    out["gpu"] = gpu_name
+    profiles = load_profiles_from(args.profiles) if args.profiles else None
+    profile = profile_for(gpu_name, profiles)
+    out["sensor_profile"] = profile.model_dump(mode="json")
+    out["auto_would_trace"] = trace_is_free(profile)
+    if work is None:
+        work = GpuWorkload()
+    settings = PhaseTraceSettings("on", profiles=profiles)
+    session = EnergySession("nvml", [0], baseline=None, phase_trace=settings)
     rng = np.random.default_rng(0)
-    stop, procs, pipes = start_readers()
-    runs = []
-    try:
-        for name, new in (("mixed", args.new_tokens), ("prefill_only", 1),
-                          ("decode_heavy", 4 * args.new_tokens)):  # fmt: skip
-            runs.append(run_window(model, args, name, new, rng))
-            time.sleep(1.0)
-    finally:
-        raw = stop_readers(stop, procs, pipes)
-    results = {r["name"]: analyse(r, raw, gpu_name) for r in runs}
+    with session:
+        out["trace_choice"] = str(session.trace_choice)
+        if "windows" in parts:
+            out["windows"] = run_windows(args, work, session, rng)
+        if "overhead" in parts:
+            try:
+                out["overhead"] = run_overhead(args, work, session, t_start)
+            except Exception:
+                out["overhead"] = {"error": traceback.format_exc()}
+    out["checks"] = checks(out.get("windows", {})) if "windows" in parts else []
+    if "overhead" in parts:
+        out["checks"].append(overhead_check(out["overhead"]))
+        if args.merge_into is not None and "median_ratio" in out["overhead"]:
+            merge_trace_cost(args.merge_into, gpu_name, out["overhead"], args.quick)
+            out["merged_into"] = str(args.merge_into)
+    out["elapsed_s"] = time.monotonic() - t_start
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "phase_energy.json").write_text(
-        json.dumps({"gpu": gpu_name, "results": results}, indent=1)
-    )
-    print("\n".join(checks(results)))
-    print(f"written: {args.out}/phase_energy.json")
+    (args.out / "phase_energy.json").write_text(json.dumps(out, indent=1, default=str))
+    print(f"\nEnergy by phase on {gpu_name} ({out['elapsed_s']:.0f} s; profile: "
+          f"{profile.status}; {session.trace_choice.reason if session.trace_choice else '-'})")  # fmt: skip
+    for c in out["checks"]:
+        mark = {True: "ok", False: "MISSED", None: "n/a"}[c["ok"]]
+        print(f"  [{mark:6}] {c['check']}: {c['value']}")
+    print(f"written: {args.out}/phase_energy.json"
+          + (f"; trace cost merged into {args.merge_into}" if out.get("merged_into") else ""))  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1162,7 +1162,237 @@ def stand_in_tensorrt_llm(version: str = "0.20.0") -> dict[str, Any]:
 
 
 # ======================================================================================
-# 6. Fake Slurm
+# 6. Planned workloads: a fake GPU whose power follows phases known in advance
+# ======================================================================================
+#
+# Energy by phase needs a fake GPU drawing a known power in each phase while the tool
+# measures. The phases cannot be known before a real model runs, so the workload is planned
+# first (absolute ``time.monotonic`` times), the fake's power schedule is built from the
+# plan, and a backend follows the plan: it sleeps until each planned batch (or engine step)
+# has ended and reports the planned times as its token times (the fake "GPU" ran exactly
+# then). Usage::
+#
+#     origin = time.monotonic()
+#     plan = plan_static_batches(origin + 1.0, 60.0, seed=0)
+#     power = power_schedule_from_spans(planned_spans(plan), {"prefill": 600, "decode": 400},
+#                                       150.0, t_origin_s=origin)
+#     fake = FakeNVML([FakeDevice("GPU-fake-0", power_w=power)]); fake.t0_s = origin
+#     backend = PlannedBackend(plan)     # monkeypatch registry.get_backend to return it
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedBatch:
+    """A static batch at planned times: prefill, then ``output_tokens - 1`` decode steps."""
+
+    start_s: float
+    prefill_s: float
+    step_s: float
+    input_tokens: tuple[int, ...]
+    output_tokens: int
+
+    @property
+    def first_token_s(self) -> float:
+        return self.start_s + self.prefill_s
+
+    @property
+    def token_times_s(self) -> list[float]:
+        return [self.first_token_s + k * self.step_s for k in range(self.output_tokens)]
+
+    @property
+    def end_s(self) -> float:
+        return self.first_token_s + (self.output_tokens - 1) * self.step_s
+
+
+def plan_static_batches(
+    t_start_s: float,
+    duration_s: float,
+    seed: int = 0,
+    *,
+    batch: int = 4,
+    input_tokens: tuple[int, int] = (64, 512),
+    output_tokens: tuple[int, int] = (8, 40),
+    step_s: float = 0.012,
+    prefill_s_per_token: float = 2.5e-5,
+    gap_s: tuple[float, float] = (0.004, 0.03),
+) -> list[PlannedBatch]:
+    """Static batches with random prompt/output lengths and host gaps between them."""
+    rng = random.Random(seed)
+    t, plan = t_start_s, []
+    while t < t_start_s + duration_s:
+        t += rng.uniform(*gap_s)
+        n_in = tuple(rng.randint(*input_tokens) for _ in range(batch))
+        prefill = 0.004 + prefill_s_per_token * sum(n_in)
+        b = PlannedBatch(t, prefill, step_s, n_in, rng.randint(*output_tokens))
+        plan.append(b)
+        t = b.end_s
+    return plan
+
+
+def planned_spans(plan: Iterable[PlannedBatch]) -> list[Any]:
+    """The plan's prefill and decode spans (``domain.phases.PhaseSpan``)."""
+    from llenergymeasure.domain.phases import DECODE, PREFILL, PhaseSpan
+
+    spans = []
+    for b in plan:
+        spans.append(PhaseSpan(PREFILL, b.start_s, b.first_token_s, sum(b.input_tokens)))
+        if b.output_tokens > 1:
+            n_dec = len(b.input_tokens) * (b.output_tokens - 1)
+            spans.append(PhaseSpan(DECODE, b.first_token_s, b.end_s, n_dec))
+    return spans
+
+
+def follow_plan(
+    plan: list[PlannedBatch], n_batches: int, after_s: float | None = None
+) -> list[Any]:
+    """Sleep through the next ``n_batches`` planned batches, from the one running at
+    ``after_s`` (default: now; the fake GPU draws its power whether or not anyone waits for
+    it, so it belongs to the window); their ``RequestTiming`` s with the planned times."""
+    from llenergymeasure.core.metrics import RequestTiming
+
+    start = time.monotonic() if after_s is None else after_s
+    todo = [b for b in plan if b.end_s > start][:n_batches]
+    if len(todo) < n_batches:
+        raise RuntimeError("the plan is too short for this run: plan a longer workload")
+    timings = []
+    for b in todo:
+        time.sleep(max(0.0, b.end_s - time.monotonic()))
+        timings += [
+            RequestTiming(b.start_s, b.token_times_s, n_in, b.output_tokens)
+            for n_in in b.input_tokens
+        ]
+    return timings
+
+
+class PlannedBackend:
+    """An inference backend that follows a plan of static batches on fake GPU 0.
+
+    ``tokenize`` makes ``n_batches`` batches (default: the config's ``n`` / the plan's batch
+    size); ``run_inference`` runs the next that many planned batches (see
+    :func:`follow_plan`). Timing method ``cuda_events`` (it stands in for a GPU run).
+    """
+
+    name = "pytorch"
+
+    def __init__(self, plan: list[PlannedBatch], n_batches: int | None = None) -> None:
+        self.plan = plan
+        self.n_batches = n_batches
+        self.config: Any = None
+
+    def get_runtime_capabilities(self, config: Any = None) -> Any:
+        from llenergymeasure.core.backends.protocol import RuntimeCapabilities
+
+        return RuntimeCapabilities("direct", "orchestrator", True)
+
+    def validate_config(self, config: Any) -> list[str]:
+        return []
+
+    def initialize(self, config: Any, prompts: list[Any]) -> None:
+        self.config = config
+
+    def tokenize(self, prompts: list[Any]) -> Any:
+        from llenergymeasure.core.backends.protocol import PreparedBatch, PreparedBatches
+
+        size = len(self.plan[0].input_tokens)
+        n = self.n_batches or max(1, len(prompts) // size)
+        batches = [
+            PreparedBatch([f"p{k}-{i}" for i in range(size)], [1] * size, 1, None) for k in range(n)
+        ]
+        return PreparedBatches(batches, max(b.output_tokens for b in self.plan))
+
+    def warmup_step(self, prepared: Any) -> float:
+        time.sleep(0.005)
+        return 0.005
+
+    def run_inference(self, prepared: Any) -> Any:
+        from llenergymeasure.core.backends.protocol import InferenceOutput
+
+        start = time.monotonic()
+        timings = follow_plan(self.plan, len(prepared.batches), start)
+        return InferenceOutput(
+            timings=timings, n_batches=len(prepared.batches), device="cuda:0",
+            timing_method="cuda_events", duration_s=time.monotonic() - start,
+        )  # fmt: skip
+
+    def synchronize(self) -> None:
+        return None
+
+    def device_indices(self) -> list[int]:
+        return [0]
+
+    def cleanup(self) -> None:
+        return None
+
+
+def plan_engine_steps(
+    t_start_s: float, duration_s: float, seed: int = 0, *, max_seqs: int = 16
+) -> list[Any]:
+    """A vLLM-like step loop at planned times (``domain.phases.StepTokens``): arrivals,
+    admission up to 2048 prefill tokens a step, one decode token per running request."""
+    from llenergymeasure.domain.phases import StepTokens
+
+    rng = random.Random(seed)
+    t, steps, nid = t_start_s, [], 0
+    running: dict[str, int] = {}
+    waiting: list[tuple[str, int, int]] = []
+    while t < t_start_s + duration_s:
+        if rng.random() < 0.3:
+            waiting.append((f"q{nid}", rng.randint(50, 600), rng.randint(10, 120)))
+            nid += 1
+        pre: dict[str, int] = {}
+        while waiting and len(running) < max_seqs and sum(pre.values()) < 2048:
+            rid, n_in, n_out = waiting.pop(0)
+            pre[rid], running[rid] = n_in, n_out
+        dec = {rid: 1 for rid in running if rid not in pre}
+        length = 0.006 + 1e-5 * sum(pre.values()) + 2e-4 * len(dec)
+        steps.append(StepTokens(t, t + length, pre, dec))
+        for rid in list(running):
+            running[rid] -= 1
+            if running[rid] <= 0:
+                del running[rid]
+        t += length + (0.003 if rng.random() < 0.15 else 0.0)
+    return steps
+
+
+class PlannedEngineBackend(PlannedBackend):
+    """Like :class:`PlannedBackend` for an engine step loop (``InferenceOutput.steps``):
+    ``run_inference`` follows the planned steps for ``window_s`` and reports them (and one
+    ``RequestTiming`` per request that finished)."""
+
+    name = "vllm"
+
+    def __init__(self, steps: list[Any], window_s: float) -> None:
+        super().__init__([PlannedBatch(0.0, 0.0, 0.0, (1,), 1)])
+        self.steps = steps
+        self.window_s = window_s
+
+    def run_inference(self, prepared: Any) -> Any:
+        from llenergymeasure.core.backends.protocol import InferenceOutput
+        from llenergymeasure.core.metrics import RequestTiming
+
+        start = time.monotonic()
+        todo = [s for s in self.steps if s.end_s > start]  # the step running now, too
+        todo = [s for s in todo if s.end_s <= todo[0].start_s + self.window_s]
+        time.sleep(max(0.0, todo[-1].end_s - time.monotonic()))
+        first: dict[str, tuple[float, int]] = {}
+        times: dict[str, list[float]] = {}
+        for s in todo:
+            for rid, n in s.prefill_tokens.items():
+                first[rid] = (s.start_s, n)
+            for rid in [*s.prefill_tokens, *s.decode_tokens]:
+                times.setdefault(rid, []).append(s.end_s)
+        timings = [
+            RequestTiming(first[rid][0], times[rid], first[rid][1], len(times[rid]))
+            for rid in times
+            if rid in first
+        ]
+        return InferenceOutput(
+            timings=timings, n_batches=1, device="cuda:0", timing_method="engine_steps",
+            duration_s=time.monotonic() - start, steps=todo,
+        )  # fmt: skip
+
+
+# ======================================================================================
+# 7. Fake Slurm
 # ======================================================================================
 #
 # FakeSlurm is a `study.slurm.submit.JobSystem` on a ManualClock: a queue, ``n_gpus`` GPUs

@@ -95,18 +95,23 @@ def test_single_experiment_report(tmp_path: Path) -> None:
 
 
 def test_phase_energy_is_read_when_present() -> None:
+    """The typed ``energy.phases``; results without it (older versions) say so."""
+    from llenergymeasure.domain.phases import Estimate, PhaseEnergy, PhaseEnergyReport
+
     assert phase_energy(SimpleNamespace(energy=None)) is None  # type: ignore[arg-type]
-    as_map = SimpleNamespace(energy=SimpleNamespace(phases={"prefill": 1.5, "decode": 8.0}))
-    got = phase_energy(as_map)  # type: ignore[arg-type]
+    rep = PhaseEnergyReport(
+        window_s=10.0,
+        phases={
+            "prefill": PhaseEnergy(phase="prefill", duration_s=1.0, energy_j=Estimate(value=1.5)),
+            "decode": PhaseEnergy(phase="decode", duration_s=9.0, energy_j=Estimate(value=8.0)),
+        },
+    )
+    got = phase_energy(SimpleNamespace(energy=SimpleNamespace(phases=rep)))  # type: ignore[arg-type]
     assert got is not None and [(p.phase, p.energy_j) for p in got] == [
         ("prefill", 1.5),
         ("decode", 8.0),
     ]
-    as_list = SimpleNamespace(
-        energy=SimpleNamespace(phases=[{"phase": "prefill", "energy_j": 2.0, "method": "timeline"}])
-    )
-    got = phase_energy(as_list)  # type: ignore[arg-type]
-    assert got is not None and got[0].method == "timeline"
+    assert got[0].method == "counter_regression"
     assert NOT_MEASURED.startswith("not measured")
 
 

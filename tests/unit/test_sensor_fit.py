@@ -188,3 +188,25 @@ def test_characterisation_script_runs_end_to_end_on_the_fake_nvml(tmp_path: Path
         0.01, abs=0.004
     )
     assert (tmp_path / "run" / "raw_traces.npz").exists()
+
+
+def test_phase_energy_script_runs_end_to_end_on_the_fake_nvml(tmp_path: Path) -> None:
+    """benchmarks/gpu_phase_energy.py --fake: session, tracer, windows, overhead pairs,
+    checks, JSON and the trace cost merged into a profiles file, no GPU (short windows)."""
+    root = Path(__file__).parents[2]
+    profiles = tmp_path / "profiles.json"
+    profiles.write_text((root / "src/llenergymeasure/core/energy/sensor_profiles.json").read_text())
+    cmd = [sys.executable, str(root / "benchmarks/gpu_phase_energy.py"), "--fake",
+           "--window-s", "2.2", "--prefill-window-s", "2.2", "--pairs", "2", "--pair-s", "0.3",
+           "--out", str(tmp_path / "run"), "--merge-into", str(profiles)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((tmp_path / "run" / "phase_energy.json").read_text())
+    assert set(out["windows"]) == {"mixed", "prefill_only", "decode_heavy"}
+    assert all("error" not in w for w in out["windows"].values()), out["windows"]
+    names = [c["check"] for c in out["checks"]]
+    assert any("prefill J/token" in n for n in names) and any("on/off" in n for n in names)
+    assert "counter trace on/off throughput" in proc.stdout
+    cost = load_profiles_from(profiles)["Fake GPU"].counter_trace_cost
+    assert cost is not None and cost.n_pairs == 2

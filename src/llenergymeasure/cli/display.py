@@ -199,6 +199,15 @@ def _energy_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
     ]
 
 
+def _phase_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
+    """Energy by phase (J, mJ/token, CIs, method) and per request, or why not measured."""
+    if result.energy is None or result.failed:
+        return []
+    from llenergymeasure.reporting.phases import summary_pairs
+
+    return summary_pairs(result)
+
+
 def _process_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
     """Multi-process runs: each process's devices and throughput (or why it is missing)."""
     if not result.process_breakdown:
@@ -238,6 +247,7 @@ def format_experiment(result: ExperimentResult, result_dir: str | None = None) -
         status += f", PARTIAL: {missing} of {result.n_processes} processes missing"
     pairs = _config_pairs(result) + _process_pairs(result) + _metric_pairs(result)
     pairs += _energy_pairs(result)
+    pairs += _phase_pairs(result)
     pairs += _time_pairs(result)
     pairs.append(("results", result_dir or MISSING))
     lines = [

@@ -19,6 +19,7 @@ from llenergymeasure.config.ssot import (
     DecodingStrategy,
     EnergyBackendName,
     Executor,
+    PhaseEnergyMode,
     Precision,
 )
 
@@ -128,6 +129,13 @@ class TelemetryConfig(_Model):
     enabled: bool = True
     interval_ms: int = Field(100, ge=10, le=10_000)
     save_timeseries: bool = True
+    phase_energy: PhaseEnergyMode | None = Field(
+        None,
+        description="Energy by phase and per request from a fast energy-counter trace read "
+        "during the window (docs/measurement.md section 14). auto (the default, null): on for "
+        "GPU models whose sensor profile shows the trace is free; on: always (single-GPU, "
+        "single-process runs); off: never. Only explicit choices enter the config hash.",
+    )
 
 
 class ExperimentConfig(_Model):

@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llenergymeasure.domain.phases import PerRequestEnergy, PhaseEnergyReport
+
 Scope = Literal["gpu", "cpu_package", "dram"]
 Method = Literal["counter", "polled", "estimate"]
 Severity = Literal["info", "warning", "critical"]
@@ -168,6 +170,10 @@ class EnergyReport(_Model):
     meter_selection: MeterSelection
     gpu_update_period_ms_by_device: dict[str, float] = Field(default_factory=dict)
     warnings: list[QualityFlag] = Field(default_factory=list)
+    # energy by phase and per request (docs/measurement.md section 14); None: not attributed
+    # (results of older versions); a report with ``not_measured`` says why not
+    phases: PhaseEnergyReport | None = None
+    per_request: PerRequestEnergy | None = None
 
     @property
     def total_energy_j(self) -> float | None:

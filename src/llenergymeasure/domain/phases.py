@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 PREFILL = "prefill"
 DECODE = "decode"
 OTHER = "other"
-PHASES = (PREFILL, DECODE, OTHER)
+MIXED = "mixed"  # an engine step that scheduled prefill and decode tokens together
+PHASES = (PREFILL, DECODE, MIXED, OTHER)
 
 PhaseMethod = Literal["counter_regression", "fine_signal_integral"]
 Signal = Literal["energy_counter", "power_instant", "power_usage"]
@@ -109,6 +110,20 @@ class FineSignalEstimate(_Model):
     not_measured: str | None = None
 
 
+class CounterTraceInfo(_Model):
+    """How the window's counter trace was read (what it cost is in the sensor profile)."""
+
+    device: str  # gpu:<nvml index>
+    n_reads: int  # counter reads during the window
+    n_kept: int  # reads kept: the two around each counter step (the others carry nothing)
+    target_interval_s: float  # mean gap asked for between read starts (dithered)
+    mean_interval_s: float | None = None  # achieved
+    mean_read_s: float | None = None  # one read's duration
+    fine_signal: Signal | None = None  # a power field read too (trusted by the profile)
+    fine_interval_s: float | None = None
+    n_fine_reads: int = 0
+
+
 class PhaseEnergyReport(_Model):
     """``energy.phases``: the window's counter energy split into prefill, decode and other."""
 
@@ -131,6 +146,9 @@ class PhaseEnergyReport(_Model):
     rescale_factor: float | None = None
     interval_rms_j: float | None = None
     sensor_profile: str | None = None
+    method_reason: str | None = None  # why this method and these corrections (sensor profile)
+    trace: CounterTraceInfo | None = None
+    edge_counter_energy_j: float | None = None  # the meter's edge reads, for comparison
     fine_signal: FineSignalEstimate | None = None
     not_measured: str | None = None
     notes: list[str] = Field(default_factory=list)
@@ -197,6 +215,20 @@ class SignalProfile(_Model):
     trusted_for_phases: bool = False  # fine enough to integrate over phase spans
 
 
+class TraceCost(_Model):
+    """What the fast counter trace costs the workload on one GPU model (alternated on/off
+    windows of the same workload, ``benchmarks/gpu_phase_energy.py``)."""
+
+    throughput_ratio: float  # median tokens/s with the trace / without
+    ci_low: float | None = None
+    ci_high: float | None = None
+    level: float = 0.95
+    n_pairs: int = 0
+    workload: str = ""  # what was run (model, batch, tokens)
+    read_interval_s: float | None = None  # the trace's mean read interval in those windows
+    measured_with: str | None = None
+
+
 class SensorProfile(_Model):
     """Sensor behaviour per GPU model; ``status`` says whether the numbers were measured."""
 
@@ -205,6 +237,7 @@ class SensorProfile(_Model):
     measured_with: str | None = None  # tool and settings, e.g. the benchmark's --quick
     driver_version: str | None = None
     signals: dict[str, SignalProfile] = Field(default_factory=dict)
+    counter_trace_cost: TraceCost | None = None  # None: not measured on this GPU model
     notes: list[str] = Field(default_factory=list)
 
     def signal(self, name: str) -> SignalProfile:

@@ -64,10 +64,12 @@ if TYPE_CHECKING:
     from llenergymeasure.config.user_config import UserConfig
     from llenergymeasure.core.backends.protocol import (
         InferenceBackend,
+        InferenceOutput,
         PreparedBatches,
         RuntimeCapabilities,
     )
     from llenergymeasure.core.energy.session import EnergySession
+    from llenergymeasure.domain.energy import EnergyReport
     from llenergymeasure.domain.environment import EnvironmentSnapshot, Placement
     from llenergymeasure.orchestration.launcher import WorkerTarget
 
@@ -95,6 +97,7 @@ def default_energy_session(
     """The energy layer's EnergySession for ``config`` (meter choice is the layer's job)."""
     from llenergymeasure.core.energy import EnergySession
     from llenergymeasure.core.energy.baseline import BaselineSettings
+    from llenergymeasure.orchestration.phase_energy import phase_trace_settings
 
     b = config.baseline
     return EnergySession(
@@ -105,6 +108,7 @@ def default_energy_session(
         baseline=BaselineSettings(
             enabled=b.enabled, duration_s=b.duration_s, cache_ttl_s=b.cache_ttl_s
         ),
+        phase_trace=phase_trace_settings(config),  # the counter trace for energy by phase
     )
 
 
@@ -283,6 +287,7 @@ class ExperimentOrchestrator:
         output.finalize()  # what the backend derives from its stamps, after the window
         self.progress.prompts_done(output.n_requests, prepared.n_requests)
         self._stage("computing metrics", "metrics")
+        self.record.energy = _with_phase_energy(self.record.energy, session, output)
         self.record.warnings += backend_flags(output.warnings)
         arch = _arch(self.config.model)
         memory = memory_metrics(self.config, arch, prepared, output, self.record.energy)
@@ -521,6 +526,15 @@ def _engine_start_s(backend: InferenceBackend) -> float:
     0 for a backend without an engine."""
     value = getattr(backend, "engine_start_s", None)
     return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def _with_phase_energy(
+    energy: EnergyReport | None, session: EnergySession | None, output: InferenceOutput
+) -> EnergyReport | None:
+    """Energy by phase and per request from the window's counter trace (after the window)."""
+    from llenergymeasure.orchestration.phase_energy import attach_phase_energy
+
+    return attach_phase_energy(energy, session, output)
 
 
 def _check_launch(capabilities: RuntimeCapabilities) -> None:

@@ -51,6 +51,12 @@ def run_row(run: SavedRun) -> dict[str, Any]:
     row["swept_fields"] = ",".join(swept) if study else None
     for phase in phase_energy(run.result) or []:
         row[f"{phase.phase}_energy_j"] = phase.energy_j
+        if phase.j_per_token is not None:
+            row[f"{phase.phase}_j_per_token"] = phase.j_per_token
+    per = run.result.energy.per_request if run.result.energy is not None else None
+    if per is not None and per.not_measured is None:
+        row.update(energy_per_request_mean_j=per.mean_j, energy_per_request_p50_j=per.p50_j,
+                   energy_per_request_p99_j=per.p99_j)  # fmt: skip
     return row
 
 

@@ -44,7 +44,8 @@ from llenergymeasure.reporting.frame import REPORT_EXTRA
 from llenergymeasure.reporting.methods import energy_basis, is_estimate, method_differences
 from llenergymeasure.reporting.pareto import pareto_front
 from llenergymeasure.reporting.phases import NOT_MEASURED as PHASES_NOT_MEASURED
-from llenergymeasure.reporting.phases import phase_energy
+from llenergymeasure.reporting.phases import PhaseEnergy, phase_energy, phases_not_measured
+from llenergymeasure.reporting.phases import method_text as phase_method_text
 from llenergymeasure.results.filenames import TIMESERIES_FILENAME
 from llenergymeasure.results.persistence import atomic_write_text
 from llenergymeasure.study.stats import summarise_cycles
@@ -618,47 +619,59 @@ class _Charts:
 
     def phases(self, groups: list[ConfigGroup]) -> None:
         heading = "Prefill vs decode energy"
-        rows: list[tuple[ConfigGroup, dict[str, float], list[str]]] = []
+        rows: list[tuple[ConfigGroup, dict[str, list[PhaseEnergy]], list[str]]] = []
+        reasons: dict[str, str] = {}
         for g in groups:
-            per_phase: dict[str, list[float]] = {}
-            methods: list[str | None] = []
+            per_phase: dict[str, list[PhaseEnergy]] = {}
+            methods: list[str] = []
             for run in g.completed:
                 for p in phase_energy(run.result) or []:
-                    per_phase.setdefault(p.phase, []).append(p.energy_j)
-                    methods.append(p.method)
+                    per_phase.setdefault(p.phase, []).append(p)
+                rep = run.result.energy.phases if run.result.energy is not None else None
+                if rep is not None and rep.not_measured is None:
+                    methods.append(phase_method_text(rep))
+                elif (why := phases_not_measured(run.result)) is not None:
+                    reasons.setdefault(g.label, why)
             if per_phase:
-                means = {k: sum(v) / len(v) for k, v in per_phase.items()}
-                rows.append((g, means, distinct(methods)))
+                rows.append((g, per_phase, distinct(methods)))
         if not rows:
-            self._missing(heading, PHASES_NOT_MEASURED)
+            seen = distinct(list(reasons.values()))
+            self._missing(heading, "; ".join(seen) if seen else PHASES_NOT_MEASURED)
             return
         fig = self.go.Figure()
-        names = distinct([k for _, means, _ in rows for k in means])
+        names = distinct([k for _, per_phase, _ in rows for k in per_phase])
         for i, phase in enumerate(names):
+            means = [_phase_means(per_phase.get(phase, [])) for _, per_phase, _ in rows]
             fig.add_trace(
                 self.go.Bar(
                     x=[g.label for g, _, _ in rows],
-                    y=[means.get(phase) for _, means, _ in rows],
+                    y=[m[0] for m in means],
+                    error_y={"type": "data", "symmetric": False,
+                             "array": [_gap(m[0], m[2]) for m in means],
+                             "arrayminus": [_gap(m[1], m[0]) for m in means]},
+                    customdata=[m[3] for m in means],
+                    hovertemplate="%{x}<br>%{y:.4g} J<br>%{customdata}<extra>" + _e(phase)
+                    + "</extra>",
                     name=phase,
                     marker_color=PALETTE[i % len(PALETTE)],
                 )
-            )
-        used = distinct([m for _, _, ms in rows for m in ms])
+            )  # fmt: skip
         fig.update_layout(
-            barmode="stack",
-            title={"text": "Energy per phase (J, mean over cycles)"
-                   f"<br><sup>{_e(_basis_short([g for g, _, _ in rows]))}"
-                   f"{'; attribution: ' + _e(', '.join(used)) if used else ''}</sup>"},
+            barmode="group",
+            title={"text": "Energy per phase (J, mean over cycles; bars: 95% CI of one run)"
+                   f"<br><sup>{_e(_basis_short([g for g, _, _ in rows]))}</sup>"},
             yaxis_title="J",
             height=440,
         )  # fmt: skip
+        used = distinct([m for _, _, ms in rows for m in ms])
+        method = f'<p class="meta">Attribution: {_e("; ".join(used))}</p>' if used else ""
         absent = [g.label for g in groups if g not in [r[0] for r in rows]]
-        note = (
-            f'<p class="note">{_e(PHASES_NOT_MEASURED)}: {_e(", ".join(absent))}</p>'
-            if absent
-            else ""
+        note = "".join(
+            f'<p class="note">{_e(g)}: {_e(reasons.get(g, PHASES_NOT_MEASURED))}</p>'
+            for g in absent
         )
-        self._add(heading, fig, "phase-energy", _basis_caption([r[0] for r in rows]) + note)
+        caption = _basis_caption([r[0] for r in rows]) + method + note
+        self._add(heading, fig, "phase-energy", caption)
 
     def timeline(self, runs: list[SavedRun]) -> None:
         heading = "Power, temperature and SM clock over time"
@@ -905,3 +918,23 @@ def _quality(collection: Collection, groups: list[ConfigGroup]) -> str:
         else ""
     )
     return f"<h2>Quality flags</h2>{table}{studies}"
+
+
+def _phase_means(items: list[PhaseEnergy]) -> tuple[float | None, float | None, float | None, str]:
+    """Mean energy over cycles, the mean CI edges (one run's CI), and a J/token hover text."""
+    if not items:
+        return None, None, None, ""
+    n = len(items)
+    mean = sum(p.energy_j for p in items) / n
+    lows = [p.ci_low_j for p in items if p.ci_low_j is not None]
+    highs = [p.ci_high_j for p in items if p.ci_high_j is not None]
+    lo = sum(lows) / len(lows) if len(lows) == n else None
+    hi = sum(highs) / len(highs) if len(highs) == n else None
+    jt = [p.j_per_token for p in items if p.j_per_token is not None]
+    text = f"{1e3 * sum(jt) / len(jt):.4g} mJ/token" if jt else "no tokens counted"
+    return mean, lo, hi, text
+
+
+def _gap(low: float | None, high: float | None) -> float:
+    """high - low for an error bar (0 where either is missing)."""
+    return high - low if low is not None and high is not None else 0.0

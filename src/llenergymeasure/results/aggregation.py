@@ -452,6 +452,7 @@ def merge_energy_reports(
     )
     gpu_j = totals["gpu"]
     baseline, baseline_flags = _merge_baselines(reports, gpu_j, energy_s)
+    first = reports[0]
     return EnergyReport(
         window=reports[0].window,
         duration_s=energy_s,
@@ -475,6 +476,13 @@ def merge_energy_reports(
             [w for r in reports for w in r.warnings if w.code != "baseline_clamped"]
             + flags
             + baseline_flags
+        ),
+        # energy by phase is not merged across processes: a not-measured reason carries over
+        phases=first.phases if first.phases is not None and first.phases.not_measured else None,
+        per_request=(
+            first.per_request
+            if first.per_request is not None and first.per_request.not_measured
+            else None
         ),
     )
 

@@ -17,13 +17,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.domain.phases import SensorProfile
+from llenergymeasure.domain.phases import SensorProfile, TraceCost
 
 SCHEMA_VERSION = 1
 UNKNOWN = "unknown"
 COUNTER = "energy_counter"
 FINE_SIGNALS = ("power_instant", "power_usage")  # preference order
 TRACE_READS_PER_PERIOD = 25  # counter trace: ~4 ms reads at a 100 ms counter
+MIN_TRACE_THROUGHPUT_RATIO = 0.99  # auto traces where the trace costs at most 1 % of tok/s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,14 +100,54 @@ def choose_method(profile: SensorProfile) -> PhaseMethodChoice:
     )
 
 
+def trace_is_free(profile: SensorProfile) -> tuple[bool, str]:
+    """Whether ``telemetry.phase_energy: auto`` traces the counter on this GPU model, and why.
+
+    Yes when the profile has a measured trace cost (alternated on/off windows) whose median
+    throughput ratio is at least :data:`MIN_TRACE_THROUGHPUT_RATIO`.
+    """
+    cost = profile.counter_trace_cost
+    if cost is None:
+        return False, (
+            f"the counter trace's cost on {profile.gpu_name!r} is not measured yet "
+            "(benchmarks/gpu_phase_energy.py); set telemetry.phase_energy: on to attribute "
+            "anyway"
+        )
+    ci = (
+        f" [{cost.ci_low:.4f}, {cost.ci_high:.4f}]"
+        if cost.ci_low is not None and cost.ci_high is not None
+        else ""
+    )
+    text = f"trace on/off throughput ratio {cost.throughput_ratio:.4f}{ci} ({cost.n_pairs} pairs)"
+    if cost.throughput_ratio >= MIN_TRACE_THROUGHPUT_RATIO:
+        return (
+            True,
+            f"{text} on {profile.gpu_name!r}: free enough (>= {MIN_TRACE_THROUGHPUT_RATIO})",
+        )
+    return False, (
+        f"{text} on {profile.gpu_name!r} is below {MIN_TRACE_THROUGHPUT_RATIO}: the trace slows "
+        "the workload; set telemetry.phase_energy: on to attribute anyway"
+    )
+
+
 def merge_profiles(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with every profile of ``new`` added or replaced (both in the file layout)."""
+    """``base`` with every profile of ``new`` added or replaced (both in the file layout).
+
+    A new profile without a trace cost keeps the one ``base`` had (the sensor benchmark and
+    the trace-cost benchmark each measure their part).
+    """
     for data in (base, new):
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ValueError("sensor profiles: schema_version must be 1")
     profiles: dict[str, Any] = dict(base["profiles"])
     for name, prof in new["profiles"].items():
-        profiles[name] = SensorProfile.model_validate(prof).model_dump(mode="json")
+        merged = SensorProfile.model_validate(prof)
+        kept = profiles.get(name, {}).get("counter_trace_cost")
+        if merged.counter_trace_cost is None and kept is not None:  # a re-characterised
+            merged = merged.model_copy(
+                update={"counter_trace_cost": TraceCost.model_validate(kept)}
+            )
+        profiles[name] = merged.model_dump(mode="json")
     return {"schema_version": SCHEMA_VERSION, "profiles": profiles}
 
 

@@ -10,6 +10,13 @@
 
 The caller synchronises the device (``sync`` hook) so that the window edges bracket the GPU
 work; this module never imports torch.
+
+With ``phase_trace`` (``counter_trace.PhaseTraceSettings``) the session also decides, at
+``start()``, whether a counter tracer reads the energy counter every few ms during each
+window (single GPU with the NVML counter; ``auto``: where the GPU model's sensor profile
+shows the trace is free); ``window_trace(name)`` returns a window's trace for the phase
+attribution, which runs after the window. Without a trace each report carries
+``phases`` / ``per_request`` saying why they are not measured.
 """
 
 from __future__ import annotations
@@ -29,6 +36,13 @@ from llenergymeasure.core.energy.baseline import (
     baseline_key,
     idle_state,
 )
+from llenergymeasure.core.energy.counter_trace import (
+    DEFAULT_INTERVAL_S,
+    CounterTracer,
+    PhaseTraceSettings,
+    TraceSource,
+    WindowTrace,
+)
 from llenergymeasure.core.energy.nvml import NvmlMeter
 from llenergymeasure.core.energy.protocol import WindowReading
 from llenergymeasure.core.energy.quality import (
@@ -42,7 +56,15 @@ from llenergymeasure.core.energy.quality import (
 from llenergymeasure.core.energy.rapl import DEFAULT_ROOT
 from llenergymeasure.core.energy.sampler import NvmlSampleSource, SampleSource, TelemetrySampler
 from llenergymeasure.core.energy.selection import MeterPlan, select_energy_meters
+from llenergymeasure.core.energy.sensor_profiles import (
+    TRACE_READS_PER_PERIOD,
+    PhaseMethodChoice,
+    choose_method,
+    profile_for,
+    trace_is_free,
+)
 from llenergymeasure.domain.energy import EnergyReport, IdleBaseline, QualityFlag
+from llenergymeasure.domain.phases import PerRequestEnergy, PhaseEnergyReport
 from llenergymeasure.exceptions import MeterError
 
 BASELINE_WINDOW = "__idle_baseline__"
@@ -66,6 +88,7 @@ class EnergySession:
         environ: dict[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        phase_trace: PhaseTraceSettings | None = None,
     ) -> None:
         self.energy_backend = energy_backend
         self.gpu_indices = gpu_indices
@@ -84,6 +107,12 @@ class EnergySession:
         self.baseline: IdleBaseline | None = None
         self.session_flags: list[QualityFlag] = []
         self._t0: dict[str, float] = {}
+        self.phase_trace = phase_trace
+        self.tracer: CounterTracer | None = None
+        self.trace_choice: PhaseMethodChoice | None = None
+        self.trace_off_reason: str | None = None  # why no window is traced
+        self.traces: dict[str, WindowTrace] = {}
+        self._tracing: set[str] = set()
 
     # --- life cycle ------------------------------------------------------------------
     def start(self) -> EnergySession:
@@ -111,7 +140,66 @@ class EnergySession:
             raise
         if plan.nvml_meter is not None:
             self.session_flags += self._persistence_flags(plan.nvml_meter)
+        if self.phase_trace is not None:
+            self._start_tracer(plan)
         return self
+
+    def _start_tracer(self, plan: MeterPlan) -> None:
+        """Start the counter tracer when asked and possible; else record why not."""
+        source, self.trace_off_reason = self._trace_source(plan)
+        if source is None:
+            return
+        tracer = CounterTracer(source)
+        try:
+            tracer.start()
+        except MeterError as e:
+            self.trace_off_reason = (
+                f"the counter tracer did not start: {str(e).strip().splitlines()[-1]}"
+            )
+            return
+        self.tracer = tracer
+
+    def _trace_source(self, plan: MeterPlan) -> tuple[TraceSource | None, str | None]:
+        """What the tracer reads (None with the reason when nothing is traced)."""
+        settings = self.phase_trace
+        assert settings is not None
+        meter = plan.nvml_meter
+        if settings.mode == "off":
+            return None, settings.off_reason or "telemetry.phase_energy: off"
+        if meter is None or not plan.gpus:
+            if not plan.gpus:
+                return None, "no GPU energy counter: no GPU in use"
+            return None, f"no GPU energy counter: energy measured by {plan.selection.meters}"
+        if len(plan.gpus) != 1:
+            return None, (
+                f"{len(plan.gpus)} GPUs in use: energy by phase covers single-GPU runs so far"
+            )
+        dev = plan.gpus[0]
+        if not meter.counter_supported.get(dev.key):
+            return None, f"no GPU energy counter on {dev.key} ({dev.name})"
+        profile = profile_for(dev.name, settings.profiles)
+        if settings.mode == "auto":
+            free, why = trace_is_free(profile)
+            if not free:
+                return None, f"telemetry.phase_energy: auto, not traced: {why}"
+        self.trace_choice = choice = choose_method(profile)
+        interval = choice.counter_trace_interval_s
+        probed = meter.update_period_s.get(dev.key)
+        if interval is None:
+            interval = probed / TRACE_READS_PER_PERIOD if probed else DEFAULT_INTERVAL_S
+        fine_interval = 0.01
+        if choice.fine_signal is not None:
+            period = profile.signal(choice.fine_signal).update_period_s
+            fine_interval = max(0.002, period / 2) if period else 0.01
+        source = TraceSource(
+            (dev.nvml_index,), interval_s=interval, fine_signal=choice.fine_signal,
+            fine_interval_s=fine_interval, fake=nvml.installed_lib(),
+        )  # fmt: skip
+        return source, None
+
+    def window_trace(self, name: str) -> WindowTrace | None:
+        """The counter trace of window ``name`` (None: not traced; ``trace_off_reason``)."""
+        return self.traces.get(name)
 
     def _start_sampler(self, plan: MeterPlan, meter: NvmlMeter) -> None:
         """Start telemetry; if it cannot start, measure without it and say so."""
@@ -155,6 +243,9 @@ class EnergySession:
     def stop(self) -> Path | None:
         """Stop meters and sampler; write the timeline if asked. Returns its path (or None)."""
         written = None
+        if self.tracer is not None:
+            self.tracer.stop()
+            self.tracer = None
         try:
             if self.sampler is not None:
                 self.sampler.stop()
@@ -183,6 +274,7 @@ class EnergySession:
         plan = self._require_plan()
         if sync is not None:
             sync()
+        self._begin_trace(name)
         if self.sampler is not None:
             self.sampler.flush()  # a sample right at the edge, before the counter reads
         self._t0[name] = self.clock()
@@ -207,9 +299,43 @@ class EnergySession:
         edges = next((r.edges_s for r in readings if r.edges_s is not None), None)
         if edges is not None:  # the meter read the hardware at these times
             t0, t1 = edges
+        self._end_trace(name, t0, t1)
         if self.sampler is not None:
             self.sampler.flush()
         return t0, t1, readings
+
+    def _begin_trace(self, name: str) -> None:
+        """Start the counter trace (waits for one counter step: it brackets the edge)."""
+        if self.tracer is None or name == BASELINE_WINDOW:
+            return
+        try:
+            self.tracer.begin()
+        except MeterError as e:
+            self.trace_off_reason = f"the counter tracer failed: {e}"
+            self.tracer = None
+            return
+        self._tracing.add(name)
+
+    def _end_trace(self, name: str, t0: float, t1: float) -> None:
+        """End the trace once the counter stepped after the window (delay included)."""
+        if name not in self._tracing or self.tracer is None:
+            return
+        self._tracing.discard(name)
+        choice = self.trace_choice
+        delay = choice.counter_delay_s if choice is not None else 0.0
+        try:
+            devices = self.tracer.end(t1 + delay)
+        except MeterError as e:
+            self.trace_off_reason = f"the counter tracer failed: {e}"
+            self.tracer = None
+            return
+        source = self.tracer.source
+        self.traces[name] = WindowTrace(
+            window=(t0, t1), devices=devices, interval_s=source.interval_s,
+            fine_signal=source.fine_signal,
+            fine_interval_s=source.fine_interval_s if source.fine_signal else None,
+            choice=choice,
+        )  # fmt: skip
 
     # --- baseline --------------------------------------------------------------------
     def measure_baseline(self) -> IdleBaseline | None:
@@ -328,6 +454,10 @@ class EnergySession:
             if self.baseline.settled is False and trend is not None:
                 flags.append(baseline_unsettled_flag(trend))
         report.warnings = drop_repeated_flags(flags)
+        if self.phase_trace is not None and name != BASELINE_WINDOW and name not in self.traces:
+            reason = self.trace_off_reason or "no counter trace for this window"
+            report.phases = PhaseEnergyReport(window_s=t1 - t0, not_measured=reason)
+            report.per_request = PerRequestEnergy(window_s=t1 - t0, not_measured=reason)
         return report
 
     def _add_cross_check(
