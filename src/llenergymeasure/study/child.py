@@ -78,8 +78,10 @@ class Outcome:
 #: or ``spawn`` (a fresh interpreter per experiment that imports everything itself).
 CHILD_START_ENV = "LLEM_CHILD_START"
 START_METHODS = ("forkserver", "spawn")
-#: What a study's fork server imports before it forks any child (`study.forkserver_init`).
+#: What a study's fork server imports before it forks any child (`study.forkserver_init`),
+#: and, for real experiments, the frameworks (`study.forkserver_frameworks`).
 FORKSERVER_PRELOAD = ["llenergymeasure.study.forkserver_init"]
+FORKSERVER_FRAMEWORKS = "llenergymeasure.study.forkserver_frameworks"
 
 
 def start_method() -> str:
@@ -99,16 +101,39 @@ def start_method() -> str:
     )
 
 
-def _context() -> Any:
+def _context(frameworks: bool) -> Any:
     """The multiprocessing context children start from. A fork server is started once per
-    study process, on the first experiment, with :data:`FORKSERVER_PRELOAD` imported (the
-    frameworks: the children do not import them again); it forks each child, which then
-    has its own CUDA context and memory exactly as a spawn child does."""
+    study, on its first experiment, with :data:`FORKSERVER_PRELOAD` imported and, when
+    ``frameworks``, :data:`FORKSERVER_FRAMEWORKS` (the children do not import them again);
+    it forks each child, which then has its own CUDA context and memory exactly as a spawn
+    child does. The preload list is read when the server starts (the study's first child)."""
     method = start_method()
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
-        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)  # no effect once the server runs
+        preload = FORKSERVER_PRELOAD + ([FORKSERVER_FRAMEWORKS] if frameworks else [])
+        ctx.set_forkserver_preload(preload)  # no effect once the server runs
+        _ensure_server()
     return ctx
+
+
+def _ensure_server() -> None:
+    """Start the fork server (if it is not running) with this process's ``sys.path`` as its
+    ``PYTHONPATH``: the server is a fresh ``python -c`` that would otherwise resolve its
+    imports against the environment alone (a relative ``PYTHONPATH`` from another working
+    directory, no ``sys.path`` changes made here) and could import llenergymeasure from
+    another tree than the one running the study. The environment is restored at once."""
+    from multiprocessing import forkserver
+
+    entries = [p or os.getcwd() for p in sys.path]
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in entries)
+    try:
+        forkserver.ensure_running()
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 def stop_fork_server() -> None:
@@ -188,6 +213,7 @@ def run_child(
     timeout_s: float,
     on_progress: ProgressSink,
     on_start: StartSink | None = None,
+    frameworks: bool = True,
 ) -> Outcome:
     """Run ``target(request, conn)`` in a fresh child (`start_method`); its report, crash or
     timeout.
@@ -196,7 +222,7 @@ def run_child(
     (KeyboardInterrupt, a stop signal, a failed write) stops the child (terminate, then
     kill) and propagates.
     """
-    ctx = _context()
+    ctx = _context(frameworks)
     receiver, sender = ctx.Pipe(duplex=False)
     t0 = time.monotonic()
     process = ctx.Process(

@@ -11,17 +11,14 @@ exit, as a ``spawn`` child is. Importing this module
 - asks the kernel to kill the server when its parent (the study) dies (``prctl``; the
   server also exits when its pipe to the study closes), so the chain study -> server ->
   child never leaves an orphan (each child arms its own parent-death signal on the server);
-- imports what the pytorch and vLLM backends' runs import first
-  (:func:`llenergymeasure.core.backends.registry.preload_frameworks`); whatever is not
-  installed is skipped.
+- and, listed after it when the study runs real experiments, ``forkserver_frameworks``
+  imports what the pytorch and vLLM backends' runs import first.
 """
 
 from __future__ import annotations
 
 import os
 
-from llenergymeasure.core.backends.registry import preload_frameworks
 from llenergymeasure.lifeline import die_with_parent
 
 die_with_parent(os.getppid())  # the server's parent: the study process
-preload_frameworks()
