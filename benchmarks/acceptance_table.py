@@ -2,7 +2,7 @@
 
 Reads what the run left in OUT_DIR (energy.json, experiment.json, harness.json,
 launcher_tax.json, study/, pytest_gpu.log, vllm_<max_num_seqs>.json, sensor_profile.json,
-phases/phase_energy.json) and prints one line per check with its target. Parts that did not run are
+phases/phase_energy.json, overhead.json) and prints one line per check with its target. Parts that did not run are
 listed as "not run", never as passed.
 
     python benchmarks/acceptance_table.py OUT_DIR
@@ -281,6 +281,35 @@ def phases_rows(data: Any) -> list[Row]:
     return rows or [("energy by phase", "no checks", "", "MISSED")]
 
 
+def overhead_rows(data: Any) -> list[Row]:
+    """benchmarks/gpu_study_overhead.py: overhead per experiment (goal <= 5 s) and, before
+    and after, whether the J/token CIs overlap."""
+    if data is None:
+        return [("study overhead", "not run", "", "")]
+    after = data.get("runs", {}).get("after")
+    if not after:
+        return [("study overhead", "no run of this tree", "", "MISSED")]
+    worst = max(
+        (e["breakdown"]["overhead_s"] for e in after["experiments"] if e.get("breakdown")),
+        default=None,
+    )
+    mean = after.get("mean", {}).get("overhead_s")
+    if worst is None or mean is None:
+        return [("study overhead", "no breakdown", "", "MISSED")]
+    rows: list[Row] = [
+        ("study overhead / experiment (pytorch)", f"mean {mean:.2f} s, max {worst:.2f} s",
+         "<= 5 s", _status(worst <= 5.0)),
+    ]  # fmt: skip
+    comp = data.get("comparison")
+    if comp:
+        for label, row in comp["configs"].items():
+            r = row.get("j_per_output_token")
+            if r is not None:
+                rows.append((f"J/token before vs after, {label}", f"ratio {r['ratio']:.4f}",
+                             "CIs overlap", _status(bool(r["cis_overlap"]))))  # fmt: skip
+    return rows
+
+
 def main(argv: list[str]) -> int:
     """Print the table; exit 1 when a check with a target missed it."""
     out = Path(argv[1] if len(argv) > 1 else "results/gpu_acceptance")
@@ -294,6 +323,7 @@ def main(argv: list[str]) -> int:
         *vllm_rows(out),
         *sensor_rows(_load(out / "sensor_profile.json")),
         *phases_rows(_load(out / "phases" / "phase_energy.json")),
+        *overhead_rows(_load(out / "overhead.json")),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     print("\nGPU acceptance summary")

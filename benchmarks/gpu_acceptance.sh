@@ -3,13 +3,16 @@
 # experiments through the tool, harness tax, launcher tax, a study, vLLM, the sensor characterisation
 # and energy by phase; prints a short table last.
 # Usage (GPU machine, repo root):  benchmarks/gpu_acceptance.sh [quick|full] [OUT_DIR] [PARTS]
-#   PARTS: comma list of tests,energy,experiment,harness,launcher,study,vllm,sensor,phases
+#   PARTS: comma list of tests,energy,experiment,harness,launcher,study,vllm,sensor,phases,overhead
 #   (default: all)
 #   sensor: gpu_sensor_characterise.py --quick (~2 min): how each power signal follows a
 #   square-wave load; merged into OUT_DIR/sensor_profiles.json (a copy of the bundled file)
 #   phases: gpu_phase_energy.py (quick ~1.5 min, full ~3 min): energy by phase / per request
 #   and the counter trace's cost, with that profiles file, its trace cost merged into it.
 #   Copy OUT_DIR/sensor_profiles.json to src/llenergymeasure/core/energy/ afterwards.
+#   overhead: gpu_study_overhead.py (~2 min per tree): a 2-config x 3-cycle study's time
+#   breakdown; before/after when $LLEM_BEFORE_SRC (or .before/src) holds an older src/
+#   (git archive <commit> src | tar -x -C .before), else this tree alone.
 #   vllm: benchmarks/gpu_vllm.py once per max_num_seqs in $LLEM_VLLM_SEQS (default "64 256",
 #   ~8 min each on an H200 incl. engine start; $LLEM_VLLM_ARGS is passed on, e.g. "--budget-s
 #   420" to leave room in a 9-minute call); skipped with a message when vllm does not
@@ -19,7 +22,7 @@
 set -u
 mode=${1:-quick}
 out=${2:-results/gpu_acceptance}
-parts=${3:-tests,energy,experiment,harness,launcher,study,vllm,sensor,phases}
+parts=${3:-tests,energy,experiment,harness,launcher,study,vllm,sensor,phases,overhead}
 work=${LLEM_ACCEPT_WORK:-$out/work}
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
@@ -75,5 +78,12 @@ if has phases; then
   python3 benchmarks/gpu_phase_energy.py $q --profiles "$profiles" --merge-into "$profiles" \
     --out "$out/phases" > "$out/phases.log" 2>&1
   tail -14 "$out/phases.log" | tee -a "$log"
+fi
+if has overhead; then
+  before=${LLEM_BEFORE_SRC:-.before/src}; bargs=""
+  [ -d "$before/llenergymeasure" ] && bargs="--before-src $before"
+  python3 benchmarks/gpu_study_overhead.py $bargs --after-src src --out "$out/overhead.json" \
+    --results-dir "$work/overhead" > "$out/overhead.log" 2>&1
+  tail -16 "$out/overhead.log" | tee -a "$log"
 fi
 python3 benchmarks/acceptance_table.py "$out" | tee "$out/acceptance_table.txt"

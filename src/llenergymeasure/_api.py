@@ -47,9 +47,12 @@ def run_loaded_experiment(
     *,
     results_dir: str | Path | None = None,
     progress: Progress | None = None,
+    process_started_s: float | None = None,
 ) -> ExperimentResult:
     """:func:`run_experiment` for a configuration the caller has already loaded (the CLI
-    loads once, prints its notes, then runs it)."""
+    loads once, prints its notes, then runs it). ``process_started_s``: when this process
+    started (``time.monotonic``; the CLI's own start), to time what came before the first
+    stage as the phase ``start``."""
     if loaded.kind != "experiment" or loaded.experiment is None:
         where = loaded.source_path or "this configuration"
         raise ConfigError(
@@ -62,6 +65,7 @@ def run_loaded_experiment(
         user_config=loaded.user_config,
         experiment=loaded.experiment,
         provenance=loaded.provenance,
+        process_started_s=process_started_s,
     )
     return study.experiments[0]
 
@@ -159,6 +163,7 @@ def _run(
     resume_dir: str | Path | None = None,
     no_gaps: bool = False,
     cli_overrides: dict[str, Any] | None = None,
+    process_started_s: float | None = None,
     retry_failed: bool = False,
 ) -> StudyResult:
     """The one internal entry point: a single experiment in-process, or a study runner."""
@@ -168,7 +173,9 @@ def _run(
     out = Path(results_dir) if results_dir is not None else Path(uc.output.results_dir)
     check_results_dir(out)
     if experiment is not None:
-        return _run_single(study, experiment, provenance or {}, out, progress, uc)
+        return _run_single(
+            study, experiment, provenance or {}, out, progress, uc, process_started_s
+        )
     from llenergymeasure.logging import current_verbosity
     from llenergymeasure.study.runner import StudyRunner
 
@@ -216,6 +223,7 @@ def _run_single(
     results_dir: Path,
     progress: Progress | None,
     user_config: UserConfig,
+    process_started_s: float | None = None,
 ) -> StudyResult:
     """Run one experiment in this process and wrap it as a one-experiment StudyResult.
 
@@ -236,6 +244,7 @@ def _run_single(
         results_dir=results_dir,
         progress=progress,
         user_config=user_config,
+        process_started_s=process_started_s,
     )
     with StopSignals():  # SIGTERM/SIGHUP stop it like Ctrl-C (failed result, exit 128+sig)
         result = orchestrator.run()

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+#: The stage an experiment reports right before it writes its result: a study times the
+#: saving from it (the child's report follows the write).
+SAVING_STAGE = "saving"
+
 
 @dataclass(frozen=True)
 class ExperimentTick:

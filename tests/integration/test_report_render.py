@@ -34,7 +34,7 @@ from llenergymeasure.cli.app import app
 from llenergymeasure.domain.study import STUDY_METRICS, StudyResult
 from llenergymeasure.reporting.compare import compare, format_comparison
 from llenergymeasure.results.persistence import read_result
-from llenergymeasure.study.summary import format_study_table
+from llenergymeasure.study.summary import format_study_table, format_study_timing
 
 pytestmark = pytest.mark.slow
 
@@ -167,7 +167,8 @@ def test_export_has_study_and_cycle_columns(runs: tuple[Path, Path], tmp_path: P
 def test_results_prints_what_run_printed(runs: tuple[Path, Path]) -> None:
     result = CliRunner().invoke(app, ["results", str(runs[0])])
     assert result.exit_code == 0
-    expected = format_study_table(StudyResult.load(runs[0]))
+    summary = StudyResult.load(runs[0])
+    expected = f"{format_study_table(summary)}\n{format_study_timing(summary)}"
     assert result.stdout == f"{expected}\nresults: {runs[0]}\n"
 
 

@@ -67,14 +67,21 @@ def _snapshot(study_dir: Path) -> dict[Path, bytes]:
 
 
 # ---- 1. parent death ----------------------------------------------------------------------
-@pytest.mark.parametrize("group", [False, True], ids=["parent-alone", "whole-group"])
+@pytest.mark.parametrize(
+    ("group", "start"),
+    [(False, "forkserver"), (True, "forkserver"), (False, "spawn")],
+    ids=["parent-alone", "whole-group", "parent-alone-spawn"],
+)
 def test_sigkill_while_measuring_leaves_no_orphan_and_resume_runs_each_once(
-    tmp_path: Path, group: bool
+    tmp_path: Path, group: bool, start: str
 ) -> None:
     study, gate, out = _study(), tmp_path / "gate", tmp_path / "results"
     gate.mkdir()
-    proc, _ = start_study(tmp_path, study, out, _gated(gate, 1))
+    env = {"LLEM_CHILD_START": start}  # forked from the study's fork server, or spawned
+    proc, _ = start_study(tmp_path, study, out, _gated(gate, 1), env=env)
     child = measuring_pid(gate, 1)
+    server = psutil.Process(child).ppid()  # the study's fork server, or the study itself
+    assert (server == proc.pid) == (start == "spawn")
     study_dir = only_study_dir(out)
     running = read_manifest_json(study_dir)["entries"][1]
     assert running["status"] == "running"
@@ -86,6 +93,8 @@ def test_sigkill_while_measuring_leaves_no_orphan_and_resume_runs_each_once(
     assert kill_and_reap(proc, signal.SIGKILL, group) == -signal.SIGKILL
 
     assert_gone(child)  # the parent-death signal: no orphan measures on
+    assert_gone(server)  # nor a fork server
+    assert not psutil.pid_exists(child) and not psutil.pid_exists(server)
     assert_results_match_manifest(study_dir)
     before = _snapshot(study_dir)
     assert len(before) == 1

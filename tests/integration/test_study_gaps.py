@@ -60,10 +60,13 @@ def test_gaps_are_waited_recorded_and_skippable(tmp_path: Path, no_gaps: bool) -
         (4, 2, "failed"),
     ]
     gaps = [m for m in progress.messages if m.startswith("waiting")]
+    before = [t.gap_before_s for t in result.timing.experiments]
     if no_gaps:
         assert gaps == [] and result.timing.gap_s == 0.0
+        assert before == [None, 0.0, 0.0, 0.0]
     else:
         # interleaved: A1 [config] B1 [cycle] A2 [config] B2  -> 0.5 + 1.5 + 0.5 s
         assert [g.split("(")[1].split(" ")[0] for g in gaps] == ["config", "cycle", "config"]
         assert 2.5 <= result.timing.gap_s < 3.5
+        assert before[0] is None and sum(g or 0.0 for g in before) == result.timing.gap_s
         assert result.timing.wall_time_s >= result.timing.gap_s

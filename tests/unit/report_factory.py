@@ -33,7 +33,7 @@ from llenergymeasure.study.manifest import (
     StudyManifest,
     write_manifest,
 )
-from llenergymeasure.study.summary import _config_summary, _mark_best, _timing, key_fields
+from llenergymeasure.study.summary import _config_summary, _mark_best, key_fields, study_timing
 
 
 def cpu_estimate_report(energy_j: float, duration_s: float) -> EnergyReport:
@@ -189,6 +189,6 @@ def _write_summary(
         counts=StudyCounts(planned=n, completed=n, failed=0, skipped=0, not_run=0),
         configs=summaries,
         best_config_hash=next((c.config_hash for c in summaries if c.best), None),
-        timing=_timing(manifest.entries, 0.0, 100.0),
+        timing=study_timing(manifest.entries, 0.0, 100.0),
     )
     atomic_write_text(study_dir / "study_summary.json", summary.model_dump_json(indent=2))

@@ -180,3 +180,22 @@ def test_progress_writes_lines_to_its_stream_and_quiet_silences_it() -> None:
     silent.prompts_done(3, 10)
     silent.close()
     assert quiet.getvalue() == ""
+
+
+def test_experiment_summary_says_where_the_time_went() -> None:
+    from llenergymeasure.domain.results import WarmupResult
+
+    result = _result(_energy()).model_copy(
+        update={
+            "measurement_window_s": 2.0,
+            "phase_durations_s": {"start": 1.0, "imports": 2.0, "prompts": 0.1, "load": 3.0,
+                                  "tokenise": 0.1, "warmup": 1.5, "measure": 2.1},
+            "warmup": WarmupResult(mode="fixed", runs=3, latencies_s=[1.0, 0.25, 0.25]),
+        }
+    )  # fmt: skip
+    text = format_experiment(result)
+    assert "time                   window 2.00 s, outside it 7.80 s; overhead 4.80 s" in text
+    assert "(outside minus load and baseline; goal <= 5 s)" in text
+    assert "start 1.00 | imports 2.00 | prompts 0.10 | load 3.00" in text
+    assert "warm-up 1.50 (first call 1.00) | close 0.10" in text
+    assert "time" not in format_experiment(_result(None))  # no phases: no time lines

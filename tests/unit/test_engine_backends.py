@@ -370,3 +370,31 @@ def test_vllm_derives_its_timings_after_the_window(vllm_engine: Engine) -> None:
     assert out.timings == [] and out.duration_s > 0  # inside the window: stamps only
     assert out.finalize() is out and out.n_requests == 10 and out.output_tokens == 40
     assert out.finalize().n_requests == 10  # once
+
+
+def test_vllm_keeps_its_compile_cache_and_model_dir_in_the_study_cache(
+    vllm_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLLM_CACHE_ROOT", "unset-below")
+    monkeypatch.delenv("VLLM_CACHE_ROOT")  # restored (absent) after the test
+    backend = vllm_engine.backend
+    backend.use_study_cache(tmp_path / "cache")
+    import os
+
+    assert os.environ["VLLM_CACHE_ROOT"] == str(tmp_path / "cache" / "vllm")
+    backend.initialize(_config("vllm"), PROMPTS)
+    [llm] = vllm_engine.module.LLM.instances
+    model_dir = Path(llm.kwargs["model"])
+    assert model_dir.parent == tmp_path / "cache" / "arch"
+    assert backend._details["vllm_cache_root"] == str(tmp_path / "cache" / "vllm")
+    assert backend.engine_start_s is not None and backend.engine_start_s >= 0
+
+
+def test_vllm_keeps_a_cache_root_the_user_set(
+    vllm_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "mine"))
+    vllm_engine.backend.use_study_cache(tmp_path / "cache")
+    import os
+
+    assert os.environ["VLLM_CACHE_ROOT"] == str(tmp_path / "mine")

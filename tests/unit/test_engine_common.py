@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,17 @@ def test_random_model_dir_holds_the_catalogue_config() -> None:
     data = json.loads((path / "config.json").read_text())
     assert data["hidden_size"] == get_architecture("tiny-llama").hidden
     assert data["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_random_model_dir_is_the_same_path_for_the_same_architecture(tmp_path: Path) -> None:
+    # vLLM keys its compile cache on the model path: a new directory per experiment missed it
+    first = random_model_dir(_config(), tmp_path)
+    assert random_model_dir(_config(), tmp_path) == first
+    assert first.parent == tmp_path and first.name.startswith("llem-arch-")
+    assert random_model_dir(_config(model="tiny-llama-hd64"), tmp_path) != first
+    assert random_model_dir(_config()) == random_model_dir(_config())  # temp dir: stable too
+    (first / "config.json").write_text("{}")  # damaged: written again
+    assert json.loads((random_model_dir(_config(), tmp_path) / "config.json").read_text())
 
 
 def test_random_model_dir_needs_a_known_architecture() -> None:

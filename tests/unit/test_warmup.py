@@ -70,3 +70,41 @@ def test_disabled_runs_nothing() -> None:
 def test_cv_definition() -> None:
     assert coefficient_of_variation([1.0]) is None
     assert coefficient_of_variation([1.0, 3.0]) == pytest.approx(2**0.5 / 2)
+
+
+def test_cv_mode_stops_as_soon_as_two_calls_after_the_first_agree() -> None:
+    clock = ManualClock()
+    # a first call with one-time costs, then steady: the old rule (the first call inside a
+    # window of 5) needed 6 calls
+    step, calls = _steps([10.0, 1.0, 1.01, 1.0, 1.0, 1.0], clock)
+    result = run_warmup(step, WarmupConfig(convergence=True), clock=clock.now)
+    assert calls["n"] == 3 and result.converged is True
+    assert result.first_call_s == 10.0 and result.steady_call_s == pytest.approx(1.005)
+    assert result.one_time_s == pytest.approx(8.995)
+
+
+def test_cv_mode_respects_its_minimum_and_never_counts_the_first_call() -> None:
+    clock = ManualClock()
+    step, calls = _steps([1.0], clock)  # steady from the start: still two calls after the first
+    result = run_warmup(step, WarmupConfig(convergence=True, window=3), clock=clock.now)
+    assert calls["n"] == 3 and result.converged is True
+    # a second call still settling keeps it going until the last calls agree
+    clock = ManualClock()
+    step, calls = _steps([10.0, 3.0, 1.0, 1.0, 1.0], clock)
+    result = run_warmup(step, WarmupConfig(convergence=True, window=2), clock=clock.now)
+    assert calls["n"] == 4 and result.converged is True
+    # a cap below the minimum: it runs to the cap and says it did not converge
+    clock = ManualClock()
+    step, calls = _steps([1.0], clock)
+    settings = WarmupConfig(convergence=True, window=2, max_warmup=2)
+    result = run_warmup(step, settings, clock=clock.now)
+    assert calls["n"] == 2 and result.converged is False
+
+
+def test_fixed_mode_records_the_first_call_apart() -> None:
+    clock = ManualClock()
+    step, _ = _steps([4.0, 1.0, 1.2], clock)
+    result = run_warmup(step, WarmupConfig(n_warmup=3), clock=clock.now)
+    assert result.first_call_s == 4.0 and result.steady_call_s == pytest.approx(1.1)
+    one = run_warmup(_steps([2.0], ManualClock())[0], WarmupConfig(n_warmup=1))
+    assert one.first_call_s == 2.0 and one.steady_call_s is None and one.one_time_s is None

@@ -222,6 +222,23 @@ def _process_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
     return [("processes", f"{result.n_processes} ({'; '.join(parts)})")]
 
 
+def _time_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
+    """Where the run's time went (docs/measurement.md §16): the window, the time outside
+    it and the overhead against the goal, then the parts."""
+    from llenergymeasure.domain.timing import OVERHEAD_GOAL_S, breakdown_of, parts_text
+
+    if not result.phase_durations_s:
+        return []
+    b = breakdown_of(result)
+    excluded = "load, engine start and baseline" if b.engine_start_s else "load and baseline"
+    goal = f"; goal <= {OVERHEAD_GOAL_S:g} s" if result.config.get("backend") == "pytorch" else ""
+    head = (
+        f"window {fmt(b.window_s, 2, 's')}, outside it {b.outside_s:.2f} s; overhead "
+        f"{b.overhead_s:.2f} s (outside minus {excluded}{goal})"
+    )
+    return [("time", head), ("time outside", parts_text(b))]
+
+
 def format_experiment(result: ExperimentResult, result_dir: str | None = None) -> str:
     """The end-of-run summary of one experiment, with its warnings."""
     status = "FAILED" if result.failed else "completed"
@@ -231,6 +248,7 @@ def format_experiment(result: ExperimentResult, result_dir: str | None = None) -
     pairs = _config_pairs(result) + _process_pairs(result) + _metric_pairs(result)
     pairs += _energy_pairs(result)
     pairs += _phase_pairs(result)
+    pairs += _time_pairs(result)
     pairs.append(("results", result_dir or MISSING))
     lines = [
         f"Experiment {result.name} ({status}, config {result.config_hash[:8]})",

@@ -95,10 +95,14 @@ class WarmupConfig(_Model):
     enabled: bool = True
     n_warmup: int = Field(3, ge=0, le=1000, description="Warm-up runs (fixed mode).")
     convergence: bool = Field(
-        False, description="Stop when the CV of the last `window` latencies < cv_threshold."
+        False,
+        description="Stop as soon as the latencies settle: the CV of the last `window` calls "
+        "after the first (at least 2 of them) < cv_threshold.",
     )
     cv_threshold: float = Field(0.05, gt=0.0, le=1.0)
-    window: int = Field(5, ge=2, le=100)
+    window: int = Field(
+        5, ge=2, le=100, description="Most calls (after the first) the CV is computed over."
+    )
     max_warmup: int = Field(50, ge=1, le=10_000)
     thermal_floor_s: float = Field(
         0.0, ge=0.0, le=3600.0, description="Minimum seconds of warm-up (thermal floor)."

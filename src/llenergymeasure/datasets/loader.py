@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.datasets.synthetic import as_synthetic_spec, synthetic_prompts
+from llenergymeasure.datasets.synthetic import SyntheticSpec, as_synthetic_spec, synthetic_prompts
 from llenergymeasure.datasets.types import Prompt, PromptList
 from llenergymeasure.exceptions import ConfigError
 
@@ -56,19 +56,25 @@ Row = Mapping[str, Any]
 
 
 def load_prompts(
-    dataset: Any, n: int | None = None, seed: int = 0, tokenizer: Any = None
+    dataset: Any,
+    n: int | None = None,
+    seed: int = 0,
+    tokenizer: Any = None,
+    cache_dir: Path | None = None,
 ) -> PromptList:
     """Prompts from ``dataset`` (see module docstring), ``n`` of them (``None``: all rows,
     or the synthetic spec's ``n``), sampled with ``seed``.
 
     ``tokenizer`` is needed for synthetic specs only (default: the offline tokenizer).
-    Raises ``ConfigError`` with a fix for every bad source.
+    ``cache_dir``: where synthetic prompts are cached (a study's ``<study dir>/cache``;
+    `datasets.cache`); None builds them afresh. Raises ``ConfigError`` with a fix for
+    every bad source.
     """
     if n is not None and n < 1:
         raise ConfigError(f"n: must be >= 1, got {n} -> ask for at least one prompt")
     spec = as_synthetic_spec(dataset, default_n=n)
     if spec is not None:
-        return _load_synthetic(spec, n, tokenizer)
+        return _load_synthetic(spec, n, tokenizer, cache_dir)
     if not isinstance(dataset, str | os.PathLike):
         raise ConfigError(
             f"dataset: unsupported value {dataset!r} -> use 'builtin', a file path, "
@@ -78,17 +84,29 @@ def load_prompts(
     return sample_prompts(rows, n, seed, source)
 
 
-def _load_synthetic(spec: Any, n: int | None, tokenizer: Any) -> PromptList:
-    """Synthetic prompts, with the offline tokenizer by default."""
+def _load_synthetic(
+    spec: SyntheticSpec, n: int | None, tokenizer: Any, cache_dir: Path | None
+) -> PromptList:
+    """Synthetic prompts, with the offline tokenizer by default; through the prompt cache
+    when ``cache_dir`` is given (``cache`` in the summary: hit, miss or off)."""
     if tokenizer is None:
         from llenergymeasure.catalogue.tokenizer import load_offline_tokenizer
 
         tokenizer = load_offline_tokenizer()
-    prompts = synthetic_prompts(spec, tokenizer, n)
+    count = spec.n if n is None else n
+    cache = None
+    if cache_dir is not None:
+        from llenergymeasure.datasets.cache import cached_synthetic
+
+        prompts, cache = cached_synthetic(
+            cache_dir, spec, count, tokenizer, lambda: synthetic_prompts(spec, tokenizer, n)
+        )
+    else:
+        prompts = synthetic_prompts(spec, tokenizer, n)
     source = (
         f"synthetic(input_len={spec.input_len}, output_len={spec.output_len}, seed={spec.seed})"
     )
-    return PromptList(prompts, source=source, n_available=len(prompts))
+    return PromptList(prompts, source=source, n_available=len(prompts), cache=cache)
 
 
 def _rows_for(dataset: str) -> tuple[str, list[Prompt]]:
@@ -130,6 +148,7 @@ def cap_prompt_chars(prompts: PromptList, max_input_tokens: int) -> PromptList:
         n_available=prompts.n_available,
         cycled=prompts.cycled,
         notes=[*prompts.notes, note],
+        cache=prompts.cache,
     )
 
 

@@ -26,7 +26,9 @@ class PromptList(list[Prompt]):
     """A ``list[Prompt]`` that also records where the prompts came from and how they were
     drawn (so results can report it): ``source``, ``n_available`` (distinct prompts in the
     source), ``cycled`` (some prompts repeat because more were asked for than exist) and
-    ``notes`` (human-readable remarks such as skipped empty rows)."""
+    ``notes`` (human-readable remarks such as skipped empty rows); ``cache`` says whether a
+    study's prompt cache served them (``hit``), stored them (``miss``) or could not be used
+    (``off``); None when no cache was asked for."""
 
     def __init__(
         self,
@@ -35,22 +37,27 @@ class PromptList(list[Prompt]):
         n_available: int,
         cycled: bool = False,
         notes: list[str] | None = None,
+        cache: str | None = None,
     ) -> None:
         super().__init__(prompts)
         self.source = source
         self.n_available = n_available
         self.cycled = cycled
         self.notes: list[str] = list(notes or [])
+        self.cache = cache
 
     def summary(self) -> dict[str, object]:
         """Provenance of this prompt list as a plain dict (for result metadata)."""
-        return {
+        summary: dict[str, object] = {
             "source": self.source,
             "n": len(self),
             "n_available": self.n_available,
             "cycled": self.cycled,
             "notes": list(self.notes),
         }
+        if self.cache is not None:
+            summary["cache"] = self.cache
+        return summary
 
 
 __all__ = ["Prompt", "PromptList"]

@@ -11,6 +11,7 @@ devices) by :func:`llenergymeasure.results.aggregation.aggregate_process_results
 
 from __future__ import annotations
 
+import statistics
 from datetime import datetime
 from typing import Any, Literal
 
@@ -39,11 +40,30 @@ class WarmupResult(_Model):
     cv_threshold: float | None = None
     window: int | None = Field(None, description="latencies the CV was computed over")
     latencies_s: list[float] = Field(default_factory=list)
+    first_call_s: float | None = Field(
+        None,
+        description="the first call's latency: it carries the one-time costs (CUDA kernels "
+        "loaded, cuBLAS workspaces, kernel selection, compilation)",
+    )
+    steady_call_s: float | None = Field(
+        None, description="median latency of the calls after the first (None with one call)"
+    )
     duration_s: float = Field(0.0, ge=0.0, description="wall time of the whole warm-up")
     thermal_floor_s: float = Field(0.0, ge=0.0, description="minimum warm-up time asked for")
     thermal_floor_waited_s: float = Field(
         0.0, ge=0.0, description="extra time spent warming up only to reach the thermal floor"
     )
+
+    @property
+    def one_time_s(self) -> float | None:
+        """What the first call cost beyond a steady one (None without two calls)."""
+        first = self.first_call_s if self.first_call_s is not None else None
+        if first is None and self.latencies_s:
+            first = self.latencies_s[0]
+        steady = self.steady_call_s
+        if steady is None and len(self.latencies_s) > 1:
+            steady = statistics.median(self.latencies_s[1:])
+        return max(0.0, first - steady) if first is not None and steady is not None else None
 
 
 class RequestTimingRecord(_Model):

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llenergymeasure.domain.files import validate_json_file
 from llenergymeasure.domain.results import ExperimentResult
 from llenergymeasure.domain.stats import CycleSummary
+from llenergymeasure.domain.timing import OVERHEAD_GOAL_S, TimeBreakdown
 from llenergymeasure.exceptions import ResultFileError
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,14 @@ class ExperimentTiming(_Model):
     outside_measurement_s: float | None = Field(
         description="subprocess wall minus measurement window: imports, load, warm-up, saving"
     )
+    backend: str | None = Field(None, description="its backend (from its result)")
+    gap_before_s: float | None = Field(
+        None, description="thermal-recovery gap waited before it (outside its process)"
+    )
+    breakdown: TimeBreakdown | None = Field(
+        None,
+        description="its wall time by part (docs/measurement.md §16); None without a result",
+    )
 
 
 class StudyTiming(_Model):
@@ -131,6 +140,13 @@ class StudyTiming(_Model):
     outside_measurement_s: float = Field(description="experiment wall minus measurement")
     gap_s: float = Field(description="waited in config/cycle gaps (thermal recovery)")
     experiments: list[ExperimentTiming] = Field(default_factory=list)
+    breakdown: TimeBreakdown | None = Field(
+        None, description="the experiments' breakdowns summed (those with a result)"
+    )
+    overhead_goal_s: float = Field(
+        OVERHEAD_GOAL_S,
+        description="target of breakdown.overhead_s per experiment (pytorch backend)",
+    )
 
 
 class StudyResult(_Model):

@@ -52,6 +52,18 @@ class PhaseTimer:
             self.durations_s[self._name] = self.durations_s.get(self._name, 0.0) + elapsed
             self._name = None
 
+    def add(self, name: str, seconds: float) -> None:
+        """Record a duration measured elsewhere (e.g. the process's start) as ``name``."""
+        self.durations_s[name] = self.durations_s.get(name, 0.0) + max(0.0, seconds)
+
+    def carve(self, name: str, out_of: str, seconds: float) -> None:
+        """Move ``seconds`` of the (finished) phase ``out_of`` into ``name``: a sub-phase
+        that a callee timed itself (an engine's start inside the model load)."""
+        moved = min(max(0.0, seconds), self.durations_s.get(out_of, 0.0))
+        if moved > 0:
+            self.durations_s[out_of] -= moved
+            self.add(name, moved)
+
     def total_s(self, *names: str) -> float:
         """Sum of the named phases (missing ones count 0)."""
         return sum(self.durations_s.get(n, 0.0) for n in names)

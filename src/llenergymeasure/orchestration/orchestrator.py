@@ -19,6 +19,7 @@ and is re-raised as ``ExperimentError`` (configuration/pre-flight errors keep th
 from __future__ import annotations
 
 import os
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from llenergymeasure.clock import utc_now
 from llenergymeasure.config.hashing import config_hash
 from llenergymeasure.domain.energy import QualityFlag
 from llenergymeasure.domain.results import ExperimentResult, RunnerContext, core_fields
+from llenergymeasure.domain.timing import ENERGY_START, ENGINE_START, IMPORTS, START
 from llenergymeasure.exceptions import (
     BackendNotInstalledError,
     ConfigError,
@@ -49,7 +51,7 @@ from llenergymeasure.orchestration.assemble import (
 )
 from llenergymeasure.orchestration.preflight import run_preflight
 from llenergymeasure.orchestration.warmup import run_warmup
-from llenergymeasure.progress import NullProgress, Progress
+from llenergymeasure.progress import SAVING_STAGE, NullProgress, Progress
 from llenergymeasure.redaction import redact, register_secrets, scrub, secret_values
 from llenergymeasure.results.aggregation import aggregate_process_results, build_run_result
 from llenergymeasure.results.filenames import TIMESERIES_FILENAME, default_experiment_name
@@ -75,7 +77,18 @@ if TYPE_CHECKING:
 EnergySessionFactory = Callable[
     ["ExperimentConfig", "list[int] | None", "Path | None"], "EnergySession"
 ]
-SETUP_PHASES = ("prompts", "load", "tokenise", "warmup", "baseline")
+#: Phases summed into ``setup_s`` (imports and the energy start were inside prompts/load
+#: and baseline before they were timed apart: kept in, so setup_s means what it did).
+SETUP_PHASES = (
+    IMPORTS,
+    "prompts",
+    "load",
+    ENGINE_START,
+    "tokenise",
+    ENERGY_START,
+    "baseline",
+    "warmup",
+)
 
 
 def default_energy_session(
@@ -115,6 +128,8 @@ class ExperimentOrchestrator:
         worker_target: WorkerTarget | None = None,
         runner: RunnerContext | None = None,
         recorded_config: ExperimentConfig | None = None,
+        process_started_s: float | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         """``run_dir``: an existing, empty directory made for this run by the caller (a
         study records it before the run starts); None: a new one under ``results_dir``.
@@ -124,6 +139,11 @@ class ExperimentOrchestrator:
         configuration to record as measured when ``config`` is a translation of it for
         this process (a container sees its routed GPUs renumbered from 0, so it runs with
         ``gpus`` rewritten while its result keeps the study's config and config hash).
+        ``process_started_s``: when this process was started (``time.monotonic``; a study
+        child: the parent's spawn call): the time up to the first stage is recorded as the
+        phase ``start`` (interpreter start, imports). ``cache_dir``: a study's cache
+        (``<study dir>/cache``): synthetic prompts are built once per study there and read
+        back by its later experiments (`datasets.cache`); None builds them every time.
         """
         self.config = _with_user_defaults(config, user_config)
         shown = _with_user_defaults(recorded_config, user_config) if recorded_config else None
@@ -136,6 +156,8 @@ class ExperimentOrchestrator:
         self.name = config.name or default_experiment_name(config.model, config.backend)
         self.state = ExperimentStateMachine()
         self.timer = PhaseTimer()
+        self._process_started_s = process_started_s
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.run_dir: Path | None = None
         self._given_run_dir = Path(run_dir) if run_dir is not None else None
         register_secrets(secret_values(self.config.model_dump(mode="json")))
@@ -179,7 +201,7 @@ class ExperimentOrchestrator:
             if isinstance(e, (ConfigError, BackendNotInstalledError, KeyboardInterrupt)):
                 raise  # keep their exit codes (2, 2, 130)
             raise ExperimentError(f"experiment {self.name!r} failed: {e}") from e
-        self._stage("saving", "save")
+        self._stage(SAVING_STAGE, "save")
         result = result.model_copy(update={"run_dir": str(self.run_dir)})
         try:
             write_result(result, self.run_dir)
@@ -194,27 +216,32 @@ class ExperimentOrchestrator:
     # ---- the lifecycle ------------------------------------------------------------------
     def _measure(self, run_dir: Path) -> ExperimentResult:
         """Everything from the environment snapshot to the aggregated result."""
-        from llenergymeasure.core.backends.registry import get_backend
+        from llenergymeasure.core.backends.registry import get_backend, preload_backend
         from llenergymeasure.datasets.loader import cap_prompt_chars, load_prompts
 
         self._stage("environment snapshot", "environment")
         self.record.environment = _collect_environment(self.record.warnings)
         backend = get_backend(self.config.backend)
+        _share_study_cache(backend, self.cache_dir)
         capabilities = backend.get_runtime_capabilities(self.config)
         self.record.warnings += backend_flags(backend.validate_config(self.config))
         if capabilities.launch_mode == "processes":
             return self._measure_launched(capabilities.n_processes, run_dir)
         _check_launch(capabilities)
+        self._stage(f"importing {self.config.backend}", IMPORTS)
+        arch = _arch(self.config.model)
+        preload_backend(self.config.backend, arch.model_type if arch is not None else None)
         try:
             self._stage("loading prompts", "prompts")
             cfg = self.config
-            prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed)
+            prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed, cache_dir=self.cache_dir)
             prompts = cap_prompt_chars(prompts, cfg.max_input_tokens)  # bounded tokenising
             self.record.dataset_info = prompts.summary()
             self.record.warnings += backend_flags(prompts.notes, "dataset_note")
             self._stage("loading model", "load")
             backend.initialize(cfg, prompts)
             self._stage("tokenising", "tokenise")
+            self.timer.carve(ENGINE_START, "load", _engine_start_s(backend))
             prepared = backend.tokenize(prompts)
             self._record_prepared(prepared)
             return self._measure_window(backend, prepared, run_dir)
@@ -230,10 +257,11 @@ class ExperimentOrchestrator:
         warm-up directly precedes the window (no cool-down gap between them) and the
         telemetry timeline covers warm-up too.
         """
-        self._stage("idle baseline", "baseline")
+        self._stage("starting energy meters", ENERGY_START)
         timeline = run_dir / TIMESERIES_FILENAME if self._save_timeline() else None
         session = self._start_energy(self._gpu_indices(backend), timeline)
         try:
+            self._stage("idle baseline", "baseline")
             if session is not None and self.config.baseline.enabled:
                 session.measure_baseline()
             self._stage("warm-up", "warmup")
@@ -277,7 +305,7 @@ class ExperimentOrchestrator:
 
         self._stage("loading prompts", "prompts")
         cfg = self.config
-        prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed)
+        prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed, cache_dir=self.cache_dir)
         self.record.dataset_info = prompts.summary()
         self.record.warnings += backend_flags(prompts.notes, "dataset_note")
         visible, _ = probe_gpus(None) if cfg.device != "cpu" else ([], None)
@@ -331,7 +359,11 @@ class ExperimentOrchestrator:
             self.record.warnings.append(_truncation_flag(prepared.truncated_requests))
 
     def _stage(self, label: str, phase: str) -> None:
-        """Report a stage to the progress callback and time it as ``phase``."""
+        """Report a stage to the progress callback and time it as ``phase`` (the first
+        stage also records how long the process took to get here, when known)."""
+        if self._process_started_s is not None:
+            self.timer.add(START, time.monotonic() - self._process_started_s)
+            self._process_started_s = None
         self.timer.start(phase)
         self.progress.stage(label)
 
@@ -402,11 +434,14 @@ def run_single_experiment(
     results_dir: Path,
     progress: Progress | None = None,
     run_dir: Path | None = None,
+    process_started_s: float | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[ExperimentResult, Path]:
     """Run one experiment in this process; returns (result, path of its result.json).
 
     Used by the study runner inside its per-experiment subprocess (``run_dir``: the
-    directory the runner made for this attempt).
+    directory the runner made for this attempt; ``process_started_s``: when it asked for
+    the process, on the ``time.monotonic`` clock; ``cache_dir``: the study's cache).
     """
     from llenergymeasure.config.user_config import load_user_config
 
@@ -417,6 +452,8 @@ def run_single_experiment(
         progress=progress,
         user_config=load_user_config(),
         run_dir=run_dir,
+        process_started_s=process_started_s,
+        cache_dir=cache_dir,
     )
     result = orchestrator.run()
     assert orchestrator.result_path is not None
@@ -474,6 +511,21 @@ def _arch(model: str) -> ArchitectureSpec | None:
     from llenergymeasure.results.aggregation import resolve_arch_quietly
 
     return resolve_arch_quietly(model)
+
+
+def _share_study_cache(backend: InferenceBackend, cache_dir: Path | None) -> None:
+    """Hand a study's cache directory to a backend that keeps something there (an engine's
+    model directory and compile cache), before it imports its framework."""
+    use = getattr(backend, "use_study_cache", None)
+    if cache_dir is not None and callable(use):
+        use(cache_dir)
+
+
+def _engine_start_s(backend: InferenceBackend) -> float:
+    """How long an engine backend's start took inside ``initialize`` (vLLM: ``LLM(...)``);
+    0 for a backend without an engine."""
+    value = getattr(backend, "engine_start_s", None)
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _with_phase_energy(

@@ -127,6 +127,13 @@ class ManifestEntry(_Model):
     ended_at: datetime | None = None
     duration_s: float | None = Field(None, description="subprocess wall time")
     measurement_s: float | None = Field(None, description="measurement window")
+    save_s: float | None = Field(
+        None, description="the child's 'saving' stage to its report (writing result.json)"
+    )
+    exit_s: float | None = Field(None, description="the child's report to its exit")
+    gap_before_s: float | None = Field(
+        None, description="thermal-recovery gap waited before this attempt started"
+    )
     metrics: dict[str, float | None] = Field(default_factory=dict)
     run_dir: str | None = Field(
         None, description="the latest attempt's run directory, relative (made before it ran)"

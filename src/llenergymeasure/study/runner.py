@@ -67,7 +67,7 @@ from llenergymeasure.results.filenames import (
 )
 from llenergymeasure.results.persistence import atomic_write_text, new_run_dir, read_result
 from llenergymeasure.study import recovery
-from llenergymeasure.study.child import Outcome, WorkerTarget
+from llenergymeasure.study.child import Outcome, WorkerTarget, stop_fork_server
 from llenergymeasure.study.lock import StudyLock
 from llenergymeasure.study.manifest import (
     ManifestEntry,
@@ -98,6 +98,9 @@ if TYPE_CHECKING:
     from llenergymeasure.study.slurm.submit import JobFunction, JobSystem
 
 logger = logging.getLogger(__name__)
+
+#: ``<study dir>/cache``: built once per study, shared by its experiments (never results).
+STUDY_CACHE_DIRNAME = "cache"
 
 
 class TimeSource(Protocol):
@@ -181,6 +184,7 @@ class StudyRunner:
                     self._finish_quietly(study_dir, manifest, "failed", f"study runner error: {e}")
                     raise
             finally:
+                stop_fork_server()  # its children have all ended; the next study starts its own
                 if self._lock is not None:
                     self._lock.release()
 
@@ -372,8 +376,7 @@ class StudyRunner:
         limit = self.study.execution.max_consecutive_failures
         consecutive, previous = 0, None
         for k, entry in enumerate(pending):
-            if previous is not None:
-                self._gap(previous, entry)
+            entry.gap_before_s = self._gap(previous, entry) if previous is not None else None
             planned = by_key.get(entry.key)
             if planned is None:  # same design hash guarantees this cannot happen
                 raise StudyError(f"manifest entry {entry.label} cycle {entry.cycle} not in plan")
@@ -479,6 +482,7 @@ class StudyRunner:
             label=entry.label,
             verbosity=self.verbosity,
             run_dir=run_dir,
+            cache_dir=study_dir / STUDY_CACHE_DIRNAME,
         )
 
     # ---- the Slurm executor ---------------------------------------------------------------
@@ -531,6 +535,7 @@ class StudyRunner:
         """Write the outcome into the manifest entry (and the failure file)."""
         entry.ended_at = utc_now()
         entry.duration_s = outcome.wall_s
+        entry.save_s, entry.exit_s = outcome.save_s, outcome.exit_s
         if outcome.ok and outcome.result_path is not None:
             entry.status = "completed"
             entry.result_path = _relative(outcome.result_path, study_dir)
@@ -561,20 +566,23 @@ class StudyRunner:
             self.progress.prompts_done(message.done, message.total)
 
     # ---- gaps, ETA, end -------------------------------------------------------------------
-    def _gap(self, previous: ManifestEntry, nxt: ManifestEntry) -> None:
-        """Thermal-recovery wait between two experiments (blocking, Ctrl-C interrupts it)."""
+    def _gap(self, previous: ManifestEntry, nxt: ManifestEntry) -> float:
+        """Thermal-recovery wait between two experiments (blocking, Ctrl-C interrupts it);
+        the seconds waited."""
         ex = self.study.execution
         is_cycle = nxt.cycle != previous.cycle
         seconds = ex.cycle_gap_seconds if is_cycle else ex.config_gap_seconds
         if self.no_gaps or seconds <= 0:
-            return
+            return 0.0
         kind = "cycle" if is_cycle else "config"
         self.progress.message(f"waiting {seconds:g} s ({kind} gap, thermal recovery)")
         t0 = time.monotonic()
         try:
             self._wake.wait(seconds)
         finally:
-            self._gap_s += time.monotonic() - t0
+            waited = time.monotonic() - t0
+            self._gap_s += waited
+        return waited
 
     def _eta_s(self, remaining: int) -> float | None:
         """Mean duration of the experiments finished so far times those left (this one too)."""

@@ -25,7 +25,7 @@ from llenergymeasure.study import recovery
 from llenergymeasure.study.child import Outcome, ProgressSink, WorkerTarget, run_child
 from llenergymeasure.study.docker import DOCKER, docker_preflight, image_of
 from llenergymeasure.study.docker_runner import DockerRunner
-from llenergymeasure.study.worker import WorkerRequest
+from llenergymeasure.study.worker import WorkerRequest, experiment_worker
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -60,7 +60,8 @@ class ExperimentRunner(Protocol):
 
 
 class LocalRunner:
-    """A fresh ``spawn`` child per experiment (`study.child`)."""
+    """A fresh child per experiment (`study.child`); the fork server imports the
+    frameworks only for the real experiment worker (a test's fake target needs none)."""
 
     def __init__(self, target: WorkerTarget) -> None:
         self.target = target
@@ -77,13 +78,14 @@ class LocalRunner:
         on_progress: ProgressSink,
         on_start: StartSink | None = None,
     ) -> Outcome:
-        """Run the worker target in a spawn child (recorded by pid and start time)."""
+        """Run the worker target in a fresh child (recorded by pid and start time)."""
 
         def started(pid: int) -> None:
             if on_start is not None:
                 on_start(recovery.local_runner(pid))
 
-        return run_child(self.target, request, timeout_s, on_progress, started)
+        real = self.target is experiment_worker
+        return run_child(self.target, request, timeout_s, on_progress, started, frameworks=real)
 
 
 class RunnerSet:

@@ -11,6 +11,7 @@ configurations with every planned cycle completed and J/token measured in each).
 from __future__ import annotations
 
 import math
+import statistics
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,13 @@ from llenergymeasure.domain.study import (
     StudyFailure,
     StudyResult,
     StudyTiming,
+)
+from llenergymeasure.domain.timing import (
+    COLUMNS,
+    TimeBreakdown,
+    breakdown_of,
+    seconds_text,
+    sum_breakdowns,
 )
 from llenergymeasure.redaction import redact
 from llenergymeasure.study.stats import summarise_cycles
@@ -89,7 +97,7 @@ def build_study_result(
         best_config_hash=next((c.config_hash for c in configs if c.best), None),
         best_note=best_note,
         confidence=CONFIDENCE,
-        timing=_timing(manifest.entries, gap_s, wall_time_s),
+        timing=study_timing(manifest.entries, gap_s, wall_time_s, results),
         warnings=all_warnings,
         stopped_reason=manifest.stopped_reason,
         experiments=[results[e.key] for e in manifest.entries if e.key in results],
@@ -213,13 +221,20 @@ def _failure(entry: ManifestEntry) -> StudyFailure:
     )
 
 
-def _timing(entries: Sequence[ManifestEntry], gap_s: float, wall_time_s: float) -> StudyTiming:
-    """Where time went, over every experiment that ran (this session and earlier ones)."""
+def study_timing(
+    entries: Sequence[ManifestEntry],
+    gap_s: float,
+    wall_time_s: float,
+    results: Mapping[tuple[str, int], ExperimentResult] | None = None,
+) -> StudyTiming:
+    """Where time went, over every experiment that ran (this session and earlier ones):
+    per experiment its wall time by part (`domain.timing`), and their sum."""
     rows = []
     for e in entries:
         if e.duration_s is None or e.status not in ("completed", "failed"):
             continue
         outside = e.duration_s - e.measurement_s if e.measurement_s is not None else None
+        result = (results or {}).get(e.key) if e.status == "completed" else None
         rows.append(
             ExperimentTiming(
                 position=e.position,
@@ -229,6 +244,13 @@ def _timing(entries: Sequence[ManifestEntry], gap_s: float, wall_time_s: float) 
                 subprocess_wall_s=e.duration_s,
                 measurement_s=e.measurement_s,
                 outside_measurement_s=outside,
+                backend=str(result.config.get("backend")) if result is not None else None,
+                gap_before_s=e.gap_before_s,
+                breakdown=breakdown_of(
+                    result, wall_s=e.duration_s, save_s=e.save_s, exit_s=e.exit_s
+                )
+                if result is not None
+                else None,
             )
         )
     total = sum(r.subprocess_wall_s for r in rows)
@@ -240,6 +262,7 @@ def _timing(entries: Sequence[ManifestEntry], gap_s: float, wall_time_s: float) 
         outside_measurement_s=total - measured,
         gap_s=gap_s,
         experiments=rows,
+        breakdown=sum_breakdowns(r.breakdown for r in rows if r.breakdown is not None),
     )
 
 
@@ -372,3 +395,100 @@ def _align(table: list[list[str]]) -> list[str]:
         cells += [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
         out.append("  ".join(cells).rstrip())
     return out
+
+
+# ---- where the time went -------------------------------------------------------------------
+#: Above this many experiments the time table shows one row per configuration (means).
+MAX_TIME_ROWS = 24
+
+
+def format_study_timing(result: StudyResult) -> str:
+    """Where the study's time went: per experiment (or, for long studies, per configuration,
+    mean over its cycles) every part of its process's wall time, the window, the overhead
+    (outside the window minus load, engine start and baseline) against the goal; totals;
+    the gaps. Columns no experiment has (e.g. ``engine`` for pytorch) are left out."""
+    timing = result.timing
+    rows = [t for t in timing.experiments if t.breakdown is not None]
+    if not rows:
+        return "Where the time went: no experiment left a result to break down"
+    per_config = len(rows) > MAX_TIME_ROWS
+    table_rows: list[tuple[str, str, TimeBreakdown]] = []
+    if per_config:
+        for label in dict.fromkeys(t.label for t in rows):
+            mine = [t.breakdown for t in rows if t.label == label and t.breakdown]
+            table_rows.append((label, f"x{len(mine)}", _mean_breakdown(mine)))
+    else:
+        table_rows = [(t.label, str(t.cycle), t.breakdown) for t in rows if t.breakdown]
+    total = timing.breakdown
+    assert total is not None
+    mean = _mean_breakdown([t.breakdown for t in rows if t.breakdown])
+    columns = _time_columns([b for _, _, b in table_rows])
+    header = ["experiment", "cycles" if per_config else "cycle", "wall", *columns.values()]
+    header.append("overhead")
+    table = [header]
+    for label, cycle, b in table_rows:
+        table.append([label, cycle, *_time_cells(b, columns)])
+    table.append([f"total ({len(rows)})", "", *_time_cells(total, columns)])
+    table.append(["mean", "", *_time_cells(mean, columns)])
+    lines = ["Where the time went (seconds; `llem results` shows it again):", *_align(table)]
+    notes = [
+        "overhead = outside the window minus load, engine start and baseline: what llem "
+        f"itself costs; goal <= {timing.overhead_goal_s:g} s per experiment (pytorch)",
+        "start: process start and imports; meters: energy session start; close: window "
+        "edges, sampler stop, timeline file, per-request derivation; exit: teardown after "
+        "the report; warm-up (first call) holds the one-time costs",
+    ]
+    if any(b.start_derived for _, _, b in table_rows):
+        notes.append("start*: derived (wall minus the parts recorded; older results)")
+    torch_rows = [t.breakdown for t in rows if t.breakdown and t.backend == "pytorch"]
+    if torch_rows:
+        worst = max(b.overhead_s for b in torch_rows)
+        verdict = "met" if worst <= timing.overhead_goal_s else "NOT met"
+        notes.append(
+            f"pytorch overhead: mean {statistics.fmean(b.overhead_s for b in torch_rows):.2f} "
+            f"s, max {worst:.2f} s per experiment -> goal {verdict}"
+        )
+    study_rest = timing.wall_time_s - timing.experiments_wall_s - timing.gap_s
+    notes.append(
+        f"study wall {timing.wall_time_s:.1f} s = experiments {timing.experiments_wall_s:.1f} "
+        f"s + gaps {timing.gap_s:.1f} s + study process {max(0.0, study_rest):.1f} s"
+    )
+    lines += [
+        textwrap.fill(n, _WIDTH, initial_indent="  ", subsequent_indent="    ") for n in notes
+    ]
+    return "\n".join(lines)
+
+
+def _time_columns(rows: Sequence[TimeBreakdown]) -> dict[str, str]:
+    """The breakdown columns some row has a value for: field -> heading."""
+    shown: dict[str, str] = {}
+    for name, heading in COLUMNS:
+        values = [getattr(b, name) for b in rows]
+        if name == "other_s" or any(v is not None and v != 0 for v in values):
+            shown[name] = "warm-up (1st)" if name == "warmup_s" else heading
+    return shown
+
+
+def _time_cells(b: TimeBreakdown, columns: Mapping[str, str]) -> list[str]:
+    """wall, every shown part, overhead; warm-up with its first call in brackets."""
+    cells = [seconds_text(b.wall_s)]
+    for name in columns:
+        text = seconds_text(getattr(b, name))
+        if name == "start_s" and b.start_derived:
+            text += "*"
+        if name == "warmup_s" and b.warmup_first_call_s is not None:
+            text += f" ({seconds_text(b.warmup_first_call_s)})"
+        cells.append(text)
+    return [*cells, seconds_text(b.overhead_s)]
+
+
+def _mean_breakdown(parts: Sequence[TimeBreakdown]) -> TimeBreakdown:
+    """Field by field mean (fields None everywhere stay None)."""
+    total = sum_breakdowns(parts)
+    assert total is not None
+    n = len(parts)
+    data = total.model_dump()
+    for key, value in data.items():
+        if isinstance(value, float):
+            data[key] = value / n
+    return TimeBreakdown.model_validate(data)

@@ -53,6 +53,13 @@ class WorkerRequest:
     #: The run directory the parent made (and recorded in the manifest) for this attempt;
     #: None: the orchestrator makes one under ``results_dir``.
     run_dir: Path | None = None
+    #: When the parent asked for the child process (``time.monotonic``; set by
+    #: `study.child.run_child`): the child records the time up to its first stage as the
+    #: phase ``start`` (interpreter start, imports).
+    spawned_s: float | None = None
+    #: The study's cache directory (``<study dir>/cache``): what its experiments build once
+    #: and share (synthetic prompts, vLLM's compile cache). None: nothing is shared.
+    cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,8 @@ def run_real_experiment(request: WorkerRequest, progress: Any) -> tuple[Experime
         request.results_dir,
         progress=progress,
         run_dir=request.run_dir,
+        process_started_s=request.spawned_s,
+        cache_dir=request.cache_dir,
     )
 
 

@@ -60,7 +60,7 @@ def _log_to_stderr() -> None:
 def results(directory: DirArg) -> None:
     """Print the summaries of the studies and experiments saved under DIR."""
     from llenergymeasure.cli.display import format_experiment
-    from llenergymeasure.study.summary import format_study_table
+    from llenergymeasure.study.summary import format_study_table, format_study_timing
 
     collection = _load(directory)
     blocks = []
@@ -72,7 +72,10 @@ def results(directory: DirArg) -> None:
                 f"still running, or stopped hard) -> `llem run ... --resume-dir {study.study_dir}`"
             )
             continue
-        blocks.append(f"{format_study_table(study.summary)}\nresults: {study.study_dir}")
+        table = format_study_table(study.summary)
+        if study.summary.timing.breakdown is not None:  # summaries from before it lack it
+            table += "\n" + format_study_timing(study.summary)
+        blocks.append(f"{table}\nresults: {study.study_dir}")
     for run in collection.standalone():
         blocks.append(format_experiment(run.result, str(run.run_dir)))
     typer.echo("\n\n".join(blocks))

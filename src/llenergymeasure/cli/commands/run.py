@@ -235,12 +235,16 @@ def _run_experiment(request: RunRequest) -> None:
     from llenergymeasure._api import run_loaded_experiment
     from llenergymeasure.cli.display import format_experiment
     from llenergymeasure.cli.progress_bars import CliProgress
+    from llenergymeasure.clock import process_started_monotonic_s
     from llenergymeasure.exceptions import ResultNotSavedError
 
     progress = CliProgress(quiet=request.quiet)
     try:
         result = run_loaded_experiment(
-            request.loaded, results_dir=request.output, progress=progress
+            request.loaded,
+            results_dir=request.output,
+            progress=progress,
+            process_started_s=process_started_monotonic_s(),  # llem's own start: imports too
         )
     except ResultNotSavedError as e:  # measured, not saved: the summary is all there is
         progress.close()
@@ -264,7 +268,7 @@ def _run_study(
     from llenergymeasure._api import run_loaded_study
     from llenergymeasure.cli.progress_bars import CliProgress
     from llenergymeasure.study.signals import Interrupted
-    from llenergymeasure.study.summary import format_study_table
+    from llenergymeasure.study.summary import format_study_table, format_study_timing
 
     progress = CliProgress(quiet=request.quiet)
     try:
@@ -281,6 +285,7 @@ def _run_study(
         progress.close()
         if stop.result is not None:
             typer.echo(format_study_table(stop.result))
+            typer.echo(format_study_timing(stop.result))
         if stop.study_dir is not None:
             typer.echo(f"results: {stop.study_dir}")
             stop.resume_hint = resume_command(request, stop.study_dir)
@@ -288,6 +293,7 @@ def _run_study(
     finally:
         progress.close()
     typer.echo(format_study_table(result))
+    typer.echo(format_study_timing(result))
     typer.echo(f"results: {result.study_dir}")
     report = Path(result.study_dir) / "report.html"  # written at the end (report extra)
     if report.is_file():

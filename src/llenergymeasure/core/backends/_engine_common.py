@@ -6,8 +6,11 @@ the same tokenizer the pytorch backend uses, and the engines are started with
 ``skip_tokenizer_init`` so they do no text processing inside the window.
 
 For ``weights: random`` the engines need a model directory: :func:`random_model_dir` writes
-the architecture's ``config.json`` (from the catalogue or a local config) into a temporary
-directory that the engine loads with dummy weights.
+the architecture's ``config.json`` (from the catalogue or a local config) into a directory
+named by the hash of its content (under a study's cache, else the system temp dir) that the
+engine loads with dummy weights. The path is part of vLLM's compile-cache key, so the same
+architecture must always get the same path: a fresh temporary directory per experiment made
+every vLLM engine start compile from scratch.
 
 :class:`EngineBackend` is the life cycle both share (tokenizer, engine start, sampling
 parameters, warm-up, devices, cleanup); a subclass fills in its engine through a few hooks
@@ -17,7 +20,9 @@ and writes its own ``validate_config`` and ``run_inference``.
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -48,8 +53,11 @@ def require_module(module: str, extra: str) -> None:
         )
 
 
-def random_model_dir(config: ExperimentConfig) -> Path:
-    """A temporary directory holding the architecture's config.json (for dummy weights)."""
+def random_model_dir(config: ExperimentConfig, base: Path | None = None) -> Path:
+    """A directory holding the architecture's config.json (for dummy weights), named by the
+    hash of that file: ``<base or the temp dir>/llem-arch-<sha256[:16]>``. The same
+    architecture always gets the same path (engines key their compile caches on it); the
+    file is written atomically, so concurrent runs agree on it."""
     from llenergymeasure.catalogue.architectures import resolve_architecture
 
     spec = resolve_architecture(config.model)
@@ -58,10 +66,18 @@ def random_model_dir(config: ExperimentConfig) -> Path:
             f"model {config.model!r}: weights: random needs a catalogue name or a local "
             "config.json for the engine backends"
         )
-    out = Path(tempfile.mkdtemp(prefix="llem-arch-"))
     data = dict(spec.config)
     data.setdefault("architectures", [_architecture_class(spec.model_type)])
-    (out / "config.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+    text = json.dumps(data, indent=2, sort_keys=True)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    out = Path(base if base is not None else tempfile.gettempdir()) / f"llem-arch-{digest}"
+    target = out / "config.json"
+    if not (target.is_file() and target.read_text(encoding="utf-8") == text):
+        out.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=out)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
     return out
 
 
@@ -92,18 +108,34 @@ def prepare_token_ids(
 ) -> PreparedBatches:
     """One batch with every prompt as token ids (truncated to max_input_tokens); the output
     length follows :func:`output_length`."""
-    max_input_tokens = config.max_input_tokens
     max_new_tokens, notes = output_length(config, prompts)
     ids, lengths, payload, truncated = [], [], [], 0
-    for i, prompt in enumerate(prompts):
-        tokens: list[int] = tokenizer(prompt.text)["input_ids"]
-        truncated += len(tokens) > max_input_tokens or prompt.cut
-        tokens = tokens[:max_input_tokens]
+    encoded = encode_prompts(tokenizer, prompts, config.max_input_tokens, allow_empty=True)
+    for i, (prompt, (tokens, cut)) in enumerate(zip(prompts, encoded, strict=True)):
+        truncated += cut
         ids.append(f"{prompt.id}#{i}")
         lengths.append(len(tokens))
         payload.append(tokens)
     batch = PreparedBatch(ids, lengths, max(lengths), payload)
     return PreparedBatches([batch], max_new_tokens, truncated_requests=truncated, notes=notes)
+
+
+def encode_prompts(
+    tokenizer: Any, prompts: list[Prompt], max_input_tokens: int, *, allow_empty: bool = False
+) -> list[tuple[list[int], bool]]:
+    """Token ids of every prompt, truncated to max_input_tokens: (ids, was_truncated) each.
+    One batch call (a fast tokenizer encodes the batch on every core; the ids are those of
+    one call per prompt). A prompt cut before tokenising (``prompt.cut``) counts as
+    truncated; one that encodes to nothing is a ConfigError unless ``allow_empty``."""
+    if not prompts:
+        return []
+    encoded: list[list[int]] = tokenizer([p.text for p in prompts])["input_ids"]
+    out = []
+    for prompt, ids in zip(prompts, encoded, strict=True):
+        if not ids and not allow_empty:
+            raise ConfigError(f"prompt {prompt.id!r} tokenises to nothing: remove empty prompts")
+        out.append((ids[:max_input_tokens], len(ids) > max_input_tokens or prompt.cut))
+    return out
 
 
 def wall_to_perf_offset_s() -> float:
@@ -188,6 +220,10 @@ class EngineBackend(abc.ABC):
         self._llm: Any = None
         self._tokenizer: Any = None
         self._sampling: Any = None
+        #: Seconds the engine took to start in :meth:`initialize` (the orchestrator records
+        #: it as the phase ``engine_start``, apart from the model load).
+        self.engine_start_s: float | None = None
+        self._study_cache: Path | None = None
 
     # ---- hooks ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -210,6 +246,12 @@ class EngineBackend(abc.ABC):
     def _shutdown(self, engine: Any) -> None:  # noqa: B027 (optional hook)
         """Release the engine's workers before it is dropped (default: nothing)."""
 
+    def use_study_cache(self, cache_dir: Path) -> None:
+        """Keep what the engine builds for a study under ``cache_dir`` (the orchestrator
+        calls it with ``<study dir>/cache`` before anything is imported): here the random
+        model directory; vLLM also its compile cache."""
+        self._study_cache = Path(cache_dir)
+
     # ---- InferenceBackend ----------------------------------------------------------------
     def get_runtime_capabilities(
         self, config: ExperimentConfig | None = None
@@ -229,8 +271,11 @@ class EngineBackend(abc.ABC):
         self._config = config
         random_weights = effective_weights(config) == "random"
         self._tokenizer = load_tokenizer(config, random_weights)
-        model = str(random_model_dir(config)) if random_weights else config.model
+        base = self._study_cache / "arch" if self._study_cache is not None else None
+        model = str(random_model_dir(config, base)) if random_weights else config.model
+        start = time.perf_counter()
         self._llm = self._create_engine(config, model, random_weights)
+        self.engine_start_s = time.perf_counter() - start
         self._sampling = self._sampling_params(config, config.max_output_tokens)
 
     def tokenize(self, prompts: list[Prompt]) -> PreparedBatches:

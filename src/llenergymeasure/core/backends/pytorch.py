@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llenergymeasure.core.backends._engine_common import output_length
+from llenergymeasure.core.backends._engine_common import encode_prompts, output_length
 from llenergymeasure.core.backends.protocol import (
     InferenceOutput,
     PreparedBatch,
@@ -36,7 +36,7 @@ from llenergymeasure.core.backends.pytorch_settings import (
     seed_everything,
     uses_static_cache,
 )
-from llenergymeasure.exceptions import BackendError, ConfigError
+from llenergymeasure.exceptions import BackendError
 
 if TYPE_CHECKING:
     import torch
@@ -133,7 +133,7 @@ class PyTorchBackend:
         config, tokenizer = self._require_config(), self._require_tokenizer()
         section = section_of(config)
         ids = _unique_request_ids(prompts)
-        token_lists = [_encode(tokenizer, p, config.max_input_tokens) for p in prompts]
+        token_lists = encode_prompts(tokenizer, prompts, config.max_input_tokens)
         truncated = sum(1 for t in token_lists if t[1])
         order = list(range(len(prompts)))
         if section.sort_by_length:
@@ -392,15 +392,6 @@ def _beam_reason() -> str:
     from llenergymeasure.core.latency import BEAM_SEARCH_NO_TTFT_REASON
 
     return BEAM_SEARCH_NO_TTFT_REASON
-
-
-def _encode(tokenizer: Any, prompt: Prompt, max_input_tokens: int) -> tuple[list[int], bool]:
-    """Token ids of one prompt, truncated to max_input_tokens; (ids, was_truncated). A
-    prompt cut before tokenising (``prompt.cut``) counts as truncated."""
-    ids: list[int] = tokenizer(prompt.text)["input_ids"]
-    if not ids:
-        raise ConfigError(f"prompt {prompt.id!r} tokenises to nothing: remove empty prompts")
-    return ids[:max_input_tokens], len(ids) > max_input_tokens or prompt.cut
 
 
 def _unique_request_ids(prompts: list[Prompt]) -> list[str]:

@@ -69,3 +69,53 @@ def get_backend(name: str) -> InferenceBackend:
     module = importlib.import_module(module_name)
     backend: InferenceBackend = getattr(module, class_name)()
     return backend
+
+
+#: What each backend's run imports (``module`` or ``module:attribute``, for the lazy
+#: attributes of transformers): imported up front by :func:`preload_backend`, so that
+#: the prompts and model-load phases are timed without them.
+_PRELOAD: dict[str, tuple[str, ...]] = {
+    "pytorch": (
+        "torch",
+        "transformers:AutoModelForCausalLM",
+        "transformers:PreTrainedTokenizerFast",
+        "transformers:GenerationConfig",
+        "transformers:StoppingCriteriaList",
+    ),
+    "vllm": ("torch", "transformers:PreTrainedTokenizerFast", "vllm:LLM"),
+    "tensorrt": ("tensorrt_llm",),
+}
+
+
+def preload_backend(name: str, model_type: str | None = None) -> None:
+    """Import the framework modules the backend ``name`` runs on and, for pytorch, the
+    transformers class of ``model_type`` (the orchestrator does it as the phase
+    ``imports``, before prompts and model load). One that fails to import is left for the
+    backend itself to report, with its own message."""
+    items = list(_PRELOAD.get(name, ()))
+    if name == "pytorch" and model_type:
+        items.append(f"transformers:{_causal_lm_class(model_type)}")
+    for item in filter(lambda i: not i.endswith(":"), items):
+        module, _, attribute = item.partition(":")
+        try:
+            loaded = importlib.import_module(module)
+            if attribute:
+                getattr(loaded, attribute)
+        except Exception:  # the backend's own import reports it properly, later
+            return
+
+
+def preload_frameworks() -> None:
+    """Import what every torch-based backend's run imports (the pytorch list, which holds
+    vLLM's torch and tokenizer too; vLLM itself is left to its child), for a study's fork
+    server (`study.forkserver_init`)."""
+    preload_backend("pytorch", "llama")
+
+
+def _causal_lm_class(model_type: str) -> str:
+    """transformers' causal-LM class name for ``model_type`` ('' when unknown)."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:
+        return ""
+    return str(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, ""))

@@ -49,6 +49,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.core.backends._engine_common import (
@@ -114,6 +115,8 @@ CPU_KV_MAX_BYTES = 4 * 2**30
 CPU_KV_HEADROOM = 1.25
 CPU_BLOCK_TOKENS = 128  # vLLM's CPU block size
 DEFAULT_MAX_NUM_SEQS = 256
+#: vLLM's cache root (compile cache, inductor and Triton caches under it).
+VLLM_CACHE_ENV = "VLLM_CACHE_ROOT"
 
 
 class VLLMBackend(EngineBackend):
@@ -156,6 +159,15 @@ class VLLMBackend(EngineBackend):
         if platform == "cpu":
             notes.append(cpu_memory_note(config, kwargs))
         return notes
+
+    def use_study_cache(self, cache_dir: Path) -> None:
+        """A study's experiments share one vLLM cache root, ``<study dir>/cache/vllm``
+        (``VLLM_CACHE_ROOT``: vLLM's torch.compile artefacts, inductor and Triton caches),
+        so every engine start but the first of each engine configuration reuses the
+        compiled graphs; a root the user set is kept. Set here, before vLLM is imported."""
+        super().use_study_cache(cache_dir)
+        root = os.environ.setdefault(VLLM_CACHE_ENV, str(Path(cache_dir) / "vllm"))
+        self._details["vllm_cache_root"] = root
 
     def initialize(self, config: ExperimentConfig, prompts: list[Any]) -> None:
         """Platform, then the common start (tokenizer, engine, sampling parameters)."""
@@ -216,7 +228,9 @@ class VLLMBackend(EngineBackend):
         engine = llm.llm_engine
         if getattr(engine, "logger_manager", None) is not None:
             engine.logger_manager = None  # Prometheus + periodic log line: not ours to pay
+        root = self._details.get("vllm_cache_root") or os.environ.get(VLLM_CACHE_ENV)
         self._details = engine_details(llm, kwargs, time.perf_counter() - start)
+        self._details["vllm_cache_root"] = root  # None: vLLM's default (~/.cache/vllm)
         return llm
 
     def _sampling_params(self, config: ExperimentConfig, max_new_tokens: int) -> Any:

@@ -1,0 +1,88 @@
+"""How experiment children start (study.child): forked from a study's fork server that has
+imported the frameworks, or spawned; either way a process of its own that takes the study's
+environment as it is when the experiment starts, dies with the study, and leaves no server
+behind. Real processes (a target that writes what it sees to a file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.study import child
+from llenergymeasure.study.worker import WorkerRequest
+
+pytestmark = pytest.mark.slow
+
+
+def _observe(request: WorkerRequest, conn: Any) -> None:
+    """Child target: write what this process sees, then exit without a report."""
+    seen = {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "marker": os.environ.get("LLEM_TEST_CHILD_MARKER"),
+        "torch_imported": "torch" in sys.modules,
+        "cwd": os.getcwd(),
+    }
+    (request.results_dir / f"seen-{request.position}.json").write_text(json.dumps(seen))
+
+
+def _run(tmp_path: Path, position: int) -> dict[str, Any]:
+    request = WorkerRequest(
+        config=ExperimentConfig(model="tiny-llama"), results_dir=tmp_path, position=position
+    )
+    outcome = child.run_child(_observe, request, 120.0, lambda _m: None)
+    assert not outcome.ok and "without reporting" in (outcome.detail or "")
+    data: dict[str, Any] = json.loads((tmp_path / f"seen-{position}.json").read_text())
+    return data
+
+
+def test_start_method_default_and_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(child.CHILD_START_ENV, raising=False)
+    expected = "forkserver" if sys.platform.startswith("linux") else "spawn"
+    assert child.start_method() == expected
+    monkeypatch.setenv(child.CHILD_START_ENV, "spawn")
+    assert child.start_method() == "spawn"
+    monkeypatch.setenv(child.CHILD_START_ENV, "fork")
+    with pytest.raises(ValueError, match=r"LLEM_CHILD_START='fork'.*forkserver, spawn"):
+        child.start_method()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server: Linux")
+def test_forked_children_have_the_frameworks_and_the_study_environment_of_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torch")
+    monkeypatch.delenv(child.CHILD_START_ENV, raising=False)
+    monkeypatch.setenv("LLEM_TEST_CHILD_MARKER", "first")
+    first = _run(tmp_path, 0)
+    monkeypatch.setenv("LLEM_TEST_CHILD_MARKER", "second")  # after the server started
+    monkeypatch.chdir(tmp_path)
+    second = _run(tmp_path, 1)
+    try:
+        assert first["marker"] == "first" and second["marker"] == "second"
+        assert first["torch_imported"] and second["torch_imported"]  # preloaded, not imported
+        assert first["ppid"] == second["ppid"] != os.getpid()  # one server forked both
+        assert first["pid"] != second["pid"]  # a process of its own each
+        assert second["cwd"] == str(tmp_path)
+        server = psutil.Process(first["ppid"])
+        assert "forkserver" in " ".join(server.cmdline())
+    finally:
+        child.stop_fork_server()
+    assert not psutil.pid_exists(first["ppid"]) or psutil.Process(first["ppid"]).status() in (
+        psutil.STATUS_ZOMBIE,
+        psutil.STATUS_DEAD,
+    )
+
+
+def test_spawned_children_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(child.CHILD_START_ENV, "spawn")
+    seen = _run(tmp_path, 0)
+    assert seen["ppid"] == os.getpid()
+    assert not seen["torch_imported"]  # a fresh interpreter that imported nothing heavy
