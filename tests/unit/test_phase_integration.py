@@ -205,7 +205,7 @@ def test_auto_traces_where_the_profile_shows_the_trace_is_free() -> None:
 
 
 def test_trace_cost_rule_and_profiles_merge() -> None:
-    unmeasured = profile_for("NVIDIA H200")
+    unmeasured = profile_for("Tesla T4")
     assert trace_is_free(unmeasured)[0] is False
     slow = unmeasured.model_copy(update={"counter_trace_cost": TraceCost(throughput_ratio=0.95)})
     ok, why = trace_is_free(slow)

@@ -29,6 +29,7 @@ from llenergymeasure.core.energy.sensor_profiles import (
     merge_profiles,
     profile_for,
     profiles_document,
+    trace_is_free,
 )
 from llenergymeasure.domain.phases import SensorProfile, SignalProfile
 from llenergymeasure.testing import FakeDevice, power_schedule_from_spans
@@ -133,12 +134,23 @@ def test_signal_profiles_say_what_can_be_trusted() -> None:
 
 
 # --- profiles -----------------------------------------------------------------------------
-def test_bundled_profiles_have_h200_not_measured_and_a_fallback() -> None:
+def test_bundled_h200_profile_is_the_measured_one_and_others_fall_back() -> None:
+    # benchmarks/results/h200-2026-12-02: the counter is trusted (boxcar, ~1 ms delay), the
+    # power readings are not, and the trace's cost was measured (ratio >= 0.99: auto traces)
     h200 = profile_for("NVIDIA H200")
-    assert h200.status == "not_measured" and "NOT YET MEASURED" in h200.notes[0]
-    assert all(v is None for s in h200.signals.values() for v in s.model_dump().values())
+    assert h200.status == "measured" and h200.driver_version == "580.159.04"
+    counter = h200.signals["energy_counter"]
+    assert counter.trusted_for_phases and counter.update_period_s == pytest.approx(0.1, abs=1e-3)
+    assert not h200.signals["power_instant"].trusted_for_phases
+    assert not h200.signals["power_usage"].trusted_for_phases
+    assert h200.counter_trace_cost is not None and h200.counter_trace_cost.n_pairs == 3
+    assert trace_is_free(h200)[0]
+    choice = choose_method(h200)
+    assert choice.fine_signal is None and choice.counter_delay_s == counter.delay_s
+    assert "no fine signal trusted" in choice.reason
     other = profile_for("Tesla T4")
     assert other.gpu_name == "Tesla T4" and other.status == "not_measured"
+    assert not trace_is_free(other)[0]
     choice = choose_method(other)
     assert choice.fine_signal is None and choice.counter_delay_s == 0.0
     assert "not characterised" in choice.reason
@@ -181,7 +193,7 @@ def test_characterisation_script_runs_end_to_end_on_the_fake_nvml(tmp_path: Path
     assert "energy_counter" in proc.stdout
     merged = load_profiles_from(profiles)
     fake = merged["Fake GPU"]
-    assert fake.status == "measured" and merged["NVIDIA H200"].status == "not_measured"
+    assert fake.status == "measured" and merged["NVIDIA H200"].status == "measured"  # kept
     counter = fake.signal("energy_counter")
     assert counter.update_period_s == pytest.approx(0.1002, abs=2e-4)
     assert (counter.delay_s or 0) + (counter.averaging_window_s or 0) / 2 == pytest.approx(
