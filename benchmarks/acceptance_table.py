@@ -206,8 +206,9 @@ def vllm_rows(out: Path) -> list[Row]:
         data = _load(path) or {}
         s = data.get("summary") or {}
         tag = f"vllm seqs {data.get('args', {}).get('max_num_seqs', path.stem)}"
-        if data.get("errors"):
-            rows.append((f"{tag} errors", str(len(data["errors"])), "none", "MISSED"))
+        for message in data.get("errors") or []:
+            # a repetition cut by the time budget is listed here too: say what it was
+            rows.append((f"{tag} error", str(message)[:60], "none", "MISSED"))
         for key, target, label in (
             ("tool_over_generate", 0.98, "tool/LLM.generate"),
             ("steploop_over_generate", 0.99, "step loop/LLM.generate"),

@@ -184,8 +184,11 @@ def read_run(study_dir: Path) -> tuple[Any, dict[str, Any]]:
     from llenergymeasure.study.manifest import read_manifest
     from llenergymeasure.study.summary import study_timing
 
-    summary = StudyResult.model_validate_json((study_dir / "study_summary.json").read_text())
     manifest = read_manifest(study_dir)
+    summary_path = study_dir / "study_summary.json"
+    if not summary_path.exists():
+        return None, partial_figures(study_dir, manifest)
+    summary = StudyResult.model_validate_json(summary_path.read_text())
     results = {
         e.key: read_result(study_dir / e.result_path)
         for e in manifest.entries
@@ -208,6 +211,33 @@ def read_run(study_dir: Path) -> tuple[Any, dict[str, Any]]:
         "old_results": any(b.start_derived for b in rows),
     }
     return summary, figures
+
+
+def partial_figures(study_dir: Path, manifest: Any) -> dict[str, Any]:
+    """A run stopped at its time limit has no summary: the experiments that finished still
+    give the breakdown (gaps are off, so none); per-config CIs are not computed from a part."""
+    from llenergymeasure.results.persistence import read_result
+    from llenergymeasure.study.summary import study_timing
+
+    results = {
+        e.key: read_result(study_dir / e.result_path)
+        for e in manifest.entries
+        if e.status == "completed" and e.result_path
+    }
+    wall = sum(e.duration_s or 0.0 for e in manifest.entries)
+    timing = study_timing(manifest.entries, 0.0, wall, results)
+    rows = [t.breakdown for t in timing.experiments if t.breakdown is not None]
+    return {
+        "study_dir": str(study_dir),
+        "status": "stopped at the benchmark's time limit (no study summary)",
+        "completed": len(results),
+        "planned": len(manifest.entries),
+        "study_wall_s": None,
+        "experiments": [t.model_dump() for t in timing.experiments],
+        "mean": _means(rows),
+        "configs": {},
+        "old_results": any(b.start_derived for b in rows),
+    }
 
 
 def _means(rows: list[Any]) -> dict[str, float | None]:
@@ -336,9 +366,13 @@ def main(argv: list[str] | None = None) -> int:
         runs[arm] = figures
         failed |= info["rc"] != 0 or figures["completed"] != figures["planned"]
         print(f"\n== {arm} ({src}): {figures['completed']}/{figures['planned']} experiments ==")
-        print(format_study_timing(summary), flush=True)
+        if summary is None:
+            means = {k: round(v, 2) for k, v in figures["mean"].items() if v is not None}
+            print(f"{figures['status']}; per experiment, mean: {means}", flush=True)
+        else:
+            print(format_study_timing(summary), flush=True)
     report: dict[str, Any] = {"args": vars(args), "runs": runs}
-    if "before" in runs and "after" in runs:
+    if "before" in runs and "after" in runs and runs["before"]["configs"]:
         comp = comparison(runs["before"], runs["after"])
         report["comparison"] = comp
         print()
