@@ -4,6 +4,7 @@ runs are in tests/integration/test_phase_energy_run.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -18,7 +19,12 @@ from llenergymeasure import report
 from llenergymeasure.cli.display import format_experiment
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.core.energy import EnergySession
-from llenergymeasure.core.energy.counter_trace import DeviceTrace, PhaseTraceSettings, WindowTrace
+from llenergymeasure.core.energy.counter_trace import (
+    CounterTracer,
+    DeviceTrace,
+    PhaseTraceSettings,
+    WindowTrace,
+)
 from llenergymeasure.core.energy.intervals import counter_intervals
 from llenergymeasure.core.energy.sensor_profiles import (
     choose_method,
@@ -202,6 +208,30 @@ def test_auto_traces_where_the_profile_shows_the_trace_is_free() -> None:
     iv = counter_intervals(dev.t_s, dev.energy_mj, dev.read_s)
     assert iv.period_s == pytest.approx(0.1, abs=0.01)
     assert np.allclose(iv.energy_j / iv.duration_s, 300.0, rtol=0.15)
+
+
+def test_the_tracer_starts_in_the_background_and_a_failed_start_is_said() -> None:
+    """The session launches the tracer without waiting (its start overlaps baseline and
+    warm-up); the first traced window waits for it, and one that cannot start (here: a GPU
+    index the NVML does not have) leaves the window untraced with the reason."""
+    fake = FakeNVML(fake_gpus(1, power_w=300.0))
+    with fake.installed():
+        session = EnergySession("nvml", None, sampler_enabled=False,
+                                phase_trace=PhaseTraceSettings("on"))  # fmt: skip
+        with session:
+            tracer = session.tracer
+            assert tracer is not None and tracer.running and not tracer._ready
+            tracer.stop()
+            bad = CounterTracer(dataclasses.replace(tracer.source, nvml_indices=(7,)))
+            bad.launch()
+            session.tracer = bad
+            session.begin_window("measure")
+            time.sleep(0.05)
+            rep = session.end_window("measure")
+    assert session.tracer is None and session.window_trace("measure") is None
+    assert not bad.running
+    why = rep.phases.not_measured  # type: ignore[attr-defined]
+    assert why.startswith("the counter tracer did not start: ") and len(why) > 34
 
 
 def test_trace_cost_rule_and_profiles_merge() -> None:

@@ -261,6 +261,7 @@ class CounterTracer:
         self._conn: Connection | None = None
         self._process: Any = None
         self._tracing = False
+        self._ready = False
 
     @property
     def running(self) -> bool:
@@ -268,6 +269,12 @@ class CounterTracer:
 
     def start(self) -> None:
         """Start the child; wait (blocking) until it has read every counter once."""
+        self.launch()
+        self.wait_started()
+
+    def launch(self) -> None:
+        """Start the child without waiting for it: its interpreter start and NVML init
+        (~1 s) then overlap whatever the caller does next (``begin()`` waits for it)."""
         if self.running:
             return
         ctx = multiprocessing.get_context("spawn")
@@ -276,16 +283,26 @@ class CounterTracer:
             target=run_tracer, args=(self.source, child_conn), daemon=True,
             name="llem-counter-tracer",
         )  # fmt: skip
+        self._ready = False
         self._process.start()
         child_conn.close()
         self._conn = parent_conn
+
+    def wait_started(self) -> None:
+        """Block until the launched child has read every counter once (no-op after)."""
+        if self._ready:
+            return
+        if self._conn is None:
+            raise MeterError("Counter tracer is not running")
         kind, payload = self._receive(self.start_timeout_s, "start")
         if kind == "error":
             self._reap()
             raise MeterError(f"Counter tracer could not start:\n{payload}")
+        self._ready = True
 
     def begin(self, timeout_s: float = 2.0) -> bool:
         """Start tracing; True once every counter has stepped (False: none within timeout)."""
+        self.wait_started()
         if not self.running or self._conn is None:
             raise MeterError("Counter tracer is not running")
         self._conn.send("begin")
@@ -343,3 +360,4 @@ class CounterTracer:
             self._conn.close()
             self._conn = None
         self._tracing = False
+        self._ready = False

@@ -14,7 +14,9 @@ work; this module never imports torch.
 With ``phase_trace`` (``counter_trace.PhaseTraceSettings``) the session also decides, at
 ``start()``, whether a counter tracer reads the energy counter every few ms during each
 window (single GPU with the NVML counter; ``auto``: where the GPU model's sensor profile
-shows the trace is free); ``window_trace(name)`` returns a window's trace for the phase
+shows the trace is free) and launches the tracer process without waiting for it (its
+start overlaps the baseline and warm-up; the first traced window waits for it, and a tracer
+that failed to start leaves that window untraced, with the reason); ``window_trace(name)`` returns a window's trace for the phase
 attribution, which runs after the window. Without a trace each report carries
 ``phases`` / ``per_request`` saying why they are not measured.
 """
@@ -151,11 +153,10 @@ class EnergySession:
             return
         tracer = CounterTracer(source)
         try:
-            tracer.start()
-        except MeterError as e:
-            self.trace_off_reason = (
-                f"the counter tracer did not start: {str(e).strip().splitlines()[-1]}"
-            )
+            # not waited for here: it gets ready during baseline and warm-up (_begin_trace)
+            tracer.launch()
+        except OSError as e:
+            self.trace_off_reason = f"the counter tracer did not start: {e}"
             return
         self.tracer = tracer
 
@@ -307,6 +308,15 @@ class EnergySession:
     def _begin_trace(self, name: str) -> None:
         """Start the counter trace (waits for one counter step: it brackets the edge)."""
         if self.tracer is None or name == BASELINE_WINDOW:
+            return
+        try:
+            self.tracer.wait_started()
+        except MeterError as e:
+            self.trace_off_reason = (
+                f"the counter tracer did not start: {str(e).strip().splitlines()[-1]}"
+            )
+            self.tracer.stop()
+            self.tracer = None
             return
         try:
             self.tracer.begin()
