@@ -178,56 +178,33 @@ def warm_page_cache(python: str, src: Path) -> None:
 
 # ---- reading -------------------------------------------------------------------------------
 def read_run(study_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """The study's summary with its timing rebuilt from its own files, and the figures."""
+    """The study's summary with its timing rebuilt from its own files, and the figures.
+
+    A run stopped at its time limit has no summary (None): the experiments that finished
+    still give the breakdown (gaps are off, so none); per-config CIs are not computed from
+    a part of the cycles."""
     from llenergymeasure.domain.study import StudyResult
     from llenergymeasure.results.persistence import read_result
     from llenergymeasure.study.manifest import read_manifest
     from llenergymeasure.study.summary import study_timing
 
     manifest = read_manifest(study_dir)
-    summary_path = study_dir / "study_summary.json"
-    if not summary_path.exists():
-        return None, partial_figures(study_dir, manifest)
-    summary = StudyResult.model_validate_json(summary_path.read_text())
     results = {
         e.key: read_result(study_dir / e.result_path)
         for e in manifest.entries
         if e.status == "completed" and e.result_path
     }
-    timing = study_timing(
-        manifest.entries, summary.timing.gap_s, summary.timing.wall_time_s, results
+    summary_path = study_dir / "study_summary.json"
+    summary = (
+        StudyResult.model_validate_json(summary_path.read_text()) if summary_path.exists() else None
     )
-    summary = summary.model_copy(update={"timing": timing})
+    if summary is None:
+        gap_s, wall_s = 0.0, sum(e.duration_s or 0.0 for e in manifest.entries)
+    else:
+        gap_s, wall_s = summary.timing.gap_s, summary.timing.wall_time_s
+    timing = study_timing(manifest.entries, gap_s, wall_s, results)
     rows = [t.breakdown for t in timing.experiments if t.breakdown is not None]
     figures: dict[str, Any] = {
-        "study_dir": str(study_dir),
-        "status": summary.status,
-        "completed": summary.counts.completed,
-        "planned": summary.counts.planned,
-        "study_wall_s": timing.wall_time_s,
-        "experiments": [t.model_dump() for t in timing.experiments],
-        "mean": _means(rows),
-        "configs": {c.label: _config_figures(c) for c in summary.configs},
-        "old_results": any(b.start_derived for b in rows),
-    }
-    return summary, figures
-
-
-def partial_figures(study_dir: Path, manifest: Any) -> dict[str, Any]:
-    """A run stopped at its time limit has no summary: the experiments that finished still
-    give the breakdown (gaps are off, so none); per-config CIs are not computed from a part."""
-    from llenergymeasure.results.persistence import read_result
-    from llenergymeasure.study.summary import study_timing
-
-    results = {
-        e.key: read_result(study_dir / e.result_path)
-        for e in manifest.entries
-        if e.status == "completed" and e.result_path
-    }
-    wall = sum(e.duration_s or 0.0 for e in manifest.entries)
-    timing = study_timing(manifest.entries, 0.0, wall, results)
-    rows = [t.breakdown for t in timing.experiments if t.breakdown is not None]
-    return {
         "study_dir": str(study_dir),
         "status": "stopped at the benchmark's time limit (no study summary)",
         "completed": len(results),
@@ -238,6 +215,16 @@ def partial_figures(study_dir: Path, manifest: Any) -> dict[str, Any]:
         "configs": {},
         "old_results": any(b.start_derived for b in rows),
     }
+    if summary is not None:
+        summary = summary.model_copy(update={"timing": timing})
+        figures.update(
+            status=summary.status,
+            completed=summary.counts.completed,
+            planned=summary.counts.planned,
+            study_wall_s=timing.wall_time_s,
+            configs={c.label: _config_figures(c) for c in summary.configs},
+        )
+    return summary, figures
 
 
 def _means(rows: list[Any]) -> dict[str, float | None]:

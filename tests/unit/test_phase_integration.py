@@ -220,7 +220,7 @@ def test_the_tracer_starts_in_the_background_and_a_failed_start_is_said() -> Non
                                 phase_trace=PhaseTraceSettings("on"))  # fmt: skip
         with session:
             tracer = session.tracer
-            assert tracer is not None and tracer.running and not tracer._ready
+            assert tracer is not None and tracer.running and not tracer.ready
             tracer.stop()
             bad = CounterTracer(dataclasses.replace(tracer.source, nvml_indices=(7,)))
             bad.launch()

@@ -267,6 +267,11 @@ class CounterTracer:
     def running(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
+    @property
+    def ready(self) -> bool:
+        """Whether the launched child has read every counter once (``wait_started``)."""
+        return self._ready
+
     def start(self) -> None:
         """Start the child; wait (blocking) until it has read every counter once."""
         self.launch()

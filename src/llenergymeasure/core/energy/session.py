@@ -16,8 +16,8 @@ With ``phase_trace`` (``counter_trace.PhaseTraceSettings``) the session also dec
 window (single GPU with the NVML counter; ``auto``: where the GPU model's sensor profile
 shows the trace is free) and launches the tracer process without waiting for it (its
 start overlaps the baseline and warm-up; the first traced window waits for it, and a tracer
-that failed to start leaves that window untraced, with the reason); ``window_trace(name)`` returns a window's trace for the phase
-attribution, which runs after the window. Without a trace each report carries
+that failed to start leaves that window untraced, with the reason). ``window_trace(name)``
+returns a window's trace for the phase attribution, which runs after the window. Without a trace each report carries
 ``phases`` / ``per_request`` saying why they are not measured.
 """
 
