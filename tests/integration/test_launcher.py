@@ -173,3 +173,127 @@ def test_launcher_runs_inside_a_study_child(tmp_path: Path) -> None:
     assert result.n_processes == 2 and not result.partial
     assert result.metrics is not None and result.metrics.tokens.n_requests == 4
     assert (path.parent / "raw" / "process_1.done").exists()
+
+
+# ---- what the window holds: one worker vs the direct path -----------------------------------
+#: Python functions whose calls inside a window the probe records: (module, qualified name).
+Calls = set[tuple[str, str]]
+
+
+def window_probe_worker(spec: Any, conn: Any, out: Path) -> None:
+    """A worker target (spawn child): the real worker, its window probed into ``out``."""
+    from llenergymeasure.orchestration.process_worker import run_process_worker
+
+    _probe_windows(out)
+    run_process_worker(spec, conn)
+
+
+def _probe_windows(out: Path) -> None:
+    """Patch ``Window`` (class-wide, this process) so that its first window writes ``out``:
+    every Python function called between ``begin()`` and ``end()`` (``sys.setprofile``), and
+    the settings the process measured with."""
+    import json
+    import sys
+
+    from llenergymeasure.orchestration import assemble
+
+    real_begin, real_end = assemble.Window.begin, assemble.Window.end
+    calls: Calls = set()
+    state: dict[str, Any] = {}
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            calls.add((str(frame.f_globals.get("__name__")), frame.f_code.co_qualname))
+
+    def begin(self: Any) -> None:
+        state["settings"] = _process_settings()
+        real_begin(self)
+        sys.setprofile(profile)
+
+    def end(self: Any) -> None:
+        sys.setprofile(None)
+        real_end(self)
+        if not out.exists():
+            calls.discard((__name__, "_probe_windows.<locals>.end"))
+            out.write_text(json.dumps({"calls": sorted(calls), **state}))
+
+    assemble.Window.begin = begin  # type: ignore[method-assign]
+    assemble.Window.end = end  # type: ignore[method-assign]
+
+
+def _process_settings() -> dict[str, Any]:
+    """What decides how fast this process runs the model, besides the model itself."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "grad_enabled": torch.is_grad_enabled(),
+        "distributed_initialized": dist.is_available() and dist.is_initialized(),
+        "matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
+def test_one_worker_window_holds_the_same_work_as_the_direct_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``num_processes: 1``: between the worker's window stamps runs exactly what runs
+    between the direct path's (generate, its step recorder, the token clock), in a process
+    set up the same way: no torch.distributed group (a group of one is not formed), the
+    intra-op threads of the launching process (set here to 1) and the same CPU set.
+    Nothing of the launch protocol (pipe, barrier, pickling, result files) is inside."""
+    import functools
+    import json
+
+    import torch
+
+    from llenergymeasure.orchestration import assemble
+
+    monkeypatch.setattr(assemble.Window, "begin", assemble.Window.begin)
+    monkeypatch.setattr(assemble.Window, "end", assemble.Window.end)
+    _probe_windows(tmp_path / "direct.json")  # undone by monkeypatch after the test
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # not torch's default on 2+ cores: the worker must get it too
+    try:
+        direct_result = ExperimentOrchestrator(
+            _config(device="cpu", pytorch={"batch_size": 2}), results_dir=tmp_path / "d"
+        ).run()
+        launched = ExperimentOrchestrator(
+            _config(device="cpu", pytorch={"batch_size": 2, "num_processes": 1}),
+            results_dir=tmp_path / "l",
+            worker_target=functools.partial(window_probe_worker, out=tmp_path / "worker.json"),
+        ).run()
+    finally:
+        torch.set_num_threads(threads)
+
+    direct = json.loads((tmp_path / "direct.json").read_text())
+    worker = json.loads((tmp_path / "worker.json").read_text())
+    direct_calls = {tuple(c) for c in direct["calls"]}
+    worker_calls = {tuple(c) for c in worker["calls"]}
+    assert worker_calls - direct_calls == set(), "the worker's window holds more"
+    assert direct_calls - worker_calls == set(), "the worker's window holds less"
+    ours = {module for module, _ in worker_calls if module.startswith("llenergymeasure.")}
+    assert ours <= {
+        "llenergymeasure.core.backends.protocol",
+        "llenergymeasure.core.backends.pytorch",
+        "llenergymeasure.core.latency",
+        "llenergymeasure.core.latency_clock",
+        "llenergymeasure.core.metrics",
+    }, ours
+    assert not {m for m, _ in worker_calls if m.startswith(("multiprocessing", "pickle"))}
+    assert worker["settings"] == direct["settings"]
+    assert worker["settings"]["distributed_initialized"] is False
+    assert worker["settings"]["torch_threads"] == 1
+    # the same work, and the parent's energy window holds the worker's
+    assert launched.metrics is not None and direct_result.metrics is not None
+    assert launched.metrics.tokens == direct_result.metrics.tokens
+    assert launched.energy is None or launched.energy.duration_s >= (
+        launched.measurement_window_s or 0.0
+    )
+    run_dir = _run_dir(tmp_path / "l")
+    launch = LaunchRecord.model_validate_json((run_dir / "raw/launch.json").read_bytes())
+    assert launch.start_barrier is not None and launch.start_barrier.startswith("none")

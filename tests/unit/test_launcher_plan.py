@@ -3,6 +3,8 @@ worker's energy is charged to, pre-flight GPU counts, and the config rules."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from llenergymeasure.config.models import ExperimentConfig
@@ -12,6 +14,7 @@ from llenergymeasure.exceptions import ConfigError, PreflightError
 from llenergymeasure.orchestration.launcher import (
     ProcessPlan,
     charged_devices,
+    cpu_threads_per_worker,
     plan_processes,
     shard_prompts,
     worker_config,
@@ -127,3 +130,28 @@ def test_preflight_with_one_big_gpu_passes_num_processes_one() -> None:
 def test_config_rules_for_num_processes(fields: dict[str, object], message: str) -> None:
     with pytest.raises((ConfigError, ValueError), match=message):
         _config(**fields)
+
+
+def test_one_worker_gets_this_process_torch_threads_several_cpu_workers_split_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One worker runs with the threads the direct path would use here (a caller's
+    torch.set_num_threads included); several CPU workers share the physical cores."""
+    import psutil
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cpu_threads_per_worker(1, on_cpu=True) == 1
+        assert cpu_threads_per_worker(1, on_cpu=False) == 1  # GPU runs too
+    finally:
+        torch.set_num_threads(before)
+    cores = psutil.cpu_count(logical=False) or 1
+    assert cpu_threads_per_worker(2, on_cpu=True) == max(1, cores // 2)
+    assert cpu_threads_per_worker(2, on_cpu=False) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads_per_worker(2, on_cpu=True) is None
+    monkeypatch.setitem(sys.modules, "torch", None)  # torch not imported here: its default
+    assert cpu_threads_per_worker(1, on_cpu=True) is None

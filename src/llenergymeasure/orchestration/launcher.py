@@ -15,7 +15,7 @@ Sequence (parent | workers)::
 
     spawn N workers, each with its CUDA_VISIBLE_DEVICES | load model, tokenise -> Loaded
     energy session over the GPUs the loaded workers occupy, idle baseline (models resident)
-    Warmup(rank, size) to the loaded workers         | join the gloo group, warm up -> Ready
+    Warmup(rank, size) to the loaded workers         | join gloo group (N > 1), warm up -> Ready
     open the energy window, Go to the ready workers  | barrier, own window, inference -> Done
     close the window when the last is Done (or dead)
     Energy(part of the report for its GPUs) to each  | write raw/process_<i>.json + .done
@@ -32,6 +32,7 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -79,6 +80,8 @@ BARRIER_TIMEOUT_S = 120.0  # joining the gloo group / the start barrier, per wor
 START_BARRIER = (
     "torch.distributed gloo barrier (file store), after the parent opened the energy window"
 )
+#: One loaded worker: no group is formed (process_worker._StartBarrier.join), Go releases it.
+SINGLE_START = "none: one worker, released by the parent's Go after it opened the energy window"
 
 
 @dataclass(frozen=True)
@@ -227,9 +230,17 @@ def worker_config(config: ExperimentConfig, plan: ProcessPlan) -> ExperimentConf
 
 
 def cpu_threads_per_worker(n_processes: int, on_cpu: bool) -> int | None:
-    """Intra-op threads for CPU workers: the physical cores split between them (None: leave
-    torch's default — one process, a GPU run, or OMP_NUM_THREADS set by the user)."""
-    if n_processes <= 1 or not on_cpu or "OMP_NUM_THREADS" in os.environ:
+    """Intra-op threads for the workers (None: leave torch's default).
+
+    One worker runs with this process's own setting when it has imported torch, GPU or
+    CPU: the direct path would run the model here with it (a caller's
+    ``torch.set_num_threads`` reaches the worker too; a spawn child starts with torch's
+    default). Several CPU workers split the physical cores between them, unless the user
+    set OMP_NUM_THREADS; several GPU workers keep the default."""
+    if n_processes <= 1:
+        torch = sys.modules.get("torch")
+        return int(torch.get_num_threads()) if torch is not None else None
+    if not on_cpu or "OMP_NUM_THREADS" in os.environ:
         return None
     import psutil
 
@@ -313,6 +324,8 @@ class Launcher:
                 raise ExperimentError(
                     "no worker process loaded the model: " + self._reasons(self.handles)
                 )
+            if len(loaded) == 1:  # Warmup(0, 1): the worker forms no gloo group
+                outcome.start_barrier = SINGLE_START
             outcome.energy, outcome.energy_not_measured_reason = self._measure(loaded)
             done = [h for h in loaded if "done" in h.reached]
             self.stage("computing metrics", "metrics")

@@ -8,7 +8,7 @@ every message a small frozen dataclass; the worker blocks on the pipe between st
     parent -> worker   Warmup(rank, size)        join the start-barrier group, warm up
     worker -> parent   Ready()
     parent -> worker   Go()                      (the parent has opened the energy window)
-    worker -> parent   Done(n_requests)          barrier, window, inference, window closed
+    worker -> parent   Done(n_requests)          barrier (size > 1), window, inference, closed
     parent -> worker   Energy(report, reason, gpu_devices)   its devices' part of the energy
     worker -> parent   Written(path)             raw/process_<i>.json + .done are on disk
 
@@ -19,7 +19,10 @@ from the worker reports an exception (then it exits with code 1). A parent that 
 The start barrier is a ``torch.distributed`` gloo group (CPU and GPU alike: a barrier needs
 no NCCL communicator on the GPUs) over a file store in the run directory. Its failure never
 fails the worker: it starts unsynchronised, with a flag, and the aggregation's overlap check
-says how far apart the windows were.
+says how far apart the windows were. A group of one worker is never formed: Go alone
+releases it, so that worker warms up (compiles) and measures with ``torch.distributed`` not
+initialised, like the single-process (direct) path, and the parent's energy window holds no
+barrier either.
 """
 
 from __future__ import annotations
@@ -298,7 +301,14 @@ class _StartBarrier:
         self.flags: list[QualityFlag] = []
 
     def join(self, rank: int, size: int) -> None:
-        """Join the group (the parent gives the ranks); on failure, go on without it."""
+        """Join the group (the parent gives the ranks); on failure, go on without it.
+
+        A group of one is not formed: there is nobody to wait for (Go is the release), and
+        an initialised ``torch.distributed`` (its gloo threads, transformers asking it for
+        the world size in every ``generate``, dynamo compiling under it) would make the one
+        worker run differently from the direct path it is compared with."""
+        if size <= 1:
+            return
         try:
             import torch.distributed as dist
 
