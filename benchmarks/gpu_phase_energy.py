@@ -19,19 +19,28 @@ error instead of stopping the script:
   batch-1 decode run with and without the tracer reading, throughput ratio on/off (median
   and bootstrap 95 % CI over pairs);
 - ``checks``: the acceptance lines: per window, the phase model's sum vs the window's
-  counter energy (``residual_pct``, target |.| < 1 %) and the per-request sum; prefill
+  counter energy (``residual_pct``, target |.| < 1 %; every interval holding part of the
+  window is fitted, so it is small by construction: the line adds the intervals' rms misfit
+  and the note on a lone misfit interval, where there is one) and the per-request sum; prefill
   J/token of ``mixed`` vs ``prefill_only`` and decode J/token of ``mixed`` vs
   ``decode_heavy`` (within 10 % or within the CIs).
 
-Output: ``--out DIR/phase_energy.json`` and the printed lines. ``--merge-into PROFILES`` writes
-the measured trace cost (``SensorProfile.counter_trace_cost``) into this GPU model's entry of
-a ``sensor_profiles.json`` (``--profiles`` is read for the sensor characterisation; default
-the bundled one). ``--fake``: the same pipeline on the fake NVML without a GPU (a planned
+Output: ``--out DIR/phase_energy.json`` (per window also ``raw``: the kept counter reads
+and the batches' token times, to redo the attribution offline) and the printed lines.
+``--merge-into PROFILES`` writes the measured trace cost (``SensorProfile.counter_trace_cost``)
+into this GPU model's entry of a ``sensor_profiles.json`` (``--profiles`` is read for the
+sensor characterisation; default the bundled one). ``--fake``: the same pipeline on the fake NVML without a GPU (a planned
 workload that sleeps; the fake GPU draws 600 W in prefill, 400 W in decode, 150 W else).
 
     PYTHONPATH=src python benchmarks/gpu_phase_energy.py --quick --out DIR     # ~1.5 min
     PYTHONPATH=src python benchmarks/gpu_phase_energy.py --out DIR             # ~3 min
     PYTHONPATH=src python benchmarks/gpu_phase_energy.py --fake --quick --out /tmp/x
+    PYTHONPATH=src python benchmarks/gpu_phase_energy.py --reanalyse RUN.json --out DIR
+
+``--reanalyse RUN.json``: no GPU; the attribution and the checks redone, with this tree's
+code, from the windows a run recorded (``phase_energy.json``'s ``raw`` per window, or a
+window given as its counter reads and ``timings``, a list of ``RequestTiming`` fields):
+the measurement is the run's, the analysis this tree's.
 """
 
 from __future__ import annotations
@@ -80,6 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge-into", type=Path, default=None, help="write the trace cost here")
     p.add_argument("--out", type=Path, default=Path("results/gpu_phase_energy"))
     p.add_argument("--fake", action="store_true", help="fake NVML, no GPU: checks the script")
+    p.add_argument("--reanalyse", type=Path, default=None, help="redo a run's windows offline")
     p.add_argument(
         "--budget-s",
         type=float,
@@ -234,11 +244,89 @@ def run_windows(args: argparse.Namespace, work: Any, session: EnergySession, rng
                 "attribution_s": time.perf_counter() - t_attr,
                 "phases": phases.model_dump(mode="json"),
                 "per_request": per.model_dump(mode="json"),
+                "raw": raw_window(trace, timings),
             }  # fmt: skip
         except Exception:
             results[name] = {"error": traceback.format_exc()}
             print(f"window {name} failed:\n{results[name]['error']}", flush=True)
     return results
+
+
+def raw_window(trace: Any, timings: list[Any]) -> dict[str, Any]:
+    """What the attribution read, so that it can be redone offline: the window, the kept
+    counter reads and the batches' token times (one entry per batch: the requests of a
+    static batch share their start and step times)."""
+    batches: dict[float, dict[str, Any]] = {}
+    for t in timings:
+        b = batches.setdefault(t.request_start_s, {"start_s": t.request_start_s,
+                                                   "token_times_s": [], "input_tokens": [],
+                                                   "output_tokens": []})  # fmt: skip
+        if len(t.token_times_s) > len(b["token_times_s"]):
+            b["token_times_s"] = list(t.token_times_s)
+        b["input_tokens"].append(t.input_tokens)
+        b["output_tokens"].append(t.output_tokens)
+    dev = next(iter(trace.devices.values()))
+    choice = trace.choice
+    return {"window": list(trace.window), "t_s": dev.t_s, "read_s": dev.read_s,
+            "energy_mj": dev.energy_mj,
+            "delay_s": choice.counter_delay_s if choice is not None else 0.0,
+            "averaging_window_s": choice.counter_window_s if choice is not None else 0.0,
+            "batches": list(batches.values())}  # fmt: skip
+
+
+def reanalyse_windows(path: Path) -> dict[str, Any]:
+    """Each recorded window of a run attributed again by this tree (``--reanalyse``)."""
+    from types import SimpleNamespace
+
+    from llenergymeasure.core.energy.counter_trace import DeviceTrace, WindowTrace
+    from llenergymeasure.core.metrics import RequestTiming
+
+    doc = json.loads(path.read_text())
+    recorded = doc.get("windows", doc)
+    results: dict[str, Any] = {}
+    for name in WINDOWS:
+        w = recorded.get(name)
+        if not w or "error" in w:
+            results[name] = {"error": f"not recorded in {path}"}
+            continue
+        raw = w.get("raw", w)
+        if "timings" in raw:
+            timings = [RequestTiming(**t) for t in raw["timings"]]
+        else:
+            timings = [RequestTiming(b["start_s"], b["token_times_s"][:k], n, k)
+                       for b in raw["batches"]
+                       for n, k in zip(b["input_tokens"], b["output_tokens"], strict=True)]  # fmt: skip
+        avg = raw.get("averaging_window_s", raw.get("avg_s", 0.0))
+        choice = SimpleNamespace(counter_delay_s=raw["delay_s"], counter_window_s=avg,
+                                 fine_delay_s=0.0, profile=None,
+                                 reason=f"re-attributed offline from {path.name}")  # fmt: skip
+        dev = DeviceTrace("gpu:0", t_s=raw["t_s"], read_s=raw["read_s"], energy_mj=raw["energy_mj"])
+        trace = WindowTrace(window=tuple(raw["window"]), devices={"gpu:0": dev},
+                            interval_s=float(np.median(np.diff(raw["t_s"]))), choice=choice)  # type: ignore[arg-type]  # fmt: skip
+        edge = raw.get("edge_j") or {"gpu:0": (w.get("phases") or {}).get("edge_counter_energy_j")}
+        phases, per = attribute_window(trace, timings, [], timing_method="cuda_events",
+                                       edge_energy_j_by_device=edge, keep_requests=False)  # fmt: skip
+        results[name] = {"n_requests": len(timings), "window_s": raw["window"][1] - raw["window"][0],
+                         "phases": phases.model_dump(mode="json"),
+                         "per_request": per.model_dump(mode="json")}  # fmt: skip
+    return results
+
+
+def phases_from_raw(raw: dict[str, Any]) -> Any:
+    """The phase report redone from a window's ``raw`` record (:func:`raw_window`)."""
+    from llenergymeasure.core.energy.intervals import counter_intervals
+    from llenergymeasure.core.energy.phases import phase_energy_report
+    from llenergymeasure.core.energy.step_records import static_batch_spans
+    from llenergymeasure.core.metrics import RequestTiming
+
+    timings = [RequestTiming(b["start_s"], b["token_times_s"][:k], n, k)
+               for b in raw["batches"]
+               for n, k in zip(b["input_tokens"], b["output_tokens"], strict=True)]  # fmt: skip
+    iv = counter_intervals(raw["t_s"], raw["energy_mj"], raw["read_s"])
+    t0, t1 = raw["window"]
+    return phase_energy_report(iv, static_batch_spans(timings), (t0, t1),
+                               delay_s=raw["delay_s"],
+                               averaging_window_s=raw["averaging_window_s"])  # fmt: skip
 
 
 def run_overhead(
@@ -325,9 +413,13 @@ def checks(windows: dict[str, Any]) -> list[dict[str, Any]]:
         edge, total = ph.get("edge_counter_energy_j"), ph.get("counter_energy_j")
         vs_edge = (f"; phases {total:.1f} J vs edge reads {edge:.1f} J ({100 * (total - edge) / edge:+.2f} %)"
                    if edge and total else "")  # fmt: skip
+        misfit = "".join(f"; {n}" for n in ph.get("notes") or [] if "misfit" in n)
+        rms = ph.get("interval_rms_j")
+        fit_text = f"; interval rms {rms:.3g} J{misfit}" if rms is not None else ""
         out.append({"check": f"{name}: phase model vs counter energy (|.| < 1 %)",
                     "ok": None if res is None else abs(res) < 1.0,
-                    "value": f"{res:+.3f} %{vs_edge}" if res is not None else f"not measured: {why[0]}",
+                    "value": f"{res:+.3f} %{vs_edge}{fit_text}" if res is not None
+                             else f"not measured: {why[0]}",
                     "phases": {k: (v.get("energy_j") or {}).get("value")
                                for k, v in (ph.get("phases") or {}).items()},
                     "counter_energy_j": ph.get("counter_energy_j"),
@@ -394,6 +486,8 @@ def merge_trace_cost(path: Path, gpu_name: str, overhead: dict[str, Any], quick:
 # --- main ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.reanalyse is not None:
+        return reanalyse(args)
     parts = set(args.parts.split(","))
     t_start = time.monotonic()
     out: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "errors": {}}
@@ -432,12 +526,28 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "phase_energy.json").write_text(json.dumps(out, indent=1, default=str))
     print(f"\nEnergy by phase on {gpu_name} ({out['elapsed_s']:.0f} s; profile: "
           f"{profile.status}; {session.trace_choice.reason if session.trace_choice else '-'})")  # fmt: skip
-    for c in out["checks"]:
-        mark = {True: "ok", False: "MISSED", None: "n/a"}[c["ok"]]
-        print(f"  [{mark:6}] {c['check']}: {c['value']}")
+    print_checks(out["checks"])
     print(f"written: {args.out}/phase_energy.json"
           + (f"; trace cost merged into {args.merge_into}" if out.get("merged_into") else ""))  # fmt: skip
     return 0
+
+
+def reanalyse(args: argparse.Namespace) -> int:
+    """``--reanalyse``: the checks of a recorded run's windows, attributed by this tree."""
+    windows = reanalyse_windows(args.reanalyse)
+    out = {"reanalysed": str(args.reanalyse), "windows": windows, "checks": checks(windows)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "phase_energy.json").write_text(json.dumps(out, indent=1, default=str))
+    print(f"\nEnergy by phase, re-attributed from {args.reanalyse}")
+    print_checks(out["checks"])
+    print(f"written: {args.out}/phase_energy.json")
+    return 0
+
+
+def print_checks(lines: list[dict[str, Any]]) -> None:
+    for c in lines:
+        mark = {True: "ok", False: "MISSED", None: "n/a"}[c["ok"]]
+        print(f"  [{mark:6}] {c['check']}: {c['value']}")
 
 
 if __name__ == "__main__":

@@ -127,3 +127,73 @@ def step_power_w(span: StepSpan) -> float:
     tokens_j = A_J_PER_PREFILL * sum(s.prefill_tokens.values())
     tokens_j += B_J_PER_DECODE * sum(s.decode_tokens.values())
     return C_STEP_W + tokens_j / (s.end_s - s.start_s)
+
+
+# --- a window as the session traces it (decode-heavy, H200-like) ---------------------------
+H200_W = {PREFILL: 580.0, DECODE: 138.0}
+H200_IDLE_W = 138.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TracedWindow:
+    """A window as ``EnergySession`` traces it, with the true energy of each labelled phase."""
+
+    spans: list[PhaseSpan]
+    steps: list[StepTokens]
+    window: tuple[float, float]
+    intervals: CounterIntervals
+    true_j: dict[str, float]  # energy drawn in each phase's spans inside the window (+ other)
+
+
+def traced_window(
+    seed: int = 0,
+    *,
+    head_idle_s: float = 0.0,
+    batches: int = 2,
+    new_tokens: int = 128,
+    step_s: float = 0.061,
+    prefill_s: float = 0.165,
+) -> TracedWindow:
+    """Static batches of 16 opened right after a counter step, as the session does it.
+
+    The tracer starts reading before the window, which opens ~10 ms after the counter step
+    it waited for (``begin``), and stops at the first step after the window closes (``end``),
+    so the trace holds one interval across each edge. The first batch starts as the window
+    opens; ``head_idle_s``: its prefill span starts with that long at idle power, like the
+    first ~80 ms of the H200's decode-heavy window (its first counter interval held ~14 J).
+    """
+    from llenergymeasure.core.energy.step_records import static_batch_spans, static_batch_steps
+    from llenergymeasure.core.metrics import RequestTiming
+    from llenergymeasure.testing import integral_j
+
+    rng = np.random.default_rng(seed)
+    phase_s = float(rng.uniform(0.0, PERIOD_S))
+    t0 = phase_s + 20 * PERIOD_S + float(rng.uniform(0.006, 0.014))
+    t, points, timings = t0 + 0.0015, [(0.0, H200_IDLE_W)], []
+    for b in range(batches):
+        start, pre = t, prefill_s * float(rng.uniform(0.9, 1.1))
+        if b == 0 and head_idle_s:
+            points.append((start + head_idle_s, H200_W[PREFILL]))
+        else:
+            points.append((start, H200_W[PREFILL]))
+        times = [start + pre + k * step_s for k in range(new_tokens)]
+        points.append((times[0], H200_W[DECODE] + float(rng.normal(0.0, 3.0))))
+        points.append((times[-1], H200_IDLE_W))
+        n_in = int(rng.integers(256, 1537))
+        timings += [RequestTiming(start, times, n_in, new_tokens) for _ in range(16)]
+        t = times[-1] + 0.007
+    t1 = t + 0.002
+    schedule = tuple(sorted(dict(points).items()))
+    dev = FakeDevice("GPU-fake", power_w=schedule, counter_period_s=PERIOD_S,
+                     counter_phase_s=phase_s, counter_seed=seed)  # fmt: skip
+    reads = t0 - 0.06 + np.cumsum(rng.uniform(0.002, 0.006, int((t1 - t0 + 1.0) / 0.002)))
+    values = np.array(dev.energy_trace_mj(reads))
+    after = np.flatnonzero((reads > t1) & (np.diff(values, prepend=values[0]) > 0))
+    keep = slice(0, int(after[0]) + 1)  # the tracer stops at the first step after the window
+    iv = counter_intervals(reads[keep], values[keep])
+    spans = static_batch_spans(timings)
+    true_j = {p: 0.0 for p in (PREFILL, DECODE)}
+    for sp in spans:
+        true_j[sp.phase] += integral_j(schedule, max(sp.start_s, t0), min(sp.end_s, t1))
+    true_j["other"] = integral_j(schedule, t0, t1) - sum(true_j.values())
+    return TracedWindow(spans, static_batch_steps(timings), (t0, t1), iv, true_j)

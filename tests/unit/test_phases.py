@@ -24,6 +24,7 @@ from phase_scenarios import (
     static_batches,
     step_power_w,
     trace_intervals,
+    traced_window,
     window_of,
 )
 
@@ -31,6 +32,7 @@ from llenergymeasure.core.energy._nvml import nvml
 from llenergymeasure.core.energy.intervals import Coverage, counter_intervals, phase_coverages
 from llenergymeasure.core.energy.per_request import per_request_energy
 from llenergymeasure.core.energy.phases import fine_signal_estimate, phase_energy_report
+from llenergymeasure.core.energy.regression import LinearFit, NotIdentifiable, fit_linear
 from llenergymeasure.core.energy.step_records import static_batch_spans, static_batch_steps
 from llenergymeasure.core.metrics import RequestTiming
 from llenergymeasure.domain.phases import (
@@ -203,6 +205,76 @@ def test_counter_delay_from_the_profile_is_corrected() -> None:
     assert p is not None and (p.ci_low or 0) <= 600.0 <= (p.ci_high or 0)
     naive = phase_energy_report(iv, spans, window).phases[PREFILL].power_w
     assert naive is not None and abs(naive.value - 600.0) > abs(p.value - 600.0)
+
+
+def _energy_errors_pct(rep: PhaseEnergyReport, true_j: dict[str, float]) -> dict[str, float]:
+    out = {}
+    for phase in (PREFILL, DECODE):
+        e = rep.phases[phase].energy_j
+        assert e is not None
+        out[phase] = 100.0 * (e.value - true_j[phase]) / true_j[phase]
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_window_whose_first_step_draws_little_is_fitted_not_extrapolated(seed: int) -> None:
+    """The H200 decode-heavy miss (-1.48 %): the first ~80 ms of the window's first prefill
+    drew idle power. They lie in the counter interval across the window's start; fitting only
+    whole intervals left it out, the model extrapolated P_prefill into it (residual -1.5 %,
+    prefill energy +20 %, decode -1.5 % after the rescale). Fitted, the misfit is a note."""
+    w = traced_window(seed, head_idle_s=0.08)
+    rep = phase_energy_report(w.intervals, w.spans, w.window)
+    assert rep.not_measured is None
+    assert rep.n_intervals == w.intervals.overlapping(*w.window).n  # the edge ones too
+    assert abs(rep.residual_pct or 0.0) < 0.5
+    err = _energy_errors_pct(rep, w.true_j)
+    assert abs(err[PREFILL]) < 5.0 and abs(err[DECODE]) < 0.5, err
+    assert any(n.startswith("counter interval 0.00 s into the window misfit") for n in rep.notes)
+    per = per_request_energy(w.intervals, w.steps, w.window)
+    assert per.not_measured is None and abs(per.residual_pct or 0.0) < 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_traced_window_opened_on_a_prefill_splits_without_bias(seed: int) -> None:
+    """Steady powers, the first prefill right after the window opens (an interval across
+    each edge, as the session traces it): phases within 0.5 % of the truth, no misfit note."""
+    w = traced_window(seed)
+    rep = phase_energy_report(w.intervals, w.spans, w.window)
+    assert rep.not_measured is None and abs(rep.residual_pct or 0.0) < 0.3
+    err = _energy_errors_pct(rep, w.true_j)
+    assert all(abs(v) < 0.5 for v in err.values()), err
+    assert not any("misfit" in n for n in rep.notes)
+
+
+def test_edge_rows_never_identify_what_the_whole_ones_cannot() -> None:
+    x = np.column_stack([np.full(30, 0.03), np.full(30, 0.07)])  # collinear: lock-step
+    x[0], x[-1] = (0.09, 0.0), (0.0, 0.02)  # two partial rows break the tie
+    y = x @ np.array([600.0, 400.0])
+    assert isinstance(fit_linear(x, y, ["a", "b"]), LinearFit)
+    whole = np.ones(30, dtype=bool)
+    whole[[0, -1]] = False
+    fit = fit_linear(x, y, ["a", "b"], identify_rows=whole)
+    assert isinstance(fit, NotIdentifiable) and "collinear" in fit.reason
+    x[5] = (0.05, 0.05)  # identifiable from the whole rows: the fit uses every row
+    fit2 = fit_linear(x, x @ np.array([600.0, 400.0]), ["a", "b"], identify_rows=whole)
+    assert isinstance(fit2, LinearFit) and fit2.residuals.size == 30
+    assert fit2.value("a") == pytest.approx(600.0)
+
+
+def test_energy_inside_the_window_sums_to_the_counter_energy() -> None:
+    dev = FakeDevice("GPU-a", power_w=200.0, counter_period_s=PERIOD_S, counter_phase_s=0.03)
+    t = read_times(0, 1.0, 4.0)
+    iv = counter_intervals(t, dev.energy_trace_mj(t))
+    t0, t1 = 1.234, 3.21
+    edge = iv.overlapping(t0, t1)
+    assert edge.start_s[0] < t0 < edge.end_s[0] and edge.start_s[-1] < t1 < edge.end_s[-1]
+    inside = edge.energy_inside_j(t0, t1)
+    assert inside.sum() == pytest.approx(float(iv.cumulative_j(t1) - iv.cumulative_j(t0)))
+    a, b = edge.clipped(t0, t1)
+    at_50 = edge.energy_inside_j(t0, t1, outside_w=50.0)  # outside at 50 W, whole ones as is
+    np.testing.assert_allclose(at_50, edge.energy_j - 50.0 * (edge.duration_s - (b - a)))
+    capped = edge.energy_inside_j(t0, t1, outside_w=1e4)  # at most the interval's mean power
+    np.testing.assert_allclose(capped, inside)
 
 
 def test_fine_signal_estimate_agrees_on_a_clean_trace() -> None:

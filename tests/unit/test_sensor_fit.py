@@ -222,3 +222,12 @@ def test_phase_energy_script_runs_end_to_end_on_the_fake_nvml(tmp_path: Path) ->
     assert "counter trace on/off throughput" in proc.stdout
     cost = load_profiles_from(profiles)["Fake GPU"].counter_trace_cost
     assert cost is not None and cost.n_pairs == 2
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:  # the stored raw trace redoes the attribution (the residual can be checked offline)
+        from gpu_phase_energy import phases_from_raw  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    for w in out["windows"].values():
+        redone = phases_from_raw(w["raw"])
+        assert redone.not_measured == w["phases"]["not_measured"]
+        assert redone.residual_pct == pytest.approx(w["phases"]["residual_pct"])

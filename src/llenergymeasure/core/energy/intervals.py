@@ -88,6 +88,26 @@ class CounterIntervals:
         """The same intervals with every edge moved by ``dt_s`` (``-delay_s``: to power time)."""
         return dataclasses.replace(self, edges_s=self.edges_s + dt_s)
 
+    def overlapping(self, t0_s: float, t1_s: float) -> CounterIntervals:
+        """The intervals that hold some of [t0, t1]: those inside and the two across its edges."""
+        return self.select((self.end_s > t0_s) & (self.start_s < t1_s))
+
+    def clipped(self, t0_s: float, t1_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each interval's part inside [t0, t1] as (start, end); empty ones have start = end."""
+        a = np.maximum(self.start_s, t0_s)
+        return a, np.maximum(a, np.minimum(self.end_s, t1_s))
+
+    def energy_inside_j(
+        self, t0_s: float, t1_s: float, outside_w: float | None = None
+    ) -> np.ndarray:
+        """Each interval's energy inside [t0, t1]: its energy less its time outside at
+        ``outside_w``, at most its mean power; None: at its mean power (power uniform within
+        it, the split :meth:`cumulative_j` makes; summed, the window's counter energy)."""
+        a, b = self.clipped(t0_s, t1_s)
+        mean_w = self.energy_j / np.maximum(self.duration_s, 1e-12)
+        out_w = mean_w if outside_w is None else np.minimum(mean_w, max(outside_w, 0.0))
+        return np.asarray(self.energy_j - out_w * (self.duration_s - (b - a)))
+
     def cumulative_j(self, t_s: np.ndarray | float) -> np.ndarray:
         """Counter energy since the first edge at ``t_s``: linear within an interval.
 

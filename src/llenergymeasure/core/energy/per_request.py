@@ -8,10 +8,13 @@ where a step's tokens are spread evenly over the step's time, so an interval get
 of each step that falls in it; ``gap_time`` is the interval's time outside every step (host
 work between steps, idle). ``a`` and ``b`` are J per prefill / decode token (marginal),
 ``c`` and ``g`` the power of running steps and of the gaps (W). Least squares gives them
-with standard errors (``regression.fit_linear``). When a model is not identifiable (gaps
-too short to fit; a static batch decoding at a constant token rate makes decode tokens and
-time collinear) the next of :data:`TERM_SETS` is tried (``time`` = step + gap time); the
-result names the terms used and why fuller ones were dropped.
+with standard errors (``regression.fit_linear``), over every interval that holds part of the
+window, as in ``phases.py`` (the two across its edges too: their time outside the window is
+gap time; without a ``gap_time`` term, their part inside the window is fitted, their energy
+split by time); the whole intervals must identify the model. When a model is not
+identifiable (gaps too short to fit; a static batch decoding at a constant token rate makes
+decode tokens and time collinear) the next of :data:`TERM_SETS` is tried (``time`` = step +
+gap time); the result names the terms used and why fuller ones were dropped.
 
 **Sharing rule.** A request's energy is a x its prefill tokens + b x its decode tokens +
 its time share of the time terms: for every step, the step's duration divided equally among
@@ -81,7 +84,8 @@ def per_request_energy(
         out.not_measured = "no engine steps in the window" if intervals.n else "no counter steps"
         return out
     iv = intervals.shifted(-delay_s)
-    fit_iv = iv.select((iv.start_s - averaging_window_s >= t0) & (iv.end_s <= t1))
+    fit_iv = iv.overlapping(t0, t1)  # with the two across the edges, as in phases.py
+    whole = (fit_iv.start_s - averaging_window_s >= t0) & (fit_iv.end_s <= t1)
     out.n_intervals = fit_iv.n
     e_window = (
         float(window_energy_j)
@@ -89,8 +93,11 @@ def per_request_energy(
         else float(iv.cumulative_j(t1) - iv.cumulative_j(t0))
     )
     out.counter_energy_j = e_window
-    cols = _interval_columns(fit_iv, steps, averaging_window_s)
-    fit = _first_identifiable(cols, fit_iv.energy_j, settings, out.notes)
+    a, b = fit_iv.clipped(t0, t1)
+    inside = _interval_columns(a, b, steps, averaging_window_s)
+    full = _interval_columns(fit_iv.start_s, fit_iv.end_s, steps, averaging_window_s)
+    fit = _first_identifiable((inside, fit_iv.energy_inside_j(t0, t1)), (full, fit_iv.energy_j),
+                              whole, settings, out.notes)  # fmt: skip
     if isinstance(fit, NotIdentifiable):
         out.not_measured = f"per-request model not identifiable: {fit.reason}"
         return out
@@ -100,37 +107,49 @@ def per_request_energy(
 
 
 def _interval_columns(
-    iv: CounterIntervals, steps: Sequence[StepTokens], window_s: float
+    start_s: np.ndarray, end_s: np.ndarray, steps: Sequence[StepTokens], window_s: float
 ) -> dict[str, np.ndarray]:
-    """Prefill tokens, decode tokens and seconds in each interval."""
+    """Prefill tokens, decode tokens and seconds in each interval [start, end]."""
     starts = np.array([s.start_s for s in steps])
     lens = np.maximum(np.array([s.end_s - s.start_s for s in steps]), MIN_STEP_S)
-    out = {"time": iv.duration_s}
+    duration = np.asarray(end_s - start_s, dtype=float)
+    out = {"time": duration}
     for name in ("prefill_tokens", "decode_tokens"):
         tokens = np.array([float(sum(getattr(s, name).values())) for s in steps])
         cov = Coverage(starts, starts + lens, tokens / lens)
-        out[name] = cov.integral(iv.start_s, iv.end_s, window_s=window_s)
+        out[name] = cov.integral(start_s, end_s, window_s=window_s)
     busy = Coverage(starts, starts + lens, np.ones(len(steps)))
-    out["step_time"] = busy.integral(iv.start_s, iv.end_s, window_s=window_s)
-    out["gap_time"] = np.maximum(iv.duration_s - out["step_time"], 0.0)
+    out["step_time"] = busy.integral(start_s, end_s, window_s=window_s)
+    out["gap_time"] = np.maximum(duration - out["step_time"], 0.0)
     return out
 
 
 def _first_identifiable(
-    cols: dict[str, np.ndarray], y: np.ndarray, settings: PhaseSettings, notes: list[str]
+    inside: tuple[dict[str, np.ndarray], np.ndarray],
+    full: tuple[dict[str, np.ndarray], np.ndarray],
+    whole: np.ndarray,
+    settings: PhaseSettings,
+    notes: list[str],
 ) -> LinearFit | NotIdentifiable:
-    """Fit the fullest identifiable term set; notes say why fuller ones were dropped."""
+    """Fit the fullest identifiable term set; notes say why fuller ones were dropped.
+
+    Every interval is fitted; ``whole`` (those inside the window) must identify the model.
+    The time outside the window in the two edge intervals is gap time: with ``gap_time`` a
+    term they are fitted whole (``full``: columns and energy), else their part inside the
+    window (``inside``: columns and energy, the edge intervals' split by time).
+    """
     last: LinearFit | NotIdentifiable = NotIdentifiable("no term set tried")
-    total = float(cols["time"].sum())
+    total = float(inside[0]["time"].sum())
     for terms in TERM_SETS:
-        small = [t for t in terms if float(cols[t].sum()) <= _min_sum(t, total, settings)]
+        small = [t for t in terms if float(inside[0][t].sum()) <= _min_sum(t, total, settings)]
         if small:
             notes.append(f"{'+'.join(terms)}: too little {', '.join(small)} to fit")
             continue
+        cols, y = full if "gap_time" in terms else inside
         last = fit_linear(
             np.column_stack([cols[t] for t in terms]), y, terms,
             min_rows=settings.min_intervals, max_condition=settings.max_condition,
-            hac_lag=settings.hac_lag, level=settings.level,
+            hac_lag=settings.hac_lag, level=settings.level, identify_rows=whole,
         )  # fmt: skip
         if isinstance(last, LinearFit):
             return last

@@ -9,18 +9,30 @@ prefill, so energy is attributed statistically over a window, not per event:
        E_k = P_prefill * t_prefill,k + P_decode * t_decode,k + P_other * t_other,k + e_k
 
    with the phase times from the backends' step timestamps (seen through the sensor's
-   delay and averaging window, from its profile). Least squares over the intervals inside the
-   window gives each phase's mean power with a standard error (``regression.fit_linear``).
-   Phase energy = power x the phase's time in the window; the model's sum is compared with
-   the window's counter energy (``residual_j``) and the phases are then rescaled, all by the
-   same factor, to sum to it exactly.
+   delay and averaging window, from its profile). Least squares over every interval that
+   holds part of the window gives each phase's mean power with a standard error
+   (``regression.fit_linear``); only the whole intervals must identify the model. The two
+   intervals across the window's edges are fitted too: left out, the window's first ~100 ms
+   (its first step, right after it opens) would be missing from the fit, and the window's
+   residual would be nothing but the model's extrapolation into them. Their time outside
+   the window has no span, so it is ``other`` time: where ``other`` has a power of its own
+   the edge intervals are fitted whole; where it is folded into another phase, their part
+   inside the window is, with their energy less their time outside at that phase's power
+   (at most the interval's mean power: the device idles outside the window, and idle is
+   the least it draws). Phase energy = power x the phase's time in the window; the model's sum is
+   compared with the window's counter energy (``residual_j``) and the phases are then
+   rescaled, all by the same factor, to sum to it exactly. Phase times sum to each
+   interval's length, so least squares leaves residuals that sum to ~0 over the fitted
+   intervals: ``residual_j`` is small by construction, and an interval that the model
+   misses on its own is said in a note (:func:`misfit_note`).
 2. **Fine signal** (:func:`fine_signal_estimate`, where the sensor profile trusts a fast
    power signal): the signal integrated over each phase's spans.
 
 Assumptions (stated in the result's notes): each phase draws a steady mean power over the
 window (variation around it is noise, not signal); the counter's energy between two steps
-is the energy drawn between them (after the profiled delay); phase times are exact on the
-counter's clock. The CI covers noise under that model, not a wrong model.
+is the energy drawn between them (after the profiled delay); time outside the window is
+``other`` time (the session syncs the device before it opens and after it closes); phase
+times are exact on the counter's clock. The CI covers noise under that model, not a wrong model.
 """
 
 from __future__ import annotations
@@ -48,6 +60,8 @@ from llenergymeasure.domain.phases import (
     Signal,
 )
 
+MISFIT_RATIO = 4.0  # misfit_note: |residual| over this x the other intervals' rms
+MISFIT_SHARE = 0.1  # and over this share of the interval's energy
 ASSUMPTIONS = (
     "each phase draws a steady mean power over the window; the counter's energy between two "
     "steps is the energy drawn between them (after the profiled delay); CI covers noise "
@@ -99,33 +113,71 @@ def phase_energy_report(
     if intervals.n == 0:
         report.not_measured = "no counter steps in the trace"
         return report
-    inside = (iv.start_s - averaging_window_s >= t0) & (iv.end_s <= t1)
-    fit_iv = iv.select(inside)
+    fit_iv = iv.overlapping(t0, t1)  # the two across the window's edges too (docstring)
+    whole = (fit_iv.start_s - averaging_window_s >= t0) & (fit_iv.end_s <= t1)
     report.n_intervals = fit_iv.n
     e_window = _window_energy(iv, t0, t1, window_energy_j)
     report.counter_energy_j = e_window
-    span = float(fit_iv.edges_s[-1] - fit_iv.edges_s[0]) if fit_iv.n else 0.0
+    span = float(fit_iv.duration_s[whole].sum())
     if span < settings.min_window_s:
         report.not_measured = (
             f"window too short: {span:.2f} s of whole counter intervals < {settings.min_window_s} s"
         )
         return report
-    times = phase_times(fit_iv.start_s, fit_iv.end_s, covs, window_s=averaging_window_s)
+    a, b = fit_iv.clipped(t0, t1)
+    times = phase_times(a, b, covs, window_s=averaging_window_s)  # the part inside the window
     in_window = {p: float(c.c(t1) - c.c(t0)) for p, c in covs.items()}
     in_window[OTHER] = max(0.0, (t1 - t0) - sum(in_window.values()))
     fitted, folded = _choose_terms(times, settings.min_phase_share)
+    y = fit_iv.energy_inside_j(t0, t1)
+    if OTHER in fitted:  # outside the window is other time (no span): the edge ones whole
+        times = phase_times(fit_iv.start_s, fit_iv.end_s, covs, window_s=averaging_window_s)
+        y = fit_iv.energy_j
     x = np.column_stack([sum(times[p] for p in folded.get(f, [f])) for f in fitted])
-    fit = fit_linear(
-        x, fit_iv.energy_j, fitted, min_rows=settings.min_intervals,
-        max_condition=settings.max_condition, hac_lag=settings.hac_lag, level=settings.level,
-    )  # fmt: skip
+
+    def fit_to(y: np.ndarray) -> LinearFit | NotIdentifiable:
+        return fit_linear(
+            x, y, fitted, min_rows=settings.min_intervals, max_condition=settings.max_condition,
+            hac_lag=settings.hac_lag, level=settings.level, identify_rows=whole,
+        )  # fmt: skip
+
+    fit = fit_to(y)
+    host = next((f for f, ps in folded.items() if OTHER in ps and f != OTHER), None)
+    if isinstance(fit, LinearFit) and host is not None:  # other folded: outside at its power
+        y = fit_iv.energy_inside_j(t0, t1, outside_w=fit.value(host))
+        fit = fit_to(y)
     if isinstance(fit, NotIdentifiable):
         report.not_measured = f"phase split not identifiable: {fit.reason}"
         return report
     tokens = dict(tokens_by_phase) if tokens_by_phase is not None else _span_tokens(spans)
     _fill(report, fit, folded, in_window, tokens, e_window)
     report.interval_rms_j = float(np.sqrt(np.mean(fit.residuals**2)))
+    if note := misfit_note(fit.residuals, y, a - t0):
+        report.notes.append(note)
     return report
+
+
+def misfit_note(residuals: np.ndarray, energy_j: np.ndarray, at_s: np.ndarray) -> str | None:
+    """A note on the worst-fitted counter interval, when it stands out from the rest.
+
+    The window's residual cannot show a misfit that the fit has absorbed (phase times sum to
+    each interval's length, so least squares leaves residuals that sum to ~0), so a lone
+    interval that the model misses (a step far from its phase's mean power: the window's
+    first prefill drawing a fraction of it, say) is said here: its |residual| over
+    ``MISFIT_RATIO`` x the other intervals' rms and over ``MISFIT_SHARE`` of its energy.
+    """
+    if residuals.size < 3:
+        return None
+    k = int(np.argmax(np.abs(residuals)))
+    r, e = float(residuals[k]), float(energy_j[k])
+    rms = float(np.sqrt(np.mean(np.delete(residuals, k) ** 2)))
+    if abs(r) <= MISFIT_RATIO * rms or abs(r) <= MISFIT_SHARE * abs(e):
+        return None
+    return (
+        f"counter interval {at_s[k]:.2f} s into the window misfit: measured {e:.2f} J, model "
+        f"{e - r:.2f} J ({abs(r) / max(rms, 1e-12):.0f}x the other intervals' rms of {rms:.2f} J)"
+        ": a phase's power not steady there, or its phase times off"
+    )
 
 
 def _window_energy(iv: CounterIntervals, t0: float, t1: float, given: float | None) -> float:

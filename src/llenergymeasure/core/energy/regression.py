@@ -117,21 +117,31 @@ def fit_linear(
     max_condition: float = 1e3,
     hac_lag: int = 2,
     level: float = 0.95,
+    identify_rows: np.ndarray | None = None,
 ) -> LinearFit | NotIdentifiable:
-    """OLS of ``y`` on the columns of ``x`` (no intercept), or why it cannot be identified."""
+    """OLS of ``y`` on the columns of ``x`` (no intercept), or why it cannot be identified.
+
+    ``identify_rows`` (a boolean mask; default every row): the rows that must identify the
+    model on their own (enough of them, full rank, condition number), e.g. the whole counter
+    intervals of a window, so that a few partial ones at its edges never identify what the
+    rest cannot; the fit itself uses every row.
+    """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     n, p = x.shape
-    if n < max(min_rows, p + 2):
-        return NotIdentifiable(f"too few counter intervals: {n} < {max(min_rows, p + 2)}")
-    cond = condition_number(x)
-    if not math.isfinite(cond) or np.linalg.matrix_rank(x) < p:
+    x_id = x if identify_rows is None else x[np.asarray(identify_rows, dtype=bool)]
+    n_id = x_id.shape[0]
+    if n_id < max(min_rows, p + 2):
+        return NotIdentifiable(f"too few counter intervals: {n_id} < {max(min_rows, p + 2)}")
+    cond = condition_number(x_id)
+    if not math.isfinite(cond) or np.linalg.matrix_rank(x_id) < p:
         return NotIdentifiable(f"terms {list(names)} are collinear (rank deficient)")
     if cond > max_condition:
         return NotIdentifiable(
             f"terms {list(names)} are nearly collinear: condition number {cond:.3g} > "
             f"{max_condition:.3g}"
         )
+    cond = condition_number(x)
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     r = y - x @ coef
     dof = n - p
