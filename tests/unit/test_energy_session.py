@@ -15,6 +15,7 @@ from llenergymeasure.core.energy import (
     BaselineCache,
     BaselineSettings,
     EnergySession,
+    NvmlSampleSource,
     select_energy_meters,
 )
 from llenergymeasure.core.energy.baseline import adjust_for_idle
@@ -320,8 +321,9 @@ def test_sampler_that_cannot_start_degrades_to_counter_only() -> None:
         FakeNVML(fake_gpus(1, power_w=100.0), clock=clock.now).installed(),
         _session(clock, sampler_enabled=True, sample_source=BrokenSource()) as session,
     ):
-        assert session.sampler is None
+        assert session.sampler is not None  # launched, not waited for: the window waits
         session.begin_window("m")
+        assert session.sampler is None
         clock.advance(12.0)
         report = session.end_window("m")
     assert report.gpu_energy_j == pytest.approx(1200.0, rel=0.01) and report.thermal is None
@@ -338,3 +340,23 @@ def test_total_energy_sums_measured_scopes_only() -> None:
     assert (
         report.model_copy(update={"gpu_energy_j": 2.0, "dram_energy_j": 1.0}).total_energy_j == 3.0
     )
+
+
+def test_sampler_launched_at_start_and_waited_for_by_the_first_window() -> None:
+    """start() does not wait for the sampler's process (its start overlaps baseline and
+    warm-up); the first window does, so every window has the sampler running."""
+    clock = ManualClock()
+    source = NvmlSampleSource((0,), fake=FakeNVML(fake_gpus(1)))
+    with (
+        FakeNVML(fake_gpus(1, power_w=100.0), clock=clock.now).installed(),
+        _session(clock, sampler_enabled=True, sample_source=source) as session,
+    ):
+        sampler = session.sampler
+        assert sampler is not None and not sampler.ready
+        session.begin_window("m")
+        assert sampler.ready and sampler.running
+        clock.advance(2.0)
+        report = session.end_window("m")
+    assert report.gpu_energy_j == pytest.approx(200.0, rel=0.01)
+    assert not any(f.code == "sampler_unavailable" for f in report.warnings)
+    assert len(sampler.timeline.rows) >= 2 and not sampler.running

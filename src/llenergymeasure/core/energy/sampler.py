@@ -165,16 +165,29 @@ class TelemetrySampler:
         self.timeline = Timeline()
         self._conn: Connection | None = None
         self._process: Any = None
+        self._ready = False  # the child has said "ready" (wait_started)
 
     @property
     def running(self) -> bool:
         """True while the child process is up."""
         return self._process is not None and self._process.is_alive()
 
+    @property
+    def ready(self) -> bool:
+        """Whether the launched child has said it took its first sample (``wait_started``)."""
+        return self._ready
+
     def start(self) -> None:
         """Start the child and wait (blocking, not spinning) until it has taken its first sample."""
+        self.launch()
+        self.wait_started()
+
+    def launch(self) -> None:
+        """Start the child without waiting for it (its interpreter start, about a second, then
+        overlaps the caller's work); :meth:`wait_started` waits, and every request does."""
         if self.running:
             return
+        self._ready = False
         ctx = multiprocessing.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe()
         self._process = ctx.Process(
@@ -186,10 +199,17 @@ class TelemetrySampler:
         self._process.start()
         child_conn.close()
         self._conn = parent_conn
+
+    def wait_started(self) -> None:
+        """Wait (once) until the launched child has taken its first sample; MeterError if it
+        could not start."""
+        if self._ready or self._conn is None:
+            return
         kind, payload = self._receive(self.start_timeout_s, "start")
         if kind == "error":
             self._reap()
             raise MeterError(f"Telemetry sampler could not start:\n{payload}")
+        self._ready = True
 
     def _receive(self, timeout_s: float, what: str) -> tuple[str, Any]:
         """Wait for one message from the child."""
@@ -213,6 +233,7 @@ class TelemetrySampler:
         """Send a request, store the samples that come back."""
         if not self.running or self._conn is None:
             return
+        self.wait_started()
         self._conn.send(message)
         kind, rows = self._receive(self.reply_timeout_s, message)
         if kind == "samples":

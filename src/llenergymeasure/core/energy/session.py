@@ -1,7 +1,7 @@
 """EnergySession: the energy layer's one entry point for the orchestrator.
 
     session = EnergySession(energy_backend="auto", timeline_path=path, baseline=BaselineSettings())
-    session.start()                          # meters chosen, NVML probed, sampler process up
+    session.start()                          # meters chosen, NVML probed, sampler launched
     baseline = session.measure_baseline()    # IdleBaseline | None (cached by GPU UUIDs, TTL)
     session.begin_window("measure", sync=torch.cuda.synchronize)
     ...                                      # inference only
@@ -203,25 +203,43 @@ class EnergySession:
         return self.traces.get(name)
 
     def _start_sampler(self, plan: MeterPlan, meter: NvmlMeter) -> None:
-        """Start telemetry; if it cannot start, measure without it and say so."""
+        """Launch telemetry without waiting: its process start (about a second) overlaps
+        baseline and warm-up; the first window waits for it (:meth:`_sampler_ready`)."""
         sampler = TelemetrySampler(self._sample_source(plan), self.sample_interval_s)
         try:
-            sampler.start()
-        except MeterError as e:
-            self.session_flags.append(
-                QualityFlag(
-                    code="sampler_unavailable",
-                    message=(
-                        "Telemetry sampler did not start, so there is no timeline, thermal summary "
-                        "or polled cross-check (counter energy is unaffected). With the spawn start "
-                        'method the main script needs an `if __name__ == "__main__":` guard. '
-                        f"Cause: {str(e).strip().splitlines()[-1]}"
-                    ),
-                )
-            )
+            sampler.launch()
+        except (OSError, MeterError) as e:
+            self._sampler_failed(e)
             return
         self.sampler = sampler
         meter.polled = sampler
+
+    def _sampler_ready(self) -> None:
+        """Wait for the launched sampler; if it could not start, measure without it and say so."""
+        if self.sampler is None:
+            return
+        try:
+            self.sampler.wait_started()
+        except MeterError as e:
+            self.sampler.stop()
+            self.sampler = None
+            plan = self._require_plan()
+            if plan.nvml_meter is not None:
+                plan.nvml_meter.polled = None
+            self._sampler_failed(e)
+
+    def _sampler_failed(self, error: Exception) -> None:
+        self.session_flags.append(
+            QualityFlag(
+                code="sampler_unavailable",
+                message=(
+                    "Telemetry sampler did not start, so there is no timeline, thermal summary "
+                    "or polled cross-check (counter energy is unaffected). With the spawn start "
+                    'method the main script needs an `if __name__ == "__main__":` guard. '
+                    f"Cause: {str(error).strip().splitlines()[-1]}"
+                ),
+            )
+        )
 
     def _sample_source(self, plan: MeterPlan) -> SampleSource:
         """The given source, or NVML for the GPUs in use (with the NVML library installed
@@ -276,6 +294,7 @@ class EnergySession:
         if sync is not None:
             sync()
         self._begin_trace(name)
+        self._sampler_ready()
         if self.sampler is not None:
             self.sampler.flush()  # a sample right at the edge, before the counter reads
         self._t0[name] = self.clock()
