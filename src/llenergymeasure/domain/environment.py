@@ -42,6 +42,11 @@ class EnvironmentSnapshot(BaseModel):
     kernel: str | None = None
     python_version: str
     library_versions: dict[str, str | None] = Field(default_factory=dict)
+    framework_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment variables that change what the frameworks run (kernels, "
+        "allocator, threads: TORCH_*, CUDA_*, VLLM_*, ...) as set when the experiment ran",
+    )
     in_container: bool = False
     container_evidence: str | None = None
 
