@@ -13,9 +13,9 @@
 #   overhead: gpu_study_overhead.py (~2 min per tree): a 2-config x 3-cycle study's time
 #   breakdown; before/after when $LLEM_BEFORE_SRC (or .before/src) holds an older src/
 #   (git archive <commit> src | tar -x -C .before), else this tree alone.
-#   vllm: benchmarks/gpu_vllm.py once per max_num_seqs in $LLEM_VLLM_SEQS (default "64 256",
-#   ~8 min each on an H200 incl. engine start; $LLEM_VLLM_ARGS is passed on, e.g. "--budget-s
-#   420" to leave room in a 9-minute call); skipped with a message when vllm does not
+#   vllm: benchmarks/gpu_vllm.py once per max_num_seqs in $LLEM_VLLM_SEQS (default "64 256";
+#   $LLEM_VLLM_ARGS is passed on: "--reps 5 --target-s 4 --budget-s 300" ran both in 8 min on
+#   an H200, engine starts included); skipped with a message when vllm does not
 #   import (vLLM 0.26.0 for the GPU image: ../shared/device/vllm_chunks.sh, PYTHONPATH=/tmp/vsite)
 # OUT_DIR gets a few small files (JSON, logs, the study summary, one timeline); bulky run
 # directories go to $LLEM_ACCEPT_WORK (default OUT_DIR/work).
@@ -44,7 +44,10 @@ if has harness; then
   python3 benchmarks/gpu_experiment_harness.py --out "$out/harness.json" $q 2>&1 | tee -a "$log" | tail -30
 fi
 if has launcher; then
-  python3 benchmarks/gpu_launcher_tax.py --out "$out/launcher_tax.json" --results-dir "$work/launcher" $q 2>&1 | tee -a "$log" | tail -12
+  # eager cache, batch 256: ~35 s a pair on an H200 (the static cache's compile warm-up: ~2 min)
+  python3 benchmarks/gpu_launcher_tax.py --cache eager --batch 256 --input-len 128 --n 768 \
+    --pairs 6 --budget-s 285 --out "$out/launcher_tax.json" --results-dir "$work/launcher" 2>&1 \
+    | tee -a "$log" | tail -12
 fi
 if has study; then
   study=benchmarks/gpu_study.yaml; [ "$mode" = "quick" ] && study=benchmarks/gpu_study_quick.yaml
@@ -55,6 +58,9 @@ fi
 if has vllm; then
   if python3 -c "import vllm" >/dev/null 2>&1; then
     python3 -m llenergymeasure config 2>&1 | sed -n '/^Backends/,/^$/p' | tee "$out/llem_config_backends.txt"
+    # greedy arms never use FlashInfer's top-k/top-p sampler, but a fresh machine's first
+    # engine start JIT-compiles it (~100 s on the H200); set it to 1 to measure with it
+    export VLLM_USE_FLASHINFER_SAMPLER=${VLLM_USE_FLASHINFER_SAMPLER:-0}
     for seqs in ${LLEM_VLLM_SEQS:-64 256}; do
       python3 benchmarks/gpu_vllm.py --max-num-seqs "$seqs" --out "$out/vllm_$seqs.json" $q ${LLEM_VLLM_ARGS:-} \
         > "$out/vllm_$seqs.log" 2>&1

@@ -23,7 +23,12 @@ The number of prompts is chosen after a calibration ``generate`` so that one run
 ``--target-s`` (default 10 s; quick 5 s; rounded up to whole waves of ``max_num_seqs``). The script stops starting repetitions when the
 next one would pass ``--budget-s`` (default 500 s from its start, engine start included),
 and rewrites the JSON after every repetition, so a run cut short keeps what it measured.
-Every arm's error is caught and recorded; the run goes on.
+Every arm's error is caught and recorded; the run goes on. The tool arm's derivations
+(timings from the step stamps, latency statistics) run after its energy window has closed,
+as in ``llem run``. The environment's ``VLLM_*``/``CUDA_*``/``FLASHINFER_*`` settings are
+recorded; ``gpu_acceptance.sh`` sets ``VLLM_USE_FLASHINFER_SAMPLER=0`` (the greedy arms never
+sample with FlashInfer's top-k/top-p kernels, whose JIT build otherwise added ~100 s to the
+first engine start on a fresh H200).
 
     PYTHONPATH=/tmp/vsite:$PWD/src python3 benchmarks/gpu_vllm.py --max-num-seqs 64 --out vllm_64.json
     PYTHONPATH=/tmp/vsite:$PWD/src python3 benchmarks/gpu_vllm.py --max-num-seqs 256 --out vllm_256.json
@@ -39,6 +44,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -58,6 +64,10 @@ from bench_stats import median_ci  # type: ignore[import-not-found]  # benchmark
 TOOL_TARGET = 0.98
 STEPLOOP_TARGET = 0.99
 ARMS = ("tool", "generate", "steploop")
+#: an arm's result key for work that runs after its energy window (the tool's derivations)
+AFTER_WINDOW = "_after_window"
+#: environment variables recorded with the numbers (engine and CUDA settings)
+ENV_PREFIXES = ("VLLM_", "CUDA_", "FLASHINFER_")
 
 
 # ---- set-up --------------------------------------------------------------------------------
@@ -141,13 +151,20 @@ def start_energy(backend: Any) -> tuple[Any, str | None]:
 
 # ---- the three arms ----------------------------------------------------------------------
 def arm_tool(backend: Any, prepared: Any) -> dict[str, Any]:
-    """(a) the backend's measured path."""
-    from llenergymeasure.core.metrics import latency_from_timings
-
+    """(a) the backend's measured path; its derivations wait for the window's end."""
     start = time.perf_counter()
     out = backend.run_inference(prepared)  # what the orchestrator's window holds
     wall = time.perf_counter() - start
-    out.finalize()  # the derivations, after the window (as the orchestrator does)
+    return {"wall_s": wall, AFTER_WINDOW: lambda: tool_derivations(out)}
+
+
+def tool_derivations(out: Any) -> dict[str, Any]:
+    """The tool arm's derivations, run after its energy window closed (as the orchestrator
+    does): timings, latency statistics, the ITL sum check, the step loop's details."""
+    from llenergymeasure.core.metrics import latency_from_timings
+
+    start = time.perf_counter()
+    out.finalize()
     lat = latency_from_timings(out.timings)
     worst = max(
         (
@@ -161,8 +178,8 @@ def arm_tool(backend: Any, prepared: Any) -> dict[str, Any]:
         default=None,
     )
     return {
-        "wall_s": wall,
         "output_tokens": out.output_tokens,
+        "derivations_s": time.perf_counter() - start,
         "latency_ms": {
             k: (getattr(lat, k).model_dump() if getattr(lat, k) else None)
             for k in ("ttft", "itl", "tpot", "e2e", "queue")
@@ -218,6 +235,7 @@ def run_arm(name: str, fn: Any, session: Any, llm: Any) -> dict[str, Any]:
         if session is not None and name != "steploop":
             session.begin_window(name)
         result: dict[str, Any] = fn()
+        after = result.pop(AFTER_WINDOW, None)
         if session is not None and name != "steploop":
             report = session.end_window(name)
             result["energy_j"] = report.gpu_energy_j
@@ -225,6 +243,8 @@ def run_arm(name: str, fn: Any, session: Any, llm: Any) -> dict[str, Any]:
             result["energy_method"] = sorted({f"{m.scope}:{m.method}" for m in report.measurements})
             peaks = report.thermal.peak_memory_used_mb_by_device if report.thermal else {}
             result["device_memory_peak_mb"] = sum(peaks.values()) if peaks else None
+        if after is not None:
+            result.update(after())
         result["tok_s"] = result["output_tokens"] / result["wall_s"]
         energy = result.get("energy_j")
         result["j_per_token"] = energy / result["output_tokens"] if energy else None
@@ -331,6 +351,7 @@ def environment() -> dict[str, Any]:
     from llenergymeasure.core.backends.vllm_support import vllm_version_text
 
     env: dict[str, Any] = {"python": platform.python_version(), "vllm": vllm_version_text()}
+    env["env"] = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
     try:
         import torch
 
