@@ -10,9 +10,13 @@ random-weight Llama-3.2-1B shape (bf16, cuda:0), driven by ``generate`` with the
 as a stopping criterion, exactly as the backend does it. Parts, each reporting its own
 error instead of stopping the script:
 
-- ``windows``: three windows of static batches (batch ``--batch``, prompts of 256-1536
-  tokens, a random 0-20 ms host pause after some batches so that the phases' shares differ
-  between counter intervals):
+- ``windows``: three windows of static batches (batch ``--batch``, prompts of one of
+  ``PROMPT_LENGTHS`` (256-1536) tokens, a random 0-20 ms host pause after some batches so
+  that the phases' shares differ between counter intervals; every length is generated once
+  with the longest window's new tokens before the first window, so that no window meets a
+  shape warm-up has not seen: PyTorch's cuDNN attention builds a plan per new sequence
+  length, which on the H200 made decode steps of random lengths host-bound, 53-63 ms instead
+  of ~10, and the decode J/token of two windows differ by how many steps met a new shape):
   ``mixed`` (``--new-tokens``, 32), ``prefill_only`` (max_new_tokens=1, many batches) and
   ``decode_heavy`` (4x the new tokens);
 - ``overhead``: what the trace costs the workload: alternated pairs (ABBA order) of the same
@@ -69,6 +73,8 @@ from llenergymeasure.domain.phases import SensorProfile, TraceCost
 from llenergymeasure.orchestration.phase_energy import attribute_window
 
 WINDOWS = ("mixed", "prefill_only", "decode_heavy")
+#: the windows' prompt lengths (GPU): few, so that warm-up covers every shape (module docstring)
+PROMPT_LENGTHS = (256, 640, 1024, 1536)
 FAKE_W = {"prefill": 600.0, "decode": 400.0}
 FAKE_OTHER_W = 150.0
 
@@ -123,6 +129,12 @@ class GpuWorkload:
         self._generate(batch, n_in, new_tokens, None)
         self.sync()
 
+    def warm_shapes(self, batch: int, new_tokens: int) -> None:
+        """Every prompt length once with ``new_tokens``: each sequence length the windows
+        will meet has its attention plan before the first window."""
+        for n_in in PROMPT_LENGTHS:
+            self.warm(batch, n_in, new_tokens)
+
     def run(self, name: str, seconds: float, batch: int, new_tokens: int, rng: Any,
             pauses: bool = True) -> list[Any]:  # fmt: skip
         """Static batches for ``seconds``; the requests' timings (perf_counter clock)."""
@@ -134,7 +146,7 @@ class GpuWorkload:
         end = time.perf_counter() + seconds
         k = 0
         while time.perf_counter() < end:
-            n_in = int(rng.integers(256, 1537)) if pauses else 128
+            n_in = int(rng.choice(PROMPT_LENGTHS)) if pauses else 128
             rids = [f"{name}-b{k}-r{i}" for i in range(batch)]
             recorder.begin_batch(rids, [n_in] * batch)
             self._generate(batch, n_in, new_tokens, recorder)
@@ -223,6 +235,8 @@ def run_windows(args: argparse.Namespace, work: Any, session: EnergySession, rng
     results: dict[str, Any] = {}
     plan = {"mixed": (args.window_s, args.new_tokens), "prefill_only": (args.prefill_window_s, 1),
             "decode_heavy": (args.window_s, 4 * args.new_tokens)}  # fmt: skip
+    if hasattr(work, "warm_shapes"):
+        work.warm_shapes(args.batch, max(n for _, n in plan.values()))
     for name, (seconds, new_tokens) in plan.items():
         try:
             work.warm(args.batch, 512, new_tokens)
