@@ -297,3 +297,24 @@ def test_one_worker_window_holds_the_same_work_as_the_direct_path(
     run_dir = _run_dir(tmp_path / "l")
     launch = LaunchRecord.model_validate_json((run_dir / "raw/launch.json").read_bytes())
     assert launch.start_barrier is not None and launch.start_barrier.startswith("none")
+
+
+def test_a_launched_run_cuts_over_long_prompts_as_the_direct_path_does(tmp_path: Path) -> None:
+    """Prompts longer than max_input_tokens x MAX_CHARS_PER_TOKEN characters are cut before
+    tokenising (bounded work) in a launched run too, with the same dataset note."""
+    from llenergymeasure.datasets.loader import MAX_CHARS_PER_TOKEN
+
+    data = tmp_path / "long.txt"
+    data.write_text("short prompt\n" + "word " * (16 * MAX_CHARS_PER_TOKEN) + "\n")
+    fields = {"dataset": str(data), "n": 2, "max_input_tokens": 16, "device": "cpu"}
+    notes = []
+    for name, pytorch in (("direct", {}), ("launched", {"num_processes": 1})):
+        result = ExperimentOrchestrator(
+            _config(**fields, pytorch=pytorch), results_dir=tmp_path / name
+        ).run()
+        cut = [
+            w.message for w in result.warnings if w.code == "dataset_note" and "cut" in w.message
+        ]
+        assert cut, (name, [w.message for w in result.warnings])
+        notes.append(cut)
+    assert notes[0] == notes[1]

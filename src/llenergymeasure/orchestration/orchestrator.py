@@ -69,6 +69,7 @@ if TYPE_CHECKING:
         RuntimeCapabilities,
     )
     from llenergymeasure.core.energy.session import EnergySession
+    from llenergymeasure.datasets.types import PromptList
     from llenergymeasure.domain.energy import EnergyReport
     from llenergymeasure.domain.environment import EnvironmentSnapshot, Placement
     from llenergymeasure.orchestration.launcher import WorkerTarget
@@ -217,7 +218,6 @@ class ExperimentOrchestrator:
     def _measure(self, run_dir: Path) -> ExperimentResult:
         """Everything from the environment snapshot to the aggregated result."""
         from llenergymeasure.core.backends.registry import get_backend, preload_backend
-        from llenergymeasure.datasets.loader import cap_prompt_chars, load_prompts
 
         self._stage("environment snapshot", "environment")
         self.record.environment = _collect_environment(self.record.warnings)
@@ -232,12 +232,8 @@ class ExperimentOrchestrator:
         arch = _arch(self.config.model)
         preload_backend(self.config.backend, arch.model_type if arch is not None else None)
         try:
-            self._stage("loading prompts", "prompts")
             cfg = self.config
-            prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed, cache_dir=self.cache_dir)
-            prompts = cap_prompt_chars(prompts, cfg.max_input_tokens)  # bounded tokenising
-            self.record.dataset_info = prompts.summary()
-            self.record.warnings += backend_flags(prompts.notes, "dataset_note")
+            prompts = self._load_prompts()
             self._stage("loading model", "load")
             backend.initialize(cfg, prompts)
             self._stage("tokenising", "tokenise")
@@ -296,18 +292,27 @@ class ExperimentOrchestrator:
         self.state.finish()
         return self._finalise(result, timeline)
 
-    def _measure_launched(self, n_processes: int, run_dir: Path) -> ExperimentResult:
-        """``launch_mode: processes``: workers measure, this process owns the energy session;
-        ``raw/launch.json`` is written, then the late aggregation builds the result."""
-        from llenergymeasure.core.energy.selection import probe_gpus
-        from llenergymeasure.datasets.loader import load_prompts
-        from llenergymeasure.orchestration.launcher import Launcher, plan_processes
+    def _load_prompts(self) -> PromptList:
+        """The experiment's prompts, over-long texts cut before tokenising (bounded work;
+        the backends count them truncated), with the dataset's summary and notes recorded."""
+        from llenergymeasure.datasets.loader import cap_prompt_chars, load_prompts
 
         self._stage("loading prompts", "prompts")
         cfg = self.config
         prompts = load_prompts(cfg.dataset, cfg.n, cfg.random_seed, cache_dir=self.cache_dir)
+        prompts = cap_prompt_chars(prompts, cfg.max_input_tokens)
         self.record.dataset_info = prompts.summary()
         self.record.warnings += backend_flags(prompts.notes, "dataset_note")
+        return prompts
+
+    def _measure_launched(self, n_processes: int, run_dir: Path) -> ExperimentResult:
+        """``launch_mode: processes``: workers measure, this process owns the energy session;
+        ``raw/launch.json`` is written, then the late aggregation builds the result."""
+        from llenergymeasure.core.energy.selection import probe_gpus
+        from llenergymeasure.orchestration.launcher import Launcher, plan_processes
+
+        cfg = self.config
+        prompts = self._load_prompts()
         visible, _ = probe_gpus(None) if cfg.device != "cpu" else ([], None)
         plans = plan_processes(cfg, n_processes, visible, os.environ.get("CUDA_VISIBLE_DEVICES"))
         timeline = run_dir / TIMESERIES_FILENAME if self._save_timeline() else None
