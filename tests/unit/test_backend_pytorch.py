@@ -306,3 +306,19 @@ def test_request_ending_at_eos_gets_tokens_and_times_up_to_its_eos() -> None:
     assert [t.output_tokens for t in output.timings] == expected
     assert [len(t.token_times_s) for t in output.timings] == expected
     assert [len(ids) for ids in output.output_token_ids] == expected
+
+
+def test_sdpa_backends_restrict_the_attention_kernels() -> None:
+    """math alone gives the default path's tokens; a kernel that cannot run on the CPU
+    (memory-efficient attention) is a BackendError naming the field, proof that the
+    restriction reached the attention calls."""
+    _, default = _run(_config())
+    _, math_only = _run(_config(pytorch={"sdpa_backends": ["math"]}))
+    assert math_only.output_token_ids == default.output_token_ids
+    with pytest.raises(BackendError, match=r"pytorch.sdpa_backends \['efficient'\]"):
+        _run(_config(pytorch={"sdpa_backends": ["efficient"]}))
+
+
+def test_sdpa_backends_need_the_sdpa_attention() -> None:
+    with pytest.raises(ValueError, match="sdpa_backends needs attn_implementation sdpa"):
+        _config(pytorch={"sdpa_backends": ["flash"], "attn_implementation": "eager"})

@@ -25,6 +25,13 @@ class PyTorchConfig(_Section):
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
         None, description="transformers attention implementation."
     )
+    sdpa_backends: list[Literal["flash", "efficient", "cudnn", "math"]] | None = Field(
+        None,
+        min_length=1,
+        description="The scaled-dot-product-attention kernels PyTorch may use (its "
+        "torch.nn.attention.sdpa_kernel; attn_implementation sdpa only). Default: PyTorch's "
+        "choice; on Hopper that is cuDNN, which builds a plan for every new sequence length.",
+    )
     torch_compile: bool | None = Field(
         None, description="Compile the forward pass (the library's static-cache compile path)."
     )
@@ -51,6 +58,15 @@ class PyTorchConfig(_Section):
     def _one_quantisation(self) -> PyTorchConfig:
         if self.load_in_4bit and self.load_in_8bit:
             raise ValueError("load_in_4bit and load_in_8bit are exclusive: choose one")
+        return self
+
+    @model_validator(mode="after")
+    def _sdpa_backends_need_sdpa(self) -> PyTorchConfig:
+        if self.sdpa_backends and self.attn_implementation not in (None, "sdpa"):
+            raise ValueError(
+                f"sdpa_backends needs attn_implementation sdpa (the default), not "
+                f"{self.attn_implementation}; drop one of the two"
+            )
         return self
 
 

@@ -29,6 +29,7 @@ from llenergymeasure.core.backends.protocol import (
     RuntimeCapabilities,
 )
 from llenergymeasure.core.backends.pytorch_settings import (
+    attention_kernels,
     build_generation_config,
     fix_output_length,
     resolve_device,
@@ -37,6 +38,9 @@ from llenergymeasure.core.backends.pytorch_settings import (
     uses_static_cache,
 )
 from llenergymeasure.exceptions import BackendError
+
+#: What torch's SDPA says when none of the allowed kernels runs (CUDA, CPU).
+NO_SDPA_KERNEL = ("No available kernel", "No viable backend for scaled_dot_product_attention")
 
 if TYPE_CHECKING:
     import torch
@@ -258,7 +262,8 @@ class PyTorchBackend:
             extra["stopping_criteria"] = StoppingCriteriaList(
                 [*(extra.get("stopping_criteria") or []), recorder]
             )
-        with torch.inference_mode():
+        section = section_of(self._require_config())
+        with torch.inference_mode(), attention_kernels(section):
             try:
                 generate: Any = self._require_model().generate
                 out: torch.Tensor = generate(
@@ -272,6 +277,15 @@ class PyTorchBackend:
                     f"CUDA out of memory at batch size {batch.size}: lower pytorch.batch_size "
                     "or max_output_tokens"
                 ) from e
+            except RuntimeError as e:
+                if section.sdpa_backends and any(m in str(e) for m in NO_SDPA_KERNEL):
+                    raise BackendError(
+                        f"pytorch.sdpa_backends {section.sdpa_backends}: none of these "
+                        f"attention kernels runs here ({self._device}, "
+                        f"{self._require_config().precision}); allow another (math runs "
+                        "everywhere) or leave it unset for PyTorch's choice"
+                    ) from e
+                raise
         return out
 
     def _new_tokens(self, batch: PreparedBatch, sequences: torch.Tensor) -> list[list[int]]:

@@ -5,8 +5,9 @@ are imported inside the functions.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.config.backend_configs import PyTorchConfig
 from llenergymeasure.exceptions import ConfigError
@@ -20,6 +21,25 @@ if TYPE_CHECKING:
 def section_of(config: ExperimentConfig) -> PyTorchConfig:
     """The pytorch section, or an all-default one."""
     return config.pytorch or PyTorchConfig()
+
+
+#: ``pytorch.sdpa_backends`` names -> ``torch.nn.attention.SDPBackend`` members.
+SDPA_BACKENDS = {
+    "flash": "FLASH_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "cudnn": "CUDNN_ATTENTION",
+    "math": "MATH",
+}
+
+
+def attention_kernels(section: PyTorchConfig) -> contextlib.AbstractContextManager[Any]:
+    """The SDPA kernels ``pytorch.sdpa_backends`` allows, as a context around ``generate``
+    (warm-up and window alike); PyTorch's own choice when unset."""
+    if not section.sdpa_backends:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[b]) for b in section.sdpa_backends])
 
 
 def uses_static_cache(section: PyTorchConfig) -> bool:
