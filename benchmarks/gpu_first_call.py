@@ -22,6 +22,10 @@ own backend (``PyTorchBackend.initialize`` + ``tokenize``) and then calls the to
   ragged path for cuDNN attention: one execution plan for every sequence length instead of
   one per length; the H200 run found cuDNN plan building to be most of the first call).
 
+- ``no_cudnn``: ``plain`` with ``pytorch.sdpa_backends: [flash, efficient]`` (PyTorch's
+  attention kept off cuDNN: no plan per sequence length; a different kernel, so compare the
+  steady calls too).
+
 ``--calls`` warm-up calls per variant (default 3); a variant may be named twice
 (``plain,avoid_recompile,avoid_recompile,plain``) to alternate them.
 
@@ -48,7 +52,15 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-VARIANTS = ("plain", "cprofile", "torchprof", "probes", "eager_modules", "avoid_recompile")
+VARIANTS = (
+    "plain",
+    "cprofile",
+    "torchprof",
+    "probes",
+    "eager_modules",
+    "avoid_recompile",
+    "no_cudnn",
+)
 #: cuDNN attention without a new execution plan per sequence length (PyTorch >= 2.9, opt-in)
 AVOID_RECOMPILE_ENV = "TORCH_CUDNN_SDPA_AVOID_RECOMPILE"
 
@@ -72,8 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace, name: str = "plain") -> Any:
     from llenergymeasure.config.models import ExperimentConfig
+
+    section: dict[str, Any] = {"batch_size": args.batch}
+    if name == "no_cudnn":
+        section["sdpa_backends"] = ["flash", "efficient"]
 
     return ExperimentConfig(
         model=args.model,
@@ -85,7 +101,7 @@ def _config(args: argparse.Namespace) -> Any:
         n=args.batch,
         max_input_tokens=args.input_len,
         max_output_tokens=args.output_len,
-        pytorch={"batch_size": args.batch},
+        pytorch=section,
     )
 
 
@@ -156,7 +172,7 @@ def variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "cuda_module_loading": os.environ.get("CUDA_MODULE_LOADING", "(default)"),
         "avoid_recompile": os.environ.get(AVOID_RECOMPILE_ENV, "(unset)"),
     }
-    config = _config(args)
+    config = _config(args, name)
     prompts = list(load_prompts(config.dataset, n=config.n))
     backend = PyTorchBackend()
     start = time.perf_counter()
