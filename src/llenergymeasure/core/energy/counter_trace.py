@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import multiprocessing
 import random
 import time
 import traceback
@@ -39,6 +38,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from llenergymeasure.core.energy._nvml import NvmlError, nvml
+from llenergymeasure.core.energy.piped_child import PipedChild
 from llenergymeasure.core.energy.sensor_profiles import PhaseMethodChoice
 from llenergymeasure.domain.phases import SensorProfile
 from llenergymeasure.exceptions import MeterError
@@ -249,61 +249,21 @@ def _read_fine(
         tr.fine_w.append(watts)
 
 
-class CounterTracer:
-    """Parent-side handle of the tracer process."""
+class CounterTracer(PipedChild):
+    """Parent-side handle of the tracer process (ready: it has read every counter once)."""
+
+    label = "Counter tracer"
+    process_name = "llem-counter-tracer"
 
     def __init__(
         self, source: TraceSource, start_timeout_s: float = 60.0, reply_timeout_s: float = 10.0
     ) -> None:
+        super().__init__(start_timeout_s, reply_timeout_s)
         self.source = source
-        self.start_timeout_s = start_timeout_s
-        self.reply_timeout_s = reply_timeout_s
-        self._conn: Connection | None = None
-        self._process: Any = None
         self._tracing = False
-        self._ready = False
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.is_alive()
-
-    @property
-    def ready(self) -> bool:
-        """Whether the launched child has read every counter once (``wait_started``)."""
-        return self._ready
-
-    def start(self) -> None:
-        """Start the child; wait (blocking) until it has read every counter once."""
-        self.launch()
-        self.wait_started()
-
-    def launch(self) -> None:
-        """Start the child without waiting for it: its interpreter start and NVML init
-        (~1 s) then overlap whatever the caller does next (``begin()`` waits for it)."""
-        if self.running:
-            return
-        ctx = multiprocessing.get_context("spawn")
-        parent_conn, child_conn = ctx.Pipe()
-        self._process = ctx.Process(
-            target=run_tracer, args=(self.source, child_conn), daemon=True,
-            name="llem-counter-tracer",
-        )  # fmt: skip
-        self._ready = False
-        self._process.start()
-        child_conn.close()
-        self._conn = parent_conn
-
-    def wait_started(self) -> None:
-        """Block until the launched child has read every counter once (no-op after)."""
-        if self._ready:
-            return
-        if self._conn is None:
-            raise MeterError("Counter tracer is not running")
-        kind, payload = self._receive(self.start_timeout_s, "start")
-        if kind == "error":
-            self._reap()
-            raise MeterError(f"Counter tracer could not start:\n{payload}")
-        self._ready = True
+    def _child(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
+        return run_tracer, (self.source,)
 
     def begin(self, timeout_s: float = 2.0) -> bool:
         """Start tracing; True once every counter has stepped (False: none within timeout)."""
@@ -335,18 +295,6 @@ class CounterTracer:
                 return traces
             # a late "started" from a begin() that timed out: skip it
 
-    def _receive(self, timeout_s: float, what: str) -> tuple[str, Any]:
-        assert self._conn is not None
-        try:
-            if self._conn.poll(timeout_s):
-                msg: tuple[str, Any] = self._conn.recv()
-                return msg
-        except (EOFError, OSError) as e:
-            self._reap()
-            raise MeterError(f"Counter tracer died during {what}; see stderr.") from e
-        self._reap()
-        raise MeterError(f"Counter tracer did not answer {what} within {timeout_s:.0f} s.")
-
     def stop(self) -> None:
         """End the child (join, terminate if it hangs)."""
         if self.running and self._conn is not None:
@@ -355,14 +303,5 @@ class CounterTracer:
         self._reap()
 
     def _reap(self) -> None:
-        if self._process is not None:
-            self._process.join(timeout=5.0)
-            if self._process.is_alive():
-                self._process.terminate()
-                self._process.join(timeout=5.0)
-            self._process = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        super()._reap()
         self._tracing = False
-        self._ready = False

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import multiprocessing
 import time
 import traceback
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from llenergymeasure.core.energy._nvml import NvmlError, NvmlNotSupported, nvml
+from llenergymeasure.core.energy.piped_child import PipedChild
 from llenergymeasure.core.energy.timeline import Timeline
 from llenergymeasure.exceptions import MeterError
 from llenergymeasure.lifeline import die_with_parent
@@ -148,8 +148,11 @@ def _safe(read: ReadFn) -> list[dict[str, Any]]:
         return []
 
 
-class TelemetrySampler:
+class TelemetrySampler(PipedChild):
     """Parent-side handle of the sampler process, holding the timeline it has sent back."""
+
+    label = "Telemetry sampler"
+    process_name = "llem-telemetry-sampler"
 
     def __init__(
         self,
@@ -158,72 +161,13 @@ class TelemetrySampler:
         start_timeout_s: float = 60.0,
         reply_timeout_s: float = 10.0,
     ) -> None:
+        super().__init__(start_timeout_s, reply_timeout_s)
         self.source = source
         self.interval_s = interval_s
-        self.start_timeout_s = start_timeout_s
-        self.reply_timeout_s = reply_timeout_s
         self.timeline = Timeline()
-        self._conn: Connection | None = None
-        self._process: Any = None
-        self._ready = False  # the child has said "ready" (wait_started)
 
-    @property
-    def running(self) -> bool:
-        """True while the child process is up."""
-        return self._process is not None and self._process.is_alive()
-
-    @property
-    def ready(self) -> bool:
-        """Whether the launched child has said it took its first sample (``wait_started``)."""
-        return self._ready
-
-    def start(self) -> None:
-        """Start the child and wait (blocking, not spinning) until it has taken its first sample."""
-        self.launch()
-        self.wait_started()
-
-    def launch(self) -> None:
-        """Start the child without waiting for it (its interpreter start, about a second, then
-        overlaps the caller's work); :meth:`wait_started` waits, and every request does."""
-        if self.running:
-            return
-        self._ready = False
-        ctx = multiprocessing.get_context("spawn")
-        parent_conn, child_conn = ctx.Pipe()
-        self._process = ctx.Process(
-            target=run_sampler,
-            args=(self.source, self.interval_s, child_conn),
-            daemon=True,
-            name="llem-telemetry-sampler",
-        )
-        self._process.start()
-        child_conn.close()
-        self._conn = parent_conn
-
-    def wait_started(self) -> None:
-        """Wait (once) until the launched child has taken its first sample; MeterError if it
-        could not start."""
-        if self._ready or self._conn is None:
-            return
-        kind, payload = self._receive(self.start_timeout_s, "start")
-        if kind == "error":
-            self._reap()
-            raise MeterError(f"Telemetry sampler could not start:\n{payload}")
-        self._ready = True
-
-    def _receive(self, timeout_s: float, what: str) -> tuple[str, Any]:
-        """Wait for one message from the child."""
-        assert self._conn is not None
-        try:
-            ready = self._conn.poll(timeout_s)
-            if ready:
-                msg: tuple[str, Any] = self._conn.recv()
-                return msg
-        except (EOFError, OSError) as e:
-            self._reap()
-            raise MeterError(f"Telemetry sampler died during {what}; see stderr.") from e
-        self._reap()
-        raise MeterError(f"Telemetry sampler did not answer {what} within {timeout_s:.0f} s.")
+    def _child(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
+        return run_sampler, (self.source, self.interval_s)
 
     def flush(self) -> None:
         """Ask the child for one sample now and everything it has not yet sent."""
@@ -252,15 +196,3 @@ class TelemetrySampler:
             with contextlib.suppress(MeterError):
                 self._request("stop")
         self._reap()
-
-    def _reap(self) -> None:
-        """Join or terminate the child; close the pipe."""
-        if self._process is not None:
-            self._process.join(timeout=5.0)
-            if self._process.is_alive():
-                self._process.terminate()
-                self._process.join(timeout=5.0)
-            self._process = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
