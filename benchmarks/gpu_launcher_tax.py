@@ -216,26 +216,13 @@ def run_arm(arm: str, keywords: dict[str, Any], results_dir: str, conn: Connecti
 
 
 def arm_context(start: str) -> Any:
-    """Where arm processes come from: a fork server with the frameworks imported (the
-    study's own preload, `study.child`), or spawn."""
+    """Where arm processes come from: the study's own child context (a fork server with the
+    frameworks imported, `study.child`), or spawn."""
     if start == "spawn":
         return multiprocessing.get_context("spawn")
-    from multiprocessing import forkserver
+    from llenergymeasure.study.child import child_context
 
-    from llenergymeasure.study.child import FORKSERVER_FRAMEWORKS, FORKSERVER_PRELOAD
-
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([*FORKSERVER_PRELOAD, FORKSERVER_FRAMEWORKS])
-    saved = os.environ.get("PYTHONPATH")  # the server resolves its imports like this process
-    os.environ["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or ".") for p in sys.path)
-    try:
-        forkserver.ensure_running()
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
-    return ctx
+    return child_context(frameworks=True)
 
 
 def one_arm(args: argparse.Namespace, arm: str, ctx: Any) -> dict[str, Any]:

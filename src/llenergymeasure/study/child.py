@@ -101,7 +101,7 @@ def start_method() -> str:
     )
 
 
-def _context(frameworks: bool) -> Any:
+def child_context(frameworks: bool) -> Any:
     """The multiprocessing context children start from. A fork server is started once per
     study, on its first experiment, with :data:`FORKSERVER_PRELOAD` imported and, when
     ``frameworks``, :data:`FORKSERVER_FRAMEWORKS` (the children do not import them again);
@@ -222,7 +222,7 @@ def run_child(
     (KeyboardInterrupt, a stop signal, a failed write) stops the child (terminate, then
     kill) and propagates.
     """
-    ctx = _context(frameworks)
+    ctx = child_context(frameworks)
     receiver, sender = ctx.Pipe(duplex=False)
     t0 = time.monotonic()
     process = ctx.Process(
