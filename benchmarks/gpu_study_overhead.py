@@ -33,6 +33,8 @@ can only raise its J/token. ``--order after-before`` swaps them to check.
     python benchmarks/gpu_study_overhead.py --cpu-smoke --before-src .before/src --after-src src
 
 ``--cpu-smoke``: tiny-llama on the CPU, 24 prompts, 2 cycles (a minute or two on a laptop).
+``--sdpa-backends flash,efficient``: the same study with ``pytorch.sdpa_backends`` set (this
+tree only): what PyTorch's attention kernel choice does to the first call and to J/token.
 The script itself imports the ``--after-src`` tree (the breakdown and the table come from
 it); run it from the repository root.
 """
@@ -74,8 +76,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="JSON with both runs and the comparison")
     p.add_argument("--budget-s", type=float, default=290.0, help="both runs together")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny-llama on the CPU, 2 cycles")
+    p.add_argument(
+        "--sdpa-backends",
+        default=None,
+        help="comma list: the study with pytorch.sdpa_backends set (this tree only, no --before-src)",
+    )
     p.add_argument("--python", default=sys.executable)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.sdpa_backends and args.before_src is not None:
+        p.error("--sdpa-backends: the old tree does not know pytorch.sdpa_backends")
+    return args
 
 
 # ---- running -------------------------------------------------------------------------------
@@ -108,15 +118,23 @@ def check_tree(python: str, src: Path) -> str:
     return found
 
 
-def smoke_study(study: Path, out_dir: Path) -> Path:
-    """The study with the CPU smoke settings, written next to the results."""
+def derived_study(study: Path, out_dir: Path, smoke: bool, sdpa_backends: str | None) -> Path:
+    """The study as given, or with the CPU smoke settings and/or ``pytorch.sdpa_backends``
+    set, written next to the results."""
+    if not smoke and not sdpa_backends:
+        return study
     import yaml
 
     data = yaml.safe_load(study.read_text())
-    data["base"].update(SMOKE)
-    data["sweep"] = {"pytorch.batch_size": [4, 8]}
-    data["execution"]["n_cycles"] = 2
-    path = out_dir / "gpu_study_overhead_smoke.yaml"
+    if smoke:
+        data["base"].update(SMOKE)
+        data["sweep"] = {"pytorch.batch_size": [4, 8]}
+        data["execution"]["n_cycles"] = 2
+    if sdpa_backends:
+        kernels = [k.strip() for k in sdpa_backends.split(",") if k.strip()]
+        data["base"].setdefault("pytorch", {})["sdpa_backends"] = kernels
+        data["study_name"] = f"{data['study_name']}-sdpa-{'-'.join(kernels)}"
+    path = out_dir / f"{study.stem}_derived.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -329,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     from llenergymeasure.study.summary import format_study_timing
 
     t0 = time.perf_counter()
-    study = smoke_study(args.study, args.results_dir) if args.cpu_smoke else args.study
+    study = derived_study(args.study, args.results_dir, args.cpu_smoke, args.sdpa_backends)
     arms = [("after", args.after_src)]
     if args.before_src is not None:
         arms = [("before", args.before_src), ("after", args.after_src)]
