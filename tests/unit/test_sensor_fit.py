@@ -209,17 +209,29 @@ def test_phase_energy_script_runs_end_to_end_on_the_fake_nvml(tmp_path: Path) ->
     profiles = tmp_path / "profiles.json"
     profiles.write_text((root / "src/llenergymeasure/core/energy/sensor_profiles.json").read_text())
     cmd = [sys.executable, str(root / "benchmarks/gpu_phase_energy.py"), "--fake",
-           "--window-s", "2.2", "--prefill-window-s", "2.2", "--pairs", "2", "--pair-s", "0.3",
+           "--window-s", "2.2", "--prefill-window-s", "2.2", "--rounds", "2", "--pairs", "2",
+           "--pair-s", "0.3",
            "--out", str(tmp_path / "run"), "--merge-into", str(profiles)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr
     out = json.loads((tmp_path / "run" / "phase_energy.json").read_text())
-    assert set(out["windows"]) == {"mixed", "prefill_only", "decode_heavy"}
+    # prefill_only, then two rounds of mixed / decode_heavy in swapped order
+    assert list(out["windows"]) == [
+        "prefill_only",
+        "mixed",
+        "decode_heavy",
+        "decode_heavy.2",
+        "mixed.2",
+    ]
     assert all("error" not in w for w in out["windows"].values()), out["windows"]
     names = [c["check"] for c in out["checks"]]
     assert any("prefill J/token" in n for n in names) and any("on/off" in n for n in names)
     assert "counter trace on/off throughput" in proc.stdout
+    decode = next(c for c in out["checks"] if c["check"].startswith("decode J/token"))
+    assert "pooled over 2 windows" in decode["value"] and decode["value"].count("ms per step") == 2
+    assert all(w["decode_step_ms"] == pytest.approx(12.0, abs=1.0)  # the plan's 12 ms steps
+               for k, w in out["windows"].items() if k != "prefill_only")  # fmt: skip
     cost = load_profiles_from(profiles)["Fake GPU"].counter_trace_cost
     assert cost is not None and cost.n_pairs == 2
     sys.path.insert(0, str(root / "benchmarks"))
