@@ -240,6 +240,14 @@ def test_trace_cost_rule_and_profiles_merge() -> None:
     slow = unmeasured.model_copy(update={"counter_trace_cost": TraceCost(throughput_ratio=0.95)})
     ok, why = trace_is_free(slow)
     assert not ok and "below 0.99" in why
+    # a good median over noisy pairs is not enough: the CI must rule out a cost above 2 %
+    unsure = TraceCost(throughput_ratio=1.007, ci_low=0.939, ci_high=1.041, n_pairs=3)
+    ok, why = trace_is_free(unmeasured.model_copy(update={"counter_trace_cost": unsure}))
+    assert not ok and "[0.9390, 1.0410]" in why and "more pairs" in why
+    no_ci = TraceCost(throughput_ratio=1.0, n_pairs=1)
+    assert not trace_is_free(unmeasured.model_copy(update={"counter_trace_cost": no_ci}))[0]
+    sure = TraceCost(throughput_ratio=0.995, ci_low=0.981, ci_high=1.01, n_pairs=20)
+    assert trace_is_free(unmeasured.model_copy(update={"counter_trace_cost": sure}))[0]
     doc = {"schema_version": 1, "profiles": {"X": slow.model_dump(mode="json")}}
     merged = merge_profiles(doc, doc)
     assert merged["profiles"]["X"]["counter_trace_cost"]["throughput_ratio"] == 0.95

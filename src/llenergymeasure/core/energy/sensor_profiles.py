@@ -25,6 +25,7 @@ COUNTER = "energy_counter"
 FINE_SIGNALS = ("power_instant", "power_usage")  # preference order
 TRACE_READS_PER_PERIOD = 25  # counter trace: ~4 ms reads at a 100 ms counter
 MIN_TRACE_THROUGHPUT_RATIO = 0.99  # auto traces where the trace costs at most 1 % of tok/s
+MIN_TRACE_CI_LOW = 0.98  # ... and its 95 % CI rules out a cost above 2 %
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,14 +105,16 @@ def trace_is_free(profile: SensorProfile) -> tuple[bool, str]:
     """Whether ``telemetry.phase_energy: auto`` traces the counter on this GPU model, and why.
 
     Yes when the profile has a measured trace cost (alternated on/off windows) whose median
-    throughput ratio is at least :data:`MIN_TRACE_THROUGHPUT_RATIO`.
+    throughput ratio is at least :data:`MIN_TRACE_THROUGHPUT_RATIO` and whose 95 % CI's lower
+    end is at least :data:`MIN_TRACE_CI_LOW`: a median alone, over a few noisy pairs, does not
+    show that the trace is free (docs/measurement.md section 14).
     """
     cost = profile.counter_trace_cost
+    anyway = "set telemetry.phase_energy: on to attribute anyway"
     if cost is None:
         return False, (
             f"the counter trace's cost on {profile.gpu_name!r} is not measured yet "
-            "(benchmarks/gpu_phase_energy.py); set telemetry.phase_energy: on to attribute "
-            "anyway"
+            f"(benchmarks/gpu_phase_energy.py); {anyway}"
         )
     ci = (
         f" [{cost.ci_low:.4f}, {cost.ci_high:.4f}]"
@@ -119,14 +122,20 @@ def trace_is_free(profile: SensorProfile) -> tuple[bool, str]:
         else ""
     )
     text = f"trace on/off throughput ratio {cost.throughput_ratio:.4f}{ci} ({cost.n_pairs} pairs)"
-    if cost.throughput_ratio >= MIN_TRACE_THROUGHPUT_RATIO:
-        return (
-            True,
-            f"{text} on {profile.gpu_name!r}: free enough (>= {MIN_TRACE_THROUGHPUT_RATIO})",
+    if cost.throughput_ratio < MIN_TRACE_THROUGHPUT_RATIO:
+        return False, (
+            f"{text} on {profile.gpu_name!r} is below {MIN_TRACE_THROUGHPUT_RATIO}: the trace "
+            f"slows the workload; {anyway}"
         )
-    return False, (
-        f"{text} on {profile.gpu_name!r} is below {MIN_TRACE_THROUGHPUT_RATIO}: the trace slows "
-        "the workload; set telemetry.phase_energy: on to attribute anyway"
+    if cost.ci_low is None or cost.ci_low < MIN_TRACE_CI_LOW:
+        return False, (
+            f"{text} on {profile.gpu_name!r}: its 95 % CI does not rule out a cost above "
+            f"{100 * (1 - MIN_TRACE_CI_LOW):.0f} % (lower end below {MIN_TRACE_CI_LOW}); "
+            f"measure it with more pairs, or {anyway}"
+        )
+    return True, (
+        f"{text} on {profile.gpu_name!r}: free enough (median >= {MIN_TRACE_THROUGHPUT_RATIO}, "
+        f"CI >= {MIN_TRACE_CI_LOW})"
     )
 
 
