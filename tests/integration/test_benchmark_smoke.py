@@ -49,3 +49,22 @@ def test_stored_h200_phase_windows_reattribute_to_the_quoted_figures(tmp_path: P
          ("mixed", "decode"): 521.5, ("decode_heavy", "decode"): 441.8},
         rel=0.001,
     )  # fmt: skip
+
+
+def test_stored_h200_alternated_rounds_reattribute_to_the_quoted_checks(tmp_path: Path) -> None:
+    """The alternated-rounds run (h200-2026-12-02-s3/phases): its checks redone by this tree
+    give the README's figures, pooled over the rounds."""
+    run = ROOT / "benchmarks/results/h200-2026-12-02-s3/phases/phase_energy.json"
+    cmd = [sys.executable, "benchmarks/gpu_phase_energy.py", "--reanalyse", str(run),
+           "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = json.loads((tmp_path / "phase_energy.json").read_text())
+    assert len(out["windows"]) == 7  # prefill_only + 3 rounds of mixed / decode_heavy
+    assert all(abs(w["phases"]["residual_pct"]) < 1.0 for w in out["windows"].values())
+    checks = {c["check"].split(" (")[0]: c for c in out["checks"]}
+    decode = checks["decode J/token: mixed vs decode_heavy"]
+    assert decode["ok"] and decode["value"].startswith("116.7 [112.9, 120.6] vs 125 [122.7, 127.2]")
+    assert "0.900 (9.7 / 10.2 ms per step)" in decode["value"]
+    prefill = checks["prefill J/token: mixed vs prefill_only"]
+    assert prefill["ok"] and prefill["value"].startswith("3.606 [3.532, 3.681] vs 3.531")
