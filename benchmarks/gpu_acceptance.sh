@@ -7,7 +7,7 @@
 #   (default: all)
 #   sensor: gpu_sensor_characterise.py --quick (~2 min): how each power signal follows a
 #   square-wave load; merged into OUT_DIR/sensor_profiles.json (a copy of the bundled file)
-#   phases: gpu_phase_energy.py (quick ~1.5 min, full ~3 min): energy by phase / per request
+#   phases: gpu_phase_energy.py (quick ~2 min, full ~3.5 min): energy by phase / per request
 #   and the counter trace's cost, with that profiles file, its trace cost merged into it.
 #   Copy OUT_DIR/sensor_profiles.json to src/llenergymeasure/core/energy/ afterwards.
 #   overhead: gpu_study_overhead.py (~2 min per tree): a 2-config x 3-cycle study's time
