@@ -552,12 +552,23 @@ def overhead_check(overhead: dict[str, Any]) -> dict[str, Any]:
         return {"check": "counter trace on/off throughput", "ok": None,
                 "value": f"not measured: {str(overhead.get('error', '')).strip().splitlines()[-1:]}"}  # fmt: skip
     lo, hi = overhead["median_ratio_ci95"]
+    free, _ = trace_is_free(SensorProfile(gpu_name="-", counter_trace_cost=trace_cost(overhead)))
     return {"check": f"counter trace on/off throughput (median >= {MIN_TRACE_THROUGHPUT_RATIO}, "
                      f"CI >= {MIN_TRACE_CI_LOW})",
-            "ok": overhead["median_ratio"] >= MIN_TRACE_THROUGHPUT_RATIO and lo >= MIN_TRACE_CI_LOW,
+            "ok": free,
             "value": f"{overhead['median_ratio']:.4f} [{lo:.4f}, {hi:.4f}] over "
                      f"{len(overhead['ratios'])} pairs, reads every "
                      f"{1e3 * (overhead['read_interval_s'] or math.nan):.2f} ms"}  # fmt: skip
+
+
+def trace_cost(overhead: dict[str, Any], quick: bool = False) -> TraceCost:
+    """The overhead part's result as the profile's ``counter_trace_cost``."""
+    lo, hi = overhead["median_ratio_ci95"]
+    return TraceCost(throughput_ratio=overhead["median_ratio"],
+                     ci_low=None if math.isnan(lo) else lo, ci_high=None if math.isnan(hi) else hi,
+                     n_pairs=len(overhead["ratios"]), workload=overhead["workload"],
+                     read_interval_s=overhead["read_interval_s"],
+                     measured_with="benchmarks/gpu_phase_energy.py" + (" --quick" if quick else ""))  # fmt: skip
 
 
 def merge_trace_cost(path: Path, gpu_name: str, overhead: dict[str, Any], quick: bool) -> None:
@@ -565,12 +576,7 @@ def merge_trace_cost(path: Path, gpu_name: str, overhead: dict[str, Any], quick:
     base = json.loads(path.read_text()) if path.exists() else {"schema_version": 1, "profiles": {}}
     table = load_profiles_from(path) if path.exists() else {}
     current = table.get(gpu_name) or SensorProfile(gpu_name=gpu_name)
-    lo, hi = overhead["median_ratio_ci95"]
-    cost = TraceCost(throughput_ratio=overhead["median_ratio"],
-                     ci_low=None if math.isnan(lo) else lo, ci_high=None if math.isnan(hi) else hi,
-                     n_pairs=len(overhead["ratios"]), workload=overhead["workload"],
-                     read_interval_s=overhead["read_interval_s"],
-                     measured_with="benchmarks/gpu_phase_energy.py" + (" --quick" if quick else ""))  # fmt: skip
+    cost = trace_cost(overhead, quick)
     profile = current.model_copy(update={"gpu_name": gpu_name, "counter_trace_cost": cost})
     doc = {"schema_version": 1, "profiles": {gpu_name: profile.model_dump(mode="json")}}
     path.write_text(json.dumps(merge_profiles(base, doc), indent=2) + "\n")
