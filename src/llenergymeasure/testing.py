@@ -1319,7 +1319,7 @@ class PlannedBackend:
     def device_indices(self) -> list[int]:
         return [0]
 
-    def cleanup(self) -> None:
+    def cleanup(self, *, process_exits: bool = False) -> None:
         return None
 
 

@@ -73,6 +73,7 @@ def test_full_run_writes_a_complete_result(tmp_path: Path) -> None:
     # baseline before warm-up, so that warm-up directly precedes the window
     assert phases.index("tokenise") < phases.index("baseline") < phases.index("warmup")
     assert phases.index("warmup") + 1 == phases.index("measure")
+    assert phases[-2:] == ["metrics", "cleanup"]  # the backend's cleanup is timed too
     assert result.warmup is not None and result.warmup.runs == 1
     assert result.environment is not None and result.environment.python_version
     assert result.dataset_info is not None and result.dataset_info["n"] == 4

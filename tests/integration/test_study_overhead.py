@@ -34,6 +34,7 @@ def test_breakdown_adds_up_and_the_prompt_cache_is_shared(tmp_path: Path) -> Non
     results = [read_result(study_dir / p) for c in result.configs for p in c.result_paths]
     assert [r.dataset_info["cache"] for r in results] == ["miss", "hit"]  # type: ignore[index]
     assert len(list((study_dir / "cache" / "prompts").glob("synthetic-*.json"))) == 1
+    assert all("cleanup" in r.phase_durations_s for r in results)  # in the table's "other"
 
     for t in result.timing.experiments:
         b = t.breakdown

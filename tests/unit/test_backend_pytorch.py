@@ -322,3 +322,24 @@ def test_sdpa_backends_restrict_the_attention_kernels() -> None:
 def test_sdpa_backends_need_the_sdpa_attention() -> None:
     with pytest.raises(ValueError, match="sdpa_backends needs attn_implementation sdpa"):
         _config(pytorch={"sdpa_backends": ["flash"], "attn_implementation": "eager"})
+
+
+@pytest.mark.parametrize("process_exits", [False, True])
+def test_cleanup_leaves_memory_to_an_exiting_process(
+    process_exits: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU, cleanup collects garbage and empties the CUDA cache unless the process exits
+    next (a study child: 0.28 s of gc.collect per experiment on the H200 VM)."""
+    import gc
+
+    import torch
+
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append("gc") or 0)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    backend = PyTorchBackend()
+    backend.initialize(_config(), _prompts())
+    backend._device = "cuda:0"  # the GPU branch; nothing on the device is touched here
+    backend.cleanup(process_exits=process_exits)
+    assert backend._model is None and backend._tokenizer is None  # dropped either way
+    assert calls == ([] if process_exits else ["gc", "empty_cache"])

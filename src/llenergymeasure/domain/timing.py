@@ -2,7 +2,7 @@
 
 The orchestrator times its phases (``ExperimentResult.phase_durations_s``: ``start``,
 ``preflight``, ``environment``, ``imports``, ``prompts``, ``load``, ``engine_start``, ``tokenise``,
-``energy_start``, ``baseline``, ``warmup``, ``measure``, ``metrics``); a study also knows,
+``energy_start``, ``baseline``, ``warmup``, ``measure``, ``metrics``, ``cleanup``); a study also knows,
 per experiment, the process's wall time (spawn to exit), how long saving took in the child
 and how long the process took to exit after reporting. :func:`time_breakdown` turns those
 into one :class:`TimeBreakdown`, which the study summary, the study's time table and
@@ -37,6 +37,7 @@ START = "start"  # the process's start and imports, up to the first stage
 IMPORTS = "imports"  # the backend's framework (torch, transformers, vllm), before prompts
 ENGINE_START = "engine_start"  # an engine backend's start (vLLM ``LLM(...)``), out of load
 ENERGY_START = "energy_start"  # meters chosen, NVML counter probed, sampler process up
+CLEANUP = "cleanup"  # the backend's cleanup after the metrics (in ``other``)
 
 #: Breakdown fields in display order: (field, short heading).
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -104,8 +105,8 @@ class TimeBreakdown(BaseModel):
     )
     other_s: float = Field(
         0.0,
-        description="pre-flight and environment snapshot, plus what no phase covers "
-        "(with a wall time: the wall minus every other part)",
+        description="pre-flight, environment snapshot and the backend's cleanup, plus what "
+        "no phase covers (with a wall time: the wall minus every other part)",
     )
     outside_s: float = Field(description="every part except the window")
     overhead_s: float = Field(

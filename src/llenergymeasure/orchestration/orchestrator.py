@@ -5,7 +5,8 @@ Sequence (docs/measurement.md §1, docs/ARCHITECTURE.md)::
     pre-flight -> environment snapshot -> load prompts -> backend.initialize (model+tokenizer)
     -> backend.tokenize -> energy session start + idle baseline (model resident, cached)
     -> warm-up -> synchronize | begin window | run_inference | synchronize | end window
-    -> metrics, quality flags, CO2 -> result.json (atomic) in a new run directory
+    -> metrics, quality flags, CO2 -> backend.cleanup -> result.json (atomic) in a new run
+    directory
 
 A backend asking for ``launch_mode: processes`` (pytorch with ``num_processes`` set) runs in
 worker processes instead (``launcher.py``): this process owns the energy session, writes
@@ -31,7 +32,7 @@ from llenergymeasure.clock import utc_now
 from llenergymeasure.config.hashing import config_hash
 from llenergymeasure.domain.energy import QualityFlag
 from llenergymeasure.domain.results import ExperimentResult, RunnerContext, core_fields
-from llenergymeasure.domain.timing import ENERGY_START, ENGINE_START, IMPORTS, START
+from llenergymeasure.domain.timing import CLEANUP, ENERGY_START, ENGINE_START, IMPORTS, START
 from llenergymeasure.exceptions import (
     BackendNotInstalledError,
     ConfigError,
@@ -110,6 +111,7 @@ def default_energy_session(
             enabled=b.enabled, duration_s=b.duration_s, cache_ttl_s=b.cache_ttl_s
         ),
         phase_trace=phase_trace_settings(config),  # the counter trace for energy by phase
+        probe_in_background=True,  # the counter's update probe overlaps baseline / warm-up
     )
 
 
@@ -131,6 +133,7 @@ class ExperimentOrchestrator:
         recorded_config: ExperimentConfig | None = None,
         process_started_s: float | None = None,
         cache_dir: Path | None = None,
+        process_exits: bool = False,
     ) -> None:
         """``run_dir``: an existing, empty directory made for this run by the caller (a
         study records it before the run starts); None: a new one under ``results_dir``.
@@ -145,6 +148,9 @@ class ExperimentOrchestrator:
         phase ``start`` (interpreter start, imports). ``cache_dir``: a study's cache
         (``<study dir>/cache``): synthetic prompts are built once per study there and read
         back by its later experiments (`datasets.cache`); None builds them every time.
+        ``process_exits``: this process ends once the result is written (a study child), so
+        the backend's cleanup may leave what the exit frees to it
+        (:meth:`InferenceBackend.cleanup`).
         """
         self.config = _with_user_defaults(config, user_config)
         shown = _with_user_defaults(recorded_config, user_config) if recorded_config else None
@@ -158,6 +164,7 @@ class ExperimentOrchestrator:
         self.state = ExperimentStateMachine()
         self.timer = PhaseTimer()
         self._process_started_s = process_started_s
+        self._process_exits = process_exits
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.run_dir: Path | None = None
         self._given_run_dir = Path(run_dir) if run_dir is not None else None
@@ -240,14 +247,17 @@ class ExperimentOrchestrator:
             self.timer.carve(ENGINE_START, "load", _engine_start_s(backend))
             prepared = backend.tokenize(prompts)
             self._record_prepared(prepared)
-            return self._measure_window(backend, prepared, run_dir)
+            result, timeline = self._measure_window(backend, prepared, run_dir)
         finally:
-            backend.cleanup()
+            self.timer.start(CLEANUP)
+            backend.cleanup(process_exits=self._process_exits)
+        return self._finalise(result, timeline)
 
     def _measure_window(
         self, backend: InferenceBackend, prepared: PreparedBatches, run_dir: Path
-    ) -> ExperimentResult:
-        """Energy session + idle baseline, warm-up, then the synchronised window.
+    ) -> tuple[ExperimentResult, Path | None]:
+        """Energy session + idle baseline, warm-up, then the synchronised window; the
+        result before :meth:`_finalise`, and the telemetry timeline's path.
 
         The baseline is taken with the model resident but idle, *before* warm-up, so that
         warm-up directly precedes the window (no cool-down gap between them) and the
@@ -290,7 +300,7 @@ class ExperimentOrchestrator:
         raw = raw_result(self.record, output, window, memory, utc_now())
         result = aggregate_process_results([raw])
         self.state.finish()
-        return self._finalise(result, timeline)
+        return result, timeline
 
     def _load_prompts(self) -> PromptList:
         """The experiment's prompts, over-long texts cut before tokenising (bounded work;
@@ -441,12 +451,14 @@ def run_single_experiment(
     run_dir: Path | None = None,
     process_started_s: float | None = None,
     cache_dir: Path | None = None,
+    process_exits: bool = False,
 ) -> tuple[ExperimentResult, Path]:
     """Run one experiment in this process; returns (result, path of its result.json).
 
     Used by the study runner inside its per-experiment subprocess (``run_dir``: the
     directory the runner made for this attempt; ``process_started_s``: when it asked for
-    the process, on the ``time.monotonic`` clock; ``cache_dir``: the study's cache).
+    the process, on the ``time.monotonic`` clock; ``cache_dir``: the study's cache;
+    ``process_exits``: the process ends after this experiment).
     """
     from llenergymeasure.config.user_config import load_user_config
 
@@ -459,6 +471,7 @@ def run_single_experiment(
         run_dir=run_dir,
         process_started_s=process_started_s,
         cache_dir=cache_dir,
+        process_exits=process_exits,
     )
     result = orchestrator.run()
     assert orchestrator.result_path is not None

@@ -160,6 +160,7 @@ def run_real_experiment(request: WorkerRequest, progress: Any) -> tuple[Experime
         run_dir=request.run_dir,
         process_started_s=request.spawned_s,
         cache_dir=request.cache_dir,
+        process_exits=True,  # the child leaves once it has reported (`study.child`)
     )
 
 

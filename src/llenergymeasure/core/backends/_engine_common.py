@@ -303,8 +303,9 @@ class EngineBackend(abc.ABC):
         n = (tp or 1) * (pp or 1)
         return (config.gpus or list(range(n)))[:n]
 
-    def cleanup(self) -> None:
-        """Drop the engine (its workers exit with it, or at :meth:`_shutdown`)."""
+    def cleanup(self, *, process_exits: bool = False) -> None:
+        """Drop the engine (its workers exit with it, or at :meth:`_shutdown`), whether or
+        not the process exits next: its worker processes must not outlive it."""
         if self._llm is not None:
             self._shutdown(self._llm)
         self._llm = None

@@ -216,6 +216,10 @@ class InferenceBackend(Protocol):
         """CUDA device indices in use (empty on CPU)."""
         ...
 
-    def cleanup(self) -> None:
-        """Free the model and device memory; safe to call twice."""
+    def cleanup(self, *, process_exits: bool = False) -> None:
+        """Free the model and device memory; safe to call twice.
+
+        ``process_exits``: this process ends right after (a study's experiment child): what
+        its exit frees anyway (host objects, device memory) may be left to it; an engine
+        and its worker processes are still stopped."""
         ...
