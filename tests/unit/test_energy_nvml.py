@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from llenergymeasure.core.energy._nvml import nvml
+from llenergymeasure.core.energy._nvml import NvmlError, nvml
 from llenergymeasure.core.energy.nvml import (
     NvmlMeter,
     ordering_warning,
@@ -127,6 +129,67 @@ def test_probe_finds_counter_update_period(period_s: float) -> None:
         handles = {"gpu:0": nvml.handle_by_index(0), "gpu:1": nvml.handle_by_index(1)}
         periods = probe_update_period_s(handles, clock.now, clock.sleep, budget_s=2.0)
     assert periods["gpu:0"] == pytest.approx(period_s, abs=0.006)
+
+
+class _GatedClock(ManualClock):
+    """A manual clock whose sleeps (the probe's) wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def sleep(self, dt_s: float) -> None:
+        assert self.gate.wait(10.0), "the test never opened the gate"
+        self.advance(dt_s)
+
+
+def _background_meter(fake: FakeNVML, clock: ManualClock) -> NvmlMeter:
+    with fake.installed():
+        nvml.init()
+        devices = resolve_gpus(environ={})
+    return NvmlMeter(devices, clock=clock.now, sleep=clock.sleep, probe_in_background=True)
+
+
+def test_background_probe_returns_at_once_and_the_period_waits_for_it() -> None:
+    clock = _GatedClock()
+    fake = FakeNVML(fake_gpus(1, counter_period_s=0.1), clock=clock.now)
+    meter = _background_meter(fake, clock)
+    with fake.installed():
+        meter.start()  # returns although the probe is held at its first sleep
+        assert meter._probe is not None and meter._probe.is_alive()
+        clock.gate.set()
+        assert meter.update_period_s["gpu:0"] == pytest.approx(0.1, abs=0.006)
+        meter.stop()
+
+
+def test_the_first_window_opens_after_the_background_probe() -> None:
+    clock = _GatedClock()
+    fake = FakeNVML(fake_gpus(1, counter_period_s=0.1), clock=clock.now)
+    meter = _background_meter(fake, clock)
+    with fake.installed():
+        meter.start()
+        threading.Timer(0.05, clock.gate.set).start()
+        meter.begin_window("w")  # waits for the probe: its edge is read after the probe's
+        probe_done_s = clock.now()
+        clock.advance(10.0)
+        reading = meter.end_window("w")
+        meter.stop()
+    assert probe_done_s > 1000.2  # the probe ran (three 0.1 s steps on the manual clock)
+    assert reading.edges_s[0] == pytest.approx(probe_done_s)
+    assert reading.edges_s[1] == pytest.approx(probe_done_s + 10.0)
+
+
+def test_an_error_in_the_background_probe_surfaces_at_the_first_window() -> None:
+    clock = ManualClock()
+    error = FakeError(NVML_ERROR_UNKNOWN, calls=(3,))  # 1: counter check, 2: probe's first read
+    device = FakeDevice("GPU-fake-0", errors={"nvmlDeviceGetTotalEnergyConsumption": error})
+    fake = FakeNVML([device], clock=clock.now)
+    meter = _background_meter(fake, clock)
+    with fake.installed():
+        meter.start()
+        with pytest.raises(NvmlError):
+            meter.begin_window("w")
+        meter.stop()  # joins and releases NVML without raising again
 
 
 def test_probe_gives_none_when_counter_does_not_move_in_budget() -> None:

@@ -67,13 +67,17 @@ def _session(clock: ManualClock, **kw: object) -> EnergySession:
         (4, "1,3", ["gpu:1", "gpu:3"]),
     ],
 )
-def test_session_measures_visible_gpus(n: int, cvd: str | None, expected_keys: list[str]) -> None:
+@pytest.mark.parametrize("background", [False, True], ids=["probe", "background_probe"])
+def test_session_measures_visible_gpus(
+    n: int, cvd: str | None, expected_keys: list[str], background: bool
+) -> None:
     clock = ManualClock()
     env = {} if cvd is None else {"CUDA_VISIBLE_DEVICES": cvd}
     with (
         FakeNVML(fake_gpus(n, power_w=150.0), clock=clock.now).installed(),
-        _session(clock, environ=env) as session,
+        _session(clock, environ=env, probe_in_background=background) as session,
     ):
+        assert session._require_plan().nvml_meter.probe_in_background is background  # type: ignore[union-attr]
         session.begin_window("m")
         clock.advance(12.0)
         report = session.end_window("m")

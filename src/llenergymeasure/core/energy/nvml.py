@@ -9,8 +9,10 @@ Method and scope:
     backwards (a reset: driver reload, GPU reset), or whose edge read failed.
 
 Limits (flagged, see quality.py):
-  - The counter updates in steps (~100 ms on H100), measured per GPU at start-up. A window
-    shorter than one step can read 0 J; under ~10 steps the quantisation error is > ~10 %.
+  - The counter updates in steps (~100 ms on H100), measured per GPU at start-up (or, with
+    ``probe_in_background``, while the run goes on until its first window: the probe waits
+    for three counter steps, 0.26 s on the H200). A window shorter than one step can read
+    0 J; under ~10 steps the quantisation error is > ~10 %.
   - On A100/H100 the power sensor samples only part of the time; prefer windows >= 10 s.
   - MIG: NVML reports power for the whole physical GPU, not the MIG instance.
   - Which GPUs: ``CUDA_VISIBLE_DEVICES`` (indices, ``GPU-``/``MIG-`` UUIDs or UUID prefixes)
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -187,21 +190,36 @@ class NvmlMeter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         probe_budget_s: float = 0.6,
+        probe_in_background: bool = False,
     ) -> None:
+        """``probe_in_background``: :meth:`start` returns without waiting for the update
+        period probe; the first window (and any read of :attr:`update_period_s`) waits for
+        it, so that no window overlaps the probe's reads."""
         self.name = "nvml"
         self.devices = list(devices)
         self.polled = polled
         self.clock = clock
         self.sleep = sleep
         self.probe_budget_s = probe_budget_s
-        self.update_period_s: dict[str, float | None] = {}
+        self.probe_in_background = probe_in_background
+        self._update_period_s: dict[str, float | None] = {}
+        self._probe: threading.Thread | None = None
+        self._probe_error: NvmlError | None = None
         self.counter_supported: dict[str, bool] = {}
         self._handles: dict[str, Any] = {}
         self._book = WindowBook(self.name)
         self._started = False
 
+    @property
+    def update_period_s(self) -> dict[str, float | None]:
+        """Counter update period per GPU with a counter, s (None: fewer than two steps seen
+        within the probe's budget); waits for a probe still running."""
+        self._join_probe()
+        return self._update_period_s
+
     def start(self) -> None:
-        """Init NVML, find which GPUs have the counter, probe its update period."""
+        """Init NVML, find which GPUs have the counter, probe its update period (in a
+        thread with ``probe_in_background``)."""
         if self._started:
             return
         nvml.init()
@@ -210,10 +228,35 @@ class NvmlMeter:
         for key, handle in self._handles.items():
             self.counter_supported[key] = self._counter_works(handle)
         with_counter = {k: h for k, h in self._handles.items() if self.counter_supported[k]}
-        if with_counter:
-            self.update_period_s = probe_update_period_s(
-                with_counter, self.clock, self.sleep, self.probe_budget_s
-            )
+        if not with_counter:
+            return
+        if not self.probe_in_background:
+            self._update_period_s = self._run_probe(with_counter)
+            return
+        self._probe = threading.Thread(
+            target=self._probe_into_place, args=(with_counter,), name="llem-nvml-probe", daemon=True
+        )
+        self._probe.start()
+
+    def _run_probe(self, handles: dict[str, Any]) -> dict[str, float | None]:
+        return probe_update_period_s(handles, self.clock, self.sleep, self.probe_budget_s)
+
+    def _probe_into_place(self, handles: dict[str, Any]) -> None:
+        """The background probe: its periods, or the NVML error it met (raised at the join,
+        where the synchronous probe would have raised it from :meth:`start`)."""
+        try:
+            self._update_period_s = self._run_probe(handles)
+        except NvmlError as e:
+            self._probe_error = e
+
+    def _join_probe(self, *, raise_error: bool = True) -> None:
+        """Wait for a background probe (bounded by its budget and its reads)."""
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.join()
+        error, self._probe_error = self._probe_error, None
+        if error is not None and raise_error:
+            raise error
 
     @staticmethod
     def _counter_works(handle: Any) -> bool:
@@ -242,6 +285,7 @@ class NvmlMeter:
         """Read the counters at the start of window ``name``."""
         if not self._started:
             raise MeterError("NvmlMeter.begin_window called before start().")
+        self._join_probe()  # no window overlaps the probe's reads
         self._book.open(name, self._read_edge())
 
     def end_window(self, name: str) -> WindowReading:
@@ -328,7 +372,8 @@ class NvmlMeter:
             )
 
     def stop(self) -> None:
-        """Release NVML."""
+        """Release NVML (after a background probe, if one still runs)."""
+        self._join_probe(raise_error=False)
         if self._started:
             nvml.shutdown()
             self._started = False

@@ -91,7 +91,10 @@ class EnergySession:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         phase_trace: PhaseTraceSettings | None = None,
+        probe_in_background: bool = False,
     ) -> None:
+        """``probe_in_background``: the NVML meter's counter update probe runs on while the
+        run goes on, until the first window (:class:`NvmlMeter`)."""
         self.energy_backend = energy_backend
         self.gpu_indices = gpu_indices
         self.sample_interval_s = sample_interval_ms / 1000.0
@@ -110,6 +113,7 @@ class EnergySession:
         self.session_flags: list[QualityFlag] = []
         self._t0: dict[str, float] = {}
         self.phase_trace = phase_trace
+        self.probe_in_background = probe_in_background
         self.tracer: CounterTracer | None = None
         self.trace_choice: PhaseMethodChoice | None = None
         self.trace_off_reason: str | None = None  # why no window is traced
@@ -132,6 +136,8 @@ class EnergySession:
         )
         self.plan = plan
         self.session_flags = [QualityFlag(code="device_order", message=n) for n in plan.notes]
+        if plan.nvml_meter is not None:
+            plan.nvml_meter.probe_in_background = self.probe_in_background
         if plan.nvml_meter is not None and self.sampler_enabled:
             self._start_sampler(plan, plan.nvml_meter)
         try:
