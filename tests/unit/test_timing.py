@@ -94,3 +94,14 @@ def test_phase_timer_moves_an_engine_start_out_of_the_load() -> None:
     assert timer.durations_s == {"load": 8.0, "engine_start": 42.0, "start": 1.5}
     timer.carve("engine_start", "load", 100.0)  # never more than the load itself
     assert timer.durations_s["load"] == 0.0 and timer.durations_s["engine_start"] == 50.0
+
+
+def test_the_cleanup_counts_in_other_and_the_verdict_names_the_warm_up_share() -> None:
+    from llenergymeasure.study.summary import _overhead_verdict
+
+    b = time_breakdown({**PHASES, "cleanup": 0.25}, 4.0, warmup_first_call_s=0.9)
+    assert b.other_s == pytest.approx(0.01 + 0.02 + 0.25)  # pre-flight, environment, cleanup
+    slow = time_breakdown(PHASES, 4.0, warmup_first_call_s=0.9)
+    text = _overhead_verdict([b, slow], goal_s=5.0)
+    assert "goal NOT met" in text
+    assert "warm-up is 1.20 s of the mean (first call 0.90 s)" in text
