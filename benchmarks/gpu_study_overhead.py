@@ -229,6 +229,7 @@ def read_run(study_dir: Path) -> tuple[Any, dict[str, Any]]:
         "planned": len(manifest.entries),
         "study_wall_s": None,
         "experiments": [t.model_dump() for t in timing.experiments],
+        "raw": [_raw_phases(e.position, results.get(e.key)) for e in manifest.entries],
         "mean": _means(rows),
         "configs": {},
         "old_results": any(b.start_derived for b in rows),
@@ -243,6 +244,19 @@ def read_run(study_dir: Path) -> tuple[Any, dict[str, Any]]:
             configs={c.label: _config_figures(c) for c in summary.configs},
         )
     return summary, figures
+
+
+def _raw_phases(position: int, result: Any) -> dict[str, Any]:
+    """One experiment's recorded phases (``other`` in the table is ``preflight`` plus
+    ``environment``) and its warm-up call latencies, as its result.json has them."""
+    if result is None:
+        return {"position": position}
+    warmup = result.warmup
+    return {
+        "position": position,
+        "phase_durations_s": dict(result.phase_durations_s),
+        "warmup_latencies_s": list(warmup.latencies_s) if warmup is not None else None,
+    }
 
 
 def _means(rows: list[Any]) -> dict[str, float | None]:
