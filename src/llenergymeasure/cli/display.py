@@ -223,8 +223,8 @@ def _process_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
 
 
 def _time_pairs(result: ExperimentResult) -> list[tuple[str, str]]:
-    """Where the run's time went (docs/measurement.md §16): the window, the time outside
-    it and the overhead against the goal, then the parts."""
+    """Where the run's time went (docs/studies.md, "Where a study's time goes"): the window,
+    the time outside it and the overhead against the goal, then the parts."""
     from llenergymeasure.domain.timing import OVERHEAD_GOAL_S, breakdown_of, parts_text
 
     if not result.phase_durations_s:

@@ -127,7 +127,8 @@ class ExperimentTiming(_Model):
     )
     breakdown: TimeBreakdown | None = Field(
         None,
-        description="its wall time by part (docs/measurement.md §16); None without a result",
+        description="its wall time by part (docs/studies.md, 'Where a study's time goes'); "
+        "None without a result",
     )
 
 

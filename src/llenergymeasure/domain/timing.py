@@ -1,4 +1,5 @@
-"""Where an experiment's wall time went (docs/measurement.md §16): computed here, once.
+"""Where an experiment's wall time went (docs/studies.md, "Where a study's time goes"):
+computed here, once.
 
 The orchestrator times its phases (``ExperimentResult.phase_durations_s``: ``start``,
 ``preflight``, ``environment``, ``imports``, ``prompts``, ``load``, ``engine_start``, ``tokenise``,
