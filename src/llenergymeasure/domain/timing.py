@@ -37,7 +37,7 @@ OVERHEAD_GOAL_S = 5.0
 START = "start"  # the process's start and imports, up to the first stage
 IMPORTS = "imports"  # the backend's framework (torch, transformers, vllm), before prompts
 ENGINE_START = "engine_start"  # an engine backend's start (vLLM ``LLM(...)``), out of load
-ENERGY_START = "energy_start"  # meters chosen, NVML counter probed, sampler process up
+ENERGY_START = "energy_start"  # meters chosen; NVML counter probe and sampler launched
 CLEANUP = "cleanup"  # the backend's cleanup after the metrics (in ``other``)
 
 #: Breakdown fields in display order: (field, short heading).

@@ -93,6 +93,7 @@ def run_request(request: ContainerRequest, run_dir: Path) -> ExperimentResult:
         run_dir=run_dir,
         runner=request.runner,
         recorded_config=request.experiment_config() if translated else None,
+        process_exits=True,  # one experiment per container: its exit frees the memory
     )
     return orchestrator.run()
 

@@ -204,7 +204,7 @@ class NvmlMeter:
         self.probe_in_background = probe_in_background
         self._update_period_s: dict[str, float | None] = {}
         self._probe: threading.Thread | None = None
-        self._probe_error: NvmlError | None = None
+        self._probe_error: Exception | None = None
         self.counter_supported: dict[str, bool] = {}
         self._handles: dict[str, Any] = {}
         self._book = WindowBook(self.name)
@@ -242,11 +242,11 @@ class NvmlMeter:
         return probe_update_period_s(handles, self.clock, self.sleep, self.probe_budget_s)
 
     def _probe_into_place(self, handles: dict[str, Any]) -> None:
-        """The background probe: its periods, or the NVML error it met (raised at the join,
-        where the synchronous probe would have raised it from :meth:`start`)."""
+        """The background probe: its periods, or the error it met (raised at the join, where
+        the synchronous probe would have raised it from :meth:`start`)."""
         try:
             self._update_period_s = self._run_probe(handles)
-        except NvmlError as e:
+        except Exception as e:  # the thread has no caller: the join re-raises it
             self._probe_error = e
 
     def _join_probe(self, *, raise_error: bool = True) -> None:
