@@ -247,8 +247,9 @@ def read_run(study_dir: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def _raw_phases(position: int, result: Any) -> dict[str, Any]:
-    """One experiment's recorded phases (``other`` in the table is ``preflight`` plus
-    ``environment``) and its warm-up call latencies, as its result.json has them."""
+    """One experiment's recorded phases (``other`` in the table is ``preflight``,
+    ``environment`` and ``cleanup``) and its warm-up call latencies, as its result.json has
+    them."""
     if result is None:
         return {"position": position}
     warmup = result.warmup
